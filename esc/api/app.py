@@ -1,0 +1,61 @@
+"""The FastAPI application of one controller."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from esc import __version__
+from esc.api import problems
+from esc.api.routes import activity, deployments, system
+from esc.descriptor import Descriptor
+from esc.engine.controller import Controller
+
+
+def create_app(controller: Controller, *, manage_lifecycle: bool = True) -> FastAPI:
+    """The API of `controller`; it starts and stops the controller with the app
+    unless the caller manages the controller's life itself."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            controller.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                controller.stop()
+
+    app = FastAPI(
+        title="ESC northbound API",
+        version=__version__,
+        description="Elastic Services Controller: deployments of VNFs as durable transactions.",
+        lifespan=lifespan,
+    )
+    app.state.controller = controller
+    problems.install(app)
+    app.add_middleware(problems.BodySizeLimit, limit=controller.settings.api.max_body_bytes)
+    app.include_router(system.router)
+    app.include_router(deployments.router)
+    app.include_router(activity.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            # The descriptor body is read raw (YAML or JSON), so FastAPI cannot
+            # see its model: publish it so clients and schemathesis can.
+            descriptor = Descriptor.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(descriptor.pop("$defs", {}))
+            components["Descriptor"] = descriptor
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

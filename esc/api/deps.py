@@ -1,0 +1,40 @@
+"""Typed dependencies of the routes: the controller, a DB session, the caller."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from sqlalchemy.orm import Session
+
+from esc.engine.controller import Controller
+
+_basic = HTTPBasic(auto_error=False, realm="ESC")
+
+
+def get_controller(request: Request) -> Controller:
+    return request.app.state.controller
+
+
+ControllerDep = Annotated[Controller, Depends(get_controller)]
+
+
+def read_session(controller: ControllerDep) -> Iterator[Session]:
+    with controller.db.read() as session:
+        yield session
+
+
+ReadSession = Annotated[Session, Depends(read_session)]
+
+
+def require_user(
+    controller: ControllerDep,
+    credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
+) -> str:
+    if credentials is None:
+        raise HTTPException(401, "this endpoint needs HTTP basic authentication (user admin)")
+    if not controller.authenticate(credentials.username, credentials.password):
+        raise HTTPException(401, "wrong user name or password")
+    return credentials.username

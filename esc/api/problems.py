@@ -1,0 +1,136 @@
+"""Errors as application/problem+json (RFC 9457), and the request size bound.
+
+Every error a client sees names the problem and what to do; an unexpected
+exception is a 500 problem that points to the log, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from esc.errors import Conflict, EscError, InvalidRequest, MalformedRequest, NotFound, Unavailable
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+STATUS_OF: list[tuple[type[EscError], int]] = [
+    (MalformedRequest, 400),
+    (InvalidRequest, 422),
+    (NotFound, 404),
+    (Conflict, 409),
+    (Unavailable, 503),
+]
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    headers = {"WWW-Authenticate": 'Basic realm="ESC"'} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _status(exc: EscError) -> int:
+    return next((code for kind, code in STATUS_OF if isinstance(exc, kind)), 400)
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "request"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(EscError)
+    async def _esc_error(_request: Request, exc: EscError) -> JSONResponse:
+        return problem(_status(exc), exc.title, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return problem(422, "Invalid request", _validation_detail(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return problem(exc.status_code, _TITLES.get(exc.status_code, "Error"), detail)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return problem(
+            500,
+            "Internal error",
+            "the controller failed unexpectedly; see log/escmanager.log on the node",
+        )
+
+
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    406: "Not acceptable",
+    413: "Request too large",
+    415: "Unsupported media type",
+}
+
+
+class BodySizeLimit:
+    """Refuse a body larger than `limit` bytes with 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > self.limit
+            except ValueError:
+                await self._refuse(scope, receive, send, 400, "Content-Length is not a number")
+                return
+            if too_big:
+                await self._refuse(scope, receive, send, 413, self._detail())
+                return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send, 413, self._detail())
+
+    def _detail(self) -> str:
+        return (
+            f"request body is larger than {self.limit} bytes; send a smaller request or "
+            "raise [api] max_body_bytes in esc.toml"
+        )
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
+        title = _TITLES.get(status, "Error")
+        await problem(status, title, detail)(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass

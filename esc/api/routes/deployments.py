@@ -1,0 +1,154 @@
+"""Tenants, deployments (deploy, list, show, update, scale, undeploy) and VM actions."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from esc.api.deps import ControllerDep, ReadSession, require_user
+from esc.api.schemas import (
+    Accepted,
+    DeploymentSummary,
+    DeploymentView,
+    ScaleIn,
+    TenantIn,
+    TenantView,
+    VmActionIn,
+)
+from esc.db.models import Deployment, Tenant, Transaction
+from esc.descriptor import Descriptor, parse_descriptor
+from esc.engine.submit import find_deployment
+from esc.errors import Conflict, NotFound
+
+router = APIRouter(prefix="/v0", tags=["deployments"], dependencies=[Depends(require_user)])
+
+_DESCRIPTOR_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "A deployment descriptor, YAML or JSON (see examples/deployment.yaml).",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/Descriptor"}},
+            "application/yaml": {"schema": {"$ref": "#/components/schemas/Descriptor"}},
+        },
+    }
+}
+
+
+def accepted(tx: Transaction, response: Response) -> Accepted:
+    href = f"/v0/transactions/{tx.id}"
+    response.headers["Location"] = href
+    return Accepted(transaction_id=tx.id, operation=tx.operation, state=tx.state, href=href)
+
+
+async def _descriptor(request: Request) -> Descriptor:
+    return parse_descriptor(await request.body(), request.headers.get("content-type", ""))
+
+
+# tenants --------------------------------------------------------------------------
+
+
+@router.get("/tenants", response_model=list[TenantView])
+def list_tenants(session: ReadSession) -> list[TenantView]:
+    tenants = session.scalars(select(Tenant).order_by(Tenant.name))
+    return [TenantView(id=t.id, name=t.name, created_at=t.created_at) for t in tenants]
+
+
+@router.post("/tenants", response_model=TenantView, status_code=201)
+def create_tenant(body: TenantIn, controller: ControllerDep) -> TenantView:
+    try:
+        with controller.db.write() as session:
+            tenant = Tenant(name=body.name)
+            session.add(tenant)
+            session.flush()
+            return TenantView(id=tenant.id, name=tenant.name, created_at=tenant.created_at)
+    except IntegrityError:
+        raise Conflict(f"tenant {body.name!r} already exists") from None
+
+
+@router.delete("/tenants/{tenant}", status_code=204)
+def delete_tenant(tenant: str, controller: ControllerDep) -> Response:
+    with controller.db.write() as session:
+        row = session.scalar(select(Tenant).where(Tenant.name == tenant))
+        if row is None:
+            raise NotFound(f"no tenant {tenant!r}")
+        if row.deployments:
+            raise Conflict(
+                f"tenant {tenant!r} still has {len(row.deployments)} deployment(s); "
+                "undeploy them first"
+            )
+        session.delete(row)
+    return Response(status_code=204)
+
+
+# deployments --------------------------------------------------------------------
+
+
+@router.post(
+    "/deployments", response_model=Accepted, status_code=202, openapi_extra=_DESCRIPTOR_BODY
+)
+async def deploy(request: Request, response: Response, controller: ControllerDep) -> Accepted:
+    descriptor = await _descriptor(request)
+    return accepted(controller.deploy(descriptor), response)
+
+
+@router.get("/deployments", response_model=list[DeploymentSummary])
+def list_deployments(
+    session: ReadSession,
+    tenant: Annotated[str | None, Query(max_length=128)] = None,
+    name: Annotated[str | None, Query(max_length=128)] = None,
+) -> list[DeploymentSummary]:
+    query = select(Deployment).join(Tenant).order_by(Tenant.name, Deployment.name)
+    if tenant is not None:
+        query = query.where(Tenant.name == tenant)
+    if name is not None:
+        query = query.where(Deployment.name == name)
+    return [DeploymentSummary.of(d) for d in session.scalars(query)]
+
+
+@router.get("/tenants/{tenant}/deployments/{name}", response_model=DeploymentView)
+def show_deployment(tenant: str, name: str, session: ReadSession) -> DeploymentView:
+    return DeploymentView.of(find_deployment(session, tenant, name))
+
+
+@router.put(
+    "/tenants/{tenant}/deployments/{name}",
+    response_model=Accepted,
+    status_code=202,
+    openapi_extra=_DESCRIPTOR_BODY,
+)
+async def update_deployment(
+    tenant: str, name: str, request: Request, response: Response, controller: ControllerDep
+) -> Accepted:
+    descriptor = await _descriptor(request)
+    return accepted(controller.update(tenant, name, descriptor), response)
+
+
+@router.post(
+    "/tenants/{tenant}/deployments/{name}/vm_groups/{vm_group}/scale",
+    response_model=Accepted,
+    status_code=202,
+)
+def scale_vm_group(
+    tenant: str,
+    name: str,
+    vm_group: str,
+    body: ScaleIn,
+    response: Response,
+    controller: ControllerDep,
+) -> Accepted:
+    return accepted(controller.scale(tenant, name, vm_group, body.count), response)
+
+
+@router.delete("/tenants/{tenant}/deployments/{name}", response_model=Accepted, status_code=202)
+def undeploy(tenant: str, name: str, response: Response, controller: ControllerDep) -> Accepted:
+    return accepted(controller.undeploy(tenant, name), response)
+
+
+@router.post("/vms/{vm_id}/actions", response_model=Accepted, status_code=202)
+def vm_action(
+    vm_id: str, body: VmActionIn, response: Response, controller: ControllerDep
+) -> Accepted:
+    return accepted(controller.vm_action(vm_id, body.action), response)

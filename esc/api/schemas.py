@@ -1,0 +1,197 @@
+"""What the API returns (and the few bodies it takes besides descriptors)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+
+from esc.db.models import (
+    Deployment,
+    DeploymentStatus,
+    Operation,
+    Transaction,
+    TransactionState,
+    Vm,
+    VmGroup,
+    VmState,
+)
+from esc.descriptor import Name
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Accepted(BaseModel):
+    transaction_id: str
+    operation: Operation
+    state: TransactionState
+    href: str
+
+
+class TransactionView(BaseModel):
+    id: str
+    operation: Operation
+    state: TransactionState
+    tenant: str
+    deployment: str
+    deployment_id: str | None
+    automatic: bool
+    resumes: int
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, tx: Transaction) -> TransactionView:
+        return cls(
+            id=tx.id,
+            operation=tx.operation,
+            state=tx.state,
+            tenant=tx.tenant,
+            deployment=tx.deployment_name,
+            deployment_id=tx.deployment_id,
+            automatic=tx.automatic,
+            resumes=tx.resumes,
+            error=tx.error,
+            created_at=tx.created_at,
+            started_at=tx.started_at,
+            finished_at=tx.finished_at,
+        )
+
+
+class VmView(BaseModel):
+    id: str
+    name: str
+    state: VmState
+    address: str | None
+
+    @classmethod
+    def of(cls, vm: Vm) -> VmView:
+        return cls(id=vm.id, name=vm.name, state=vm.state, address=vm.address)
+
+
+class VmGroupView(BaseModel):
+    name: str
+    image: str
+    flavor: str
+    min_active: int
+    max_active: int
+    elastic: bool
+    desired_count: int
+    recovery_policy: str
+    vms: list[VmView]
+
+    @classmethod
+    def of(cls, group: VmGroup) -> VmGroupView:
+        return cls(
+            name=group.name,
+            image=group.image,
+            flavor=group.flavor,
+            min_active=group.min_active,
+            max_active=group.max_active,
+            elastic=group.elastic,
+            desired_count=group.desired_count,
+            recovery_policy=group.recovery_policy.value,
+            vms=[VmView.of(vm) for vm in group.vms],
+        )
+
+
+class DeploymentSummary(BaseModel):
+    id: str
+    tenant: str
+    name: str
+    status: DeploymentStatus
+    data_model_version: int
+    vm_count: int
+    created_at: datetime
+
+    @classmethod
+    def of(cls, deployment: Deployment) -> DeploymentSummary:
+        return cls(
+            id=deployment.id,
+            tenant=deployment.tenant.name,
+            name=deployment.name,
+            status=deployment.status,
+            data_model_version=deployment.data_model_version,
+            vm_count=sum(len(g.vms) for g in deployment.vm_groups),
+            created_at=deployment.created_at,
+        )
+
+
+class DeploymentView(DeploymentSummary):
+    vm_groups: list[VmGroupView]
+    descriptor: dict[str, Any]
+
+    @classmethod
+    def of(cls, deployment: Deployment) -> DeploymentView:
+        return cls(
+            **DeploymentSummary.of(deployment).model_dump(),
+            vm_groups=[VmGroupView.of(g) for g in deployment.vm_groups],
+            descriptor=deployment.descriptor,
+        )
+
+
+class TenantIn(_In):
+    name: Name
+
+
+class TenantView(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+
+
+class ScaleIn(_In):
+    count: Annotated[int, Field(ge=0, le=100_000)]
+
+
+class VmActionIn(_In):
+    action: Annotated[
+        str,
+        Field(
+            pattern=r"^(START|STOP|REBOOT|RECOVER)$", description="START, STOP, REBOOT or RECOVER"
+        ),
+    ]
+
+
+class SubscriptionIn(_In):
+    callback_url: AnyHttpUrl
+    tenant: Name | None = Field(None, description="Only this tenant's events; all when absent.")
+
+
+class SubscriptionView(BaseModel):
+    id: str
+    callback_url: str
+    tenant: str | None
+    created_at: datetime
+
+
+class EventView(BaseModel):
+    event_id: int
+    type: str
+    status: str
+    message: str
+    tenant: str
+    deployment: str
+    deployment_id: str | None
+    transaction_id: str | None
+    vm_id: str | None
+    vm_name: str | None
+    time: datetime
+
+
+class Health(BaseModel):
+    status_code: int = Field(description="2000 when the controller serves requests, 5000 if not")
+    message: str
+    stage: str = Field(description="INIT while starting or stopping, READY when serving")
+
+
+class VersionView(BaseModel):
+    version: str
+    release: str
+    full: str
+    data_model_version: int

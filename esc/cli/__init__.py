@@ -1,0 +1,1 @@
+"""escadm: the node's administration tool (one module per command group)."""

@@ -1,0 +1,76 @@
+"""A thin client of the node's REST API for escadm's commands."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+
+from esc.cli.common import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, CliError
+from esc.config import NodeHome, Settings
+from esc.security import LOCAL_USER
+
+USER_ENV = "ESC_USER"
+PASSWORD_ENV = "ESC_PASSWORD"
+
+
+def _credentials(home: NodeHome) -> tuple[str, str]:
+    """$ESC_USER/$ESC_PASSWORD, else the node-local escadm account (root only)."""
+    if os.environ.get(PASSWORD_ENV):
+        return os.environ.get(USER_ENV, "admin"), os.environ[PASSWORD_ENV]
+    try:
+        return LOCAL_USER, home.local_credential_file.read_text().strip()
+    except OSError as exc:
+        raise CliError(
+            f"cannot read {home.local_credential_file} ({exc.strerror}): run escadm as the "
+            f"node's owner, or set {USER_ENV} and {PASSWORD_ENV}",
+            EXIT_USAGE,
+        ) from None
+
+
+def api_base_url(settings: Settings) -> str:
+    host = settings.api.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.api.port}"
+
+
+class ApiClient:
+    def __init__(self, home: NodeHome, settings: Settings, timeout: float = 30.0) -> None:
+        self.base_url = api_base_url(settings)
+        self._http = httpx.Client(base_url=self.base_url, auth=_credentials(home), timeout=timeout)
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise CliError(
+                f"ESC does not answer at {self.base_url} ({exc.__class__.__name__}): start it "
+                "with 'escadm run', or check --home",
+                EXIT_UNREACHABLE,
+            ) from None
+        if response.status_code >= 400:
+            raise CliError(_problem_text(response), EXIT_FAILED)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+
+def _problem_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        return f"{body.get('title', 'Error')} ({response.status_code}): {body.get('detail', '')}"
+    except ValueError:
+        return f"HTTP {response.status_code}: {response.text[:500]}"

@@ -1,0 +1,29 @@
+"""escadm: one command to administer an ESC node."""
+
+from __future__ import annotations
+
+import click
+
+from esc import __version__
+from esc.cli.deployment import deployment_group
+from esc.cli.node import init_command, run_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="escadm")
+def cli() -> None:
+    """Administer an ESC (Elastic Services Controller) node.
+
+    Every command takes --home DIR (or $ESC_HOME; default ~/.esc), the node's
+    home directory. Exit codes: 0 done, 1 refused or FAILED, 2 bad usage or
+    input, 3 controller not reachable, 4 timed out waiting.
+    """
+
+
+cli.add_command(init_command)
+cli.add_command(run_command)
+cli.add_command(deployment_group)
+
+
+def main() -> None:
+    cli(prog_name="escadm")

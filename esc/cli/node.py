@@ -1,0 +1,86 @@
+"""escadm init, escadm run."""
+
+from __future__ import annotations
+
+import click
+
+from esc.cli.common import EXIT_USAGE, CliError, home_option, json_option, load_settings, print_json
+from esc.config import ConfigError, NodeHome, Settings
+
+
+@click.command("init")
+@home_option
+@click.option("--api-port", type=click.IntRange(1, 65535), help="Port of the REST API (8080).")
+@click.option("--api-host", help="Address the REST API listens on (127.0.0.1).")
+@click.option(
+    "--db-url",
+    help="Database URL; default SQLite at data/esc.db in the home. "
+    "PostgreSQL: postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB",
+)
+@click.option("--node-name", help="This node's name (default: the host name).")
+@json_option
+def init_command(
+    home: NodeHome,
+    api_port: int | None,
+    api_host: str | None,
+    db_url: str | None,
+    node_name: str | None,
+    as_json: bool,
+) -> None:
+    """Create a node: esc.toml, data/, log/, run/, the database and the admin account.
+
+    The admin password is printed once and stored only hashed.
+    """
+    from esc.node.setup import init_node
+
+    raw: dict = {"api": {}, "database": {}, "node": {}}
+    if api_port is not None:
+        raw["api"]["port"] = api_port
+    if api_host is not None:
+        raw["api"]["host"] = api_host
+    if db_url is not None:
+        raw["database"]["url"] = db_url
+    if node_name is not None:
+        raw["node"]["name"] = node_name
+    try:
+        settings = Settings.model_validate(raw)
+    except Exception as exc:  # pydantic's message names the option's key
+        raise CliError(f"invalid option: {exc}", EXIT_USAGE) from None
+    try:
+        result = init_node(home, settings)
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except Exception as exc:
+        raise CliError(f"cannot create the node's database: {exc}", EXIT_USAGE) from None
+    if as_json:
+        print_json(
+            {
+                "home": str(home.root),
+                "database": result.database_url,
+                "admin_user": "admin",
+                "admin_password": result.admin_password,
+            }
+        )
+        return
+    click.echo(f"ESC node created in {home.root}")
+    click.echo(f"database: {result.database_url}")
+    click.echo(f"REST API: http://{settings.api.host}:{settings.api.port}")
+    if result.admin_password:
+        click.echo(f"admin password (shown only this once): {result.admin_password}")
+    else:
+        click.echo("the database already has an admin account; its password is unchanged")
+
+
+@click.command("run")
+@home_option
+def run_command(home: NodeHome) -> None:
+    """Run the controller in the foreground (Ctrl-C or SIGTERM stops it gracefully)."""
+    from esc.node.escmanager import PortInUse, serve
+    from esc.node.logs import setup_service_logging
+
+    settings = load_settings(home)
+    setup_service_logging(home, "escmanager")
+    try:
+        serve(home, settings)
+    except PortInUse as exc:
+        raise CliError(str(exc)) from None

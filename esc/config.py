@@ -1,0 +1,178 @@
+"""The node's home directory and its `esc.toml` (ARCHITECTURE principle 4).
+
+One node = one home: `esc.toml`, `data/`, `log/`, `run/`. Nothing global,
+so two nodes or two versions can sit side by side on one host.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+HOME_ENV = "ESC_HOME"
+CONFIG_FILE = "esc.toml"
+
+
+class ConfigError(Exception):
+    """esc.toml is missing or invalid; the message names the key and the fix."""
+
+
+class _Section(BaseModel):
+    # An unknown key is an operator's typo: refuse it by name rather than ignore it.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ApiSettings(_Section):
+    host: str = Field("127.0.0.1", description="Address the northbound REST API listens on.")
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        8080, description="TCP port of the northbound REST API."
+    )
+    max_body_bytes: Annotated[int, Field(ge=1024)] = Field(
+        1_048_576, description="Largest request body accepted; larger ones get 413."
+    )
+
+
+class DatabaseSettings(_Section):
+    url: str = Field(
+        "",
+        description="SQLAlchemy URL. Empty means SQLite at data/esc.db in the node home. "
+        "PostgreSQL: postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("only sqlite:/// and postgresql+psycopg:// URLs are supported")
+        return value
+
+
+class VimSettings(_Section):
+    driver: str = Field("local", description="VIM driver: local (each VM an OS process).")
+
+
+class EngineSettings(_Section):
+    workers: Annotated[int, Field(ge=1, le=64)] = Field(
+        4, description="Transactions executed in parallel (one per deployment at most)."
+    )
+    max_resumes: Annotated[int, Field(ge=0, le=100)] = Field(
+        3,
+        description="How many controller restarts a transaction is resumed across before it "
+        "is closed FAILED, so a transaction that crashes the controller cannot loop.",
+    )
+
+
+class LimitSettings(_Section):
+    max_vms_per_deployment: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        200, description="Most VMs one deployment may ask for at deploy or update time."
+    )
+
+
+class NotificationSettings(_Section):
+    timeout: Annotated[float, Field(gt=0, le=60)] = Field(
+        5.0, description="Seconds to wait for a callback URL to answer."
+    )
+    initial_backoff: Annotated[float, Field(gt=0, le=60)] = Field(
+        0.5, description="Seconds before the first retry of a failed delivery."
+    )
+    max_backoff: Annotated[float, Field(gt=0, le=3600)] = Field(
+        30.0, description="Upper bound of the exponential retry delay."
+    )
+
+
+class NodeSettings(_Section):
+    name: str = Field(default_factory=socket.gethostname, description="This node's name.")
+
+
+class Settings(_Section):
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    vim: VimSettings = Field(default_factory=VimSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{key}': remove it or check its spelling")
+        else:
+            lines.append(f"invalid value for '{key}': {item['msg']}")
+    return "; ".join(lines)
+
+
+@dataclass(frozen=True)
+class NodeHome:
+    """The paths of one node's home directory."""
+
+    root: Path
+
+    @classmethod
+    def resolve(cls, home: str | os.PathLike[str] | None) -> NodeHome:
+        """`--home`, else $ESC_HOME, else ~/.esc."""
+        chosen = home or os.environ.get(HOME_ENV) or Path.home() / ".esc"
+        return cls(Path(chosen).expanduser().absolute())
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def local_credential_file(self) -> Path:
+        """Secret of the node-local `escadm` account, readable by root only."""
+        return self.data / "escadm.credential"
+
+    @property
+    def vim_dir(self) -> Path:
+        return self.data / "vim"
+
+    def exists(self) -> bool:
+        return self.config_file.is_file()
+
+    def load(self) -> Settings:
+        if not self.exists():
+            raise ConfigError(
+                f"no node at {self.root}: {CONFIG_FILE} is missing. "
+                f"Create one with: escadm init --home {self.root}"
+            )
+        try:
+            raw = tomllib.loads(self.config_file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{self.config_file} is not valid TOML: {exc}") from exc
+        try:
+            return Settings.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(f"{self.config_file}: {_describe(exc)}") from exc
+
+    def save(self, settings: Settings) -> None:
+        data = settings.model_dump(mode="json")
+        tmp = self.config_file.with_suffix(".toml.tmp")
+        tmp.write_text(tomli_w.dumps(data))
+        tmp.chmod(0o600)
+        tmp.replace(self.config_file)
+
+    def database_url(self, settings: Settings) -> str:
+        return settings.database.url or f"sqlite:///{self.data / 'esc.db'}"

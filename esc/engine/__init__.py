@@ -1,0 +1,1 @@
+"""The transaction engine: every northbound write as a durable state machine."""

@@ -1,0 +1,178 @@
+"""Runs transactions to their end, and reconciles the ones a stop left behind.
+
+Workers take transaction ids from a queue. The one-in-flight-per-deployment
+rule is enforced by the database (Transaction.lock_key), so two workers
+never drive the same deployment.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from esc.db.models import Transaction, TransactionState, Vm, utcnow
+from esc.db.session import Database
+from esc.engine.operations import OPERATIONS, Interrupted, OperationFailed, StepContext
+from esc.vim.base import VimDriver
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class Executor:
+    def __init__(self, db: Database, vim: VimDriver, workers: int, max_resumes: int) -> None:
+        self.db = db
+        self.vim = vim
+        self.workers = workers
+        self.max_resumes = max_resumes
+        self.stopping = threading.Event()
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
+
+    # life cycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self.reconcile()
+        for index in range(self.workers):
+            thread = threading.Thread(target=self._work, name=f"tx-worker-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float) -> list[str]:
+        """Stop taking work; wait up to `timeout` s for running transactions.
+
+        Returns the ids still running at the deadline: they stay in progress
+        in the database and are resumed at the next start.
+        """
+        self.stopping.set()
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        for thread in self._threads:
+            thread.join(timeout)
+        with self._lock:
+            return sorted(self._running)
+
+    def enqueue(self, tx_id: str) -> None:
+        self._queue.put(tx_id)
+
+    @property
+    def running(self) -> list[str]:
+        with self._lock:
+            return sorted(self._running)
+
+    # reconciliation -------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """At start-up: remove orphan VMs, then resume or close every open transaction."""
+        self._remove_orphans()
+        with self.db.write() as session:
+            open_txs = session.scalars(
+                select(Transaction)
+                .where(
+                    Transaction.state.in_([TransactionState.QUEUED, TransactionState.IN_PROGRESS])
+                )
+                .order_by(Transaction.created_at)
+            ).all()
+            resume = []
+            for tx in open_txs:
+                if tx.state is TransactionState.IN_PROGRESS:
+                    tx.resumes += 1
+                if tx.resumes > self.max_resumes:
+                    reason = (
+                        f"abandoned after {tx.resumes - 1} controller restarts in the middle of "
+                        "it ([engine] max_resumes); check the log, then retry the request"
+                    )
+                    self._finish(session, tx, reason)
+                    log.error("transaction %s %s", tx.id, reason)
+                else:
+                    resume.append(tx.id)
+                    log.info("transaction %s (%s) resumed after restart", tx.id, tx.operation.value)
+        for tx_id in resume:
+            self.enqueue(tx_id)
+
+    def _remove_orphans(self) -> None:
+        """A VIM instance with no VM row is an orphan: the controller no longer manages it."""
+        with self.db.read() as session:
+            known = set(session.scalars(select(Vm.id)))
+        for vm_id in self.vim.list_instances():
+            if vm_id not in known:
+                log.warning("removing orphan VIM instance %s (no VM record)", vm_id)
+                self.vim.delete_vm(vm_id)
+
+    # execution ----------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self.stopping.is_set():
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            assert isinstance(item, str)
+            with self._lock:
+                self._running.add(item)
+            try:
+                self.run(item)
+            except Exception:  # never let one transaction kill a worker
+                log.exception("transaction %s: unexpected error in the executor", item)
+            finally:
+                with self._lock:
+                    self._running.discard(item)
+
+    def run(self, tx_id: str) -> None:
+        with self.db.write() as session:
+            tx = session.get(Transaction, tx_id)
+            if tx is None or tx.state.is_final:
+                return
+            tx.state = TransactionState.IN_PROGRESS
+            tx.started_at = tx.started_at or utcnow()
+            operation = tx.operation
+        handler = OPERATIONS[operation]
+        context = StepContext(self.db, self.vim, tx_id, self.stopping)
+        try:
+            handler.process(context)
+        except Interrupted:
+            log.info("transaction %s left in progress: the node is stopping", tx_id)
+            return
+        except OperationFailed as exc:
+            self._end(tx_id, str(exc))
+            return
+        except Exception as exc:
+            log.exception("transaction %s failed", tx_id)
+            self._end(tx_id, f"internal error: {exc.__class__.__name__}: {exc}")
+            return
+        self._end(tx_id, None)
+
+    def _end(self, tx_id: str, reason: str | None) -> None:
+        try:
+            with self.db.write() as session:
+                self._finish(session, session.get(Transaction, tx_id), reason)
+        except Exception as exc:
+            # The model change of the end failed; still end the transaction, so
+            # the deployment is not locked forever.
+            log.exception("transaction %s: recording its end failed", tx_id)
+            reason = f"internal error while ending the transaction: {exc}"
+            with self.db.write() as session:
+                tx = session.get(Transaction, tx_id)
+                tx.state, tx.error = TransactionState.FAILED, reason
+                tx.finished_at, tx.lock_key = utcnow(), None
+        state = "FAILED: " + reason if reason else "SUCCESS"
+        log.info("transaction %s %s", tx_id, state)
+
+    @staticmethod
+    def _finish(session: Session, tx: Transaction, reason: str | None) -> None:
+        handler = OPERATIONS[tx.operation]
+        if reason is None:
+            handler.succeed(session, tx)
+            tx.state = TransactionState.SUCCESS
+        else:
+            handler.fail(session, tx, reason)
+            tx.state = TransactionState.FAILED
+            tx.error = reason
+        tx.finished_at = utcnow()
+        tx.lock_key = None

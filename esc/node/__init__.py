@@ -1,0 +1,1 @@
+"""The node's services and their set-up: init, logging, the escmanager service."""

@@ -1,0 +1,230 @@
+"""Fixtures: a database on each backend, a node home, an in-process controller,
+and a real `escadm run` controller process."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from fastapi.testclient import TestClient
+
+from esc.api.app import create_app
+from esc.config import NodeHome, Settings
+from esc.engine.controller import Controller
+from esc.node.setup import init_node
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pg_server import PostgresServer, availability
+
+IN_CI = os.environ.get("CI") == "true"
+BACKENDS = ["sqlite", "postgresql"]
+ESCADM = str(Path(sys.executable).with_name("escadm"))
+
+
+def need(reason: str | None) -> None:
+    """Skip outside CI when a real component is missing; in CI that is a failure."""
+    if reason is None:
+        return
+    if IN_CI:
+        pytest.fail(f"CI must run this test: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    need(availability())
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database on each backend in turn."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'esc.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name = f"esc_{uuid.uuid4().hex[:12]}"
+    url = server.create_database(name)
+    yield url
+    server.drop_database(name)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fast_settings(db_url: str, **overrides: dict) -> Settings:
+    """Settings for tests: a free port, quick retries."""
+    raw = {
+        "node": {"name": "test-node"},
+        "api": {"port": free_port()},
+        "database": {"url": db_url},
+        "notifications": {"initial_backoff": 0.2, "max_backoff": 1.0, "timeout": 2.0},
+    }
+    for section, values in overrides.items():
+        raw.setdefault(section, {}).update(values)
+    return Settings.model_validate(raw)
+
+
+def kill_vms(home: NodeHome) -> list[int]:
+    """Kill every VNF process of this home's local VIM; returns their pids."""
+    marker = str(home.vim_dir)
+    killed = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "vnf.py" in cmdline and marker in cmdline:
+            try:
+                proc.kill()
+                killed.append(proc.pid)
+            except psutil.NoSuchProcess:
+                pass
+    return killed
+
+
+def live_vm_processes(home: NodeHome) -> list[psutil.Process]:
+    marker = str(home.vim_dir)
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if (
+            "vnf.py" in cmdline
+            and marker in cmdline
+            and proc.info["status"] != psutil.STATUS_ZOMBIE
+        ):
+            found.append(proc)
+    return found
+
+
+@dataclass
+class Node:
+    home: NodeHome
+    settings: Settings
+    admin_password: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        return ("admin", self.admin_password)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.api.port}"
+
+
+@pytest.fixture
+def node(tmp_path: Path, db_url: str) -> Iterator[Node]:
+    """An initialised node home on each backend; its VMs are killed at teardown."""
+    home = NodeHome(tmp_path / "home")
+    settings = fast_settings(db_url)
+    result = init_node(home, settings)
+    node = Node(home, settings, result.admin_password or "")
+    yield node
+    kill_vms(home)
+
+
+@pytest.fixture
+def controller(node: Node) -> Iterator[Controller]:
+    controller = Controller(node.home, node.settings)
+    controller.start()
+    yield controller
+    controller.stop(timeout=10)
+
+
+@pytest.fixture
+def api(controller: Controller, node: Node) -> Iterator[TestClient]:
+    app = create_app(controller, manage_lifecycle=False)
+    token = base64.b64encode(f"admin:{node.admin_password}".encode()).decode()
+    headers = {"Authorization": f"Basic {token}"}
+    with TestClient(app, headers=headers, raise_server_exceptions=False) as client:
+        yield client
+
+
+def wait_transaction(client: httpx.Client | TestClient, tx_id: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        tx = client.get(f"/v0/transactions/{tx_id}").json()
+        if tx["state"] in ("SUCCESS", "FAILED"):
+            return tx
+        if time.monotonic() > deadline:
+            raise AssertionError(f"transaction {tx_id} still {tx['state']} after {timeout} s")
+        time.sleep(0.1)
+
+
+class ControllerProcess:
+    """`escadm run` as a real OS process, as an operator would start it."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> None:
+        log = open(self.node.home.log / "escadm-run.out", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [ESCADM, "run", "--home", str(self.node.home.root)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"escadm run exited {self.proc.returncode}: {self.output()}")
+            try:
+                if httpx.get(f"{self.node.base_url}/esc/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"controller not ready within {timeout} s: {self.output()}")
+
+    def output(self) -> str:
+        path = self.node.home.log / "escadm-run.out"
+        return path.read_text()[-3000:] if path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: the controller dies mid-work, as in a crash."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            return self.proc.wait(timeout)
+        return self.proc.returncode if self.proc else 0
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.node.base_url, auth=self.node.auth, timeout=10)
+
+
+@pytest.fixture
+def controller_process(node: Node) -> Iterator[ControllerProcess]:
+    process = ControllerProcess(node)
+    yield process
+    process.kill()
+
+
+def copy_example(tmp_path: Path) -> Path:
+    source = Path(__file__).parents[1] / "examples" / "deployment.yaml"
+    target = tmp_path / "deployment.yaml"
+    shutil.copy(source, target)
+    return target
