@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -34,6 +35,7 @@ class Executor:
         self._queue: queue.Queue[object] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._running: set[str] = set()
+        self._interrupted: set[str] = set()
         self._lock = threading.Lock()
 
     # life cycle ---------------------------------------------------------------
@@ -54,10 +56,11 @@ class Executor:
         self.stopping.set()
         for _ in self._threads:
             self._queue.put(_STOP)
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
-            return sorted(self._running)
+            return sorted(self._running | self._interrupted)
 
     def enqueue(self, tx_id: str) -> None:
         self._queue.put(tx_id)
@@ -138,6 +141,8 @@ class Executor:
             handler.process(context)
         except Interrupted:
             log.info("transaction %s left in progress: the node is stopping", tx_id)
+            with self._lock:
+                self._interrupted.add(tx_id)
             return
         except OperationFailed as exc:
             self._end(tx_id, str(exc))

@@ -187,8 +187,9 @@ def converge(ctx: StepContext, deployment_id: str) -> None:
     )
 
 
-def _deployment_of(session: Session, tx_id: str) -> Deployment:
-    return session.get(Deployment, session.get(Transaction, tx_id).deployment_id)
+def _deployment_of(session: Session, tx_id: str) -> Deployment | None:
+    deployment_id = session.get(Transaction, tx_id).deployment_id
+    return session.get(Deployment, deployment_id) if deployment_id else None
 
 
 # DEPLOY ---------------------------------------------------------------------
