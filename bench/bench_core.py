@@ -6,18 +6,21 @@ server on loopback) and measures, per backend:
 - deploy+undeploy transactions per second: `--deployments` one-VM
   deployments deployed then undeployed by `--writers` concurrent clients,
   each waiting for its transaction to end; figure = transactions / wall time;
-- read latency at 16 concurrent clients: GET of a deployment (with its
-  vm_groups and VMs) and of a transaction, `--reads` requests in all;
-  p50 and p99 of the client-side round trip;
+- read latency at 16 concurrent clients, GET of a deployment (with its
+  vm_groups and VMs) and of a transaction: paced (each client 10 req/s)
+  and saturated (wrk, back to back); p50 and p99;
 - resident set size (RSS) of one local VM process.
 
-Usage: .venv/bin/python bench/bench_core.py [--deployments 40] [--reads 4000]
+Usage: .venv/bin/python bench/bench_core.py [--deployments 40] [--rate 10] [--seconds 10]
+(needs Debian's wrk for the saturated read figures)
 Writes a dated section to docs/benchmarks.md unless --no-write.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,7 +83,69 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
-def measure_reads(node: Node, total: int, clients: int) -> tuple[float, float, float]:
+def _wrk(node: Node, path: str, seconds: int) -> dict:
+    """Saturated load: 16 connections sending back to back (wrk, C, so the load
+    generator takes little of the CPU it measures)."""
+    token = base64.b64encode(f"admin:{node.admin_password}".encode()).decode()
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            "-c16",
+            f"-d{seconds}s",
+            "--latency",
+            "-H",
+            f"Authorization: Basic {token}",
+            node.base_url + path,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "Non-2xx" not in out, out
+    figures = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if parts and parts[0] in ("50%", "99%"):
+            figures[parts[0]] = _ms(parts[1])
+        elif line.startswith("Requests/sec:"):
+            figures["rps"] = float(parts[1])
+    return figures
+
+
+def _ms(text: str) -> float:
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    raise ValueError(text)
+
+
+def _paced(node: Node, paths: list[str], clients: int, rate: float, seconds: float) -> list[float]:
+    """Each of `clients` clients sends `rate` requests per second on a fixed schedule."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client_loop(index: int) -> None:
+        mine = []
+        with httpx.Client(base_url=node.base_url, auth=node.auth, timeout=30) as client:
+            client.get(paths[0])  # connection set up outside the measurement
+            start = time.perf_counter() + index / (clients * rate)  # spread the clients
+            for i in range(int(seconds * rate)):
+                delay = start + i / rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                sent = time.perf_counter()
+                assert client.get(paths[i % len(paths)]).status_code == 200
+                mine.append(time.perf_counter() - sent)
+        with lock:
+            latencies.extend(mine)
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client_loop, range(clients)))
+    return latencies
+
+
+def measure_reads(node: Node, args: argparse.Namespace) -> dict:
     with httpx.Client(base_url=node.base_url, auth=node.auth, timeout=30) as client:
         accepted = client.post(
             "/v0/deployments",
@@ -88,34 +153,15 @@ def measure_reads(node: Node, total: int, clients: int) -> tuple[float, float, f
             headers={"content-type": "application/yaml"},
         ).json()
         wait_end(client, accepted["transaction_id"])
-    paths = [
-        "/v0/tenants/bench/deployments/read-target",
-        f"/v0/transactions/{accepted['transaction_id']}",
-    ]
-    latencies: list[float] = []
-    lock = threading.Lock()
-
-    def reader(count: int) -> None:
-        mine = []
-        with httpx.Client(base_url=node.base_url, auth=node.auth, timeout=30) as client:
-            client.get(paths[0])  # connection set up outside the measurement
-            for i in range(count):
-                start = time.perf_counter()
-                response = client.get(paths[i % 2])
-                mine.append(time.perf_counter() - start)
-                assert response.status_code == 200
-        with lock:
-            latencies.extend(mine)
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(reader, [total // clients] * clients))
-    elapsed = time.perf_counter() - started
-    return (
-        percentile(latencies, 50) * 1000,
-        percentile(latencies, 99) * 1000,
-        len(latencies) / elapsed,
-    )
+    show = "/v0/tenants/bench/deployments/read-target"
+    transaction = f"/v0/transactions/{accepted['transaction_id']}"
+    paced = _paced(node, [show, transaction], 16, args.rate, args.seconds)
+    return {
+        "paced_p50": percentile(paced, 50) * 1000,
+        "paced_p99": percentile(paced, 99) * 1000,
+        "saturated_show": _wrk(node, show, int(args.seconds)),
+        "saturated_tx": _wrk(node, transaction, int(args.seconds)),
+    }
 
 
 def run_backend(backend: str, db_url: str, args: argparse.Namespace) -> dict:
@@ -131,20 +177,13 @@ def run_backend(backend: str, db_url: str, args: argparse.Namespace) -> dict:
                 list(pool.map(lambda i: deploy_undeploy(node, i), range(args.deployments)))
             elapsed = time.perf_counter() - started
             tx_per_s = 2 * args.deployments / elapsed
-            p50, p99, rps = measure_reads(node, args.reads, 16)
+            reads = measure_reads(node, args)
             vm = live_vm_processes(home)[0]
             rss_mb = vm.memory_info().rss / 2**20
         finally:
             process.terminate()
             kill_vms(home)
-    result = {
-        "backend": backend,
-        "tx_per_s": tx_per_s,
-        "p50_ms": p50,
-        "p99_ms": p99,
-        "reads_per_s": rps,
-        "vm_rss_mb": rss_mb,
-    }
+    result = {"backend": backend, "tx_per_s": tx_per_s, "vm_rss_mb": rss_mb, **reads}
     print(result, flush=True)
     return result
 
@@ -162,17 +201,25 @@ def write_results(results: list[dict], args: argparse.Namespace) -> None:
         f"undeployed by one of {args.writers} concurrent clients that wait for every "
         "transaction to end (VM process started and answering its health check; "
         "undeployed and process gone). Figure = transactions / wall time.",
-        f"- reads: {args.reads} GETs of a deployment (with VMs) and a transaction by 16 "
-        "concurrent clients with keep-alive; client-side round-trip latency.",
+        f"- reads, paced: 16 concurrent clients (httpx, keep-alive), each sending "
+        f"{args.rate:g} requests/s on a fixed schedule for {args.seconds:g} s, alternating GET "
+        "of a deployment (with its vm_groups and VMs) and GET of a transaction; "
+        "client-side round trip.",
+        f"- reads, saturated: `wrk -t2 -c16 -d{int(args.seconds)}s --latency`, 16 connections "
+        "sending back to back, on GET of the deployment and GET of the transaction.",
         "- VM RSS: resident set of one local VM process (`psutil`).",
         "",
-        "| backend | deploy+undeploy tx/s | read p50 | read p99 | reads/s | VM process RSS |",
+        "| backend | deploy+undeploy tx/s | paced reads p50 / p99 | saturated deployment GET "
+        "p50 / p99 (req/s) | saturated transaction GET p50 / p99 (req/s) | VM process RSS |",
         "|---|---|---|---|---|---|",
     ]
     for r in results:
+        show, tx = r["saturated_show"], r["saturated_tx"]
         lines.append(
-            f"| {r['backend']} | {r['tx_per_s']:.1f} | {r['p50_ms']:.1f} ms | "
-            f"{r['p99_ms']:.1f} ms | {r['reads_per_s']:.0f} | {r['vm_rss_mb']:.1f} MB |"
+            f"| {r['backend']} | {r['tx_per_s']:.1f} | {r['paced_p50']:.1f} / "
+            f"{r['paced_p99']:.1f} ms | {show['50%']:.1f} / {show['99%']:.1f} ms "
+            f"({show['rps']:.0f}) | {tx['50%']:.1f} / {tx['99%']:.1f} ms ({tx['rps']:.0f}) | "
+            f"{r['vm_rss_mb']:.1f} MB |"
         )
     lines += ["", "Aim: read p99 under 20 ms, a local VM process under 20 MB RSS.", ""]
     section = "\n".join(lines)
@@ -192,10 +239,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deployments", type=int, default=40)
     parser.add_argument("--writers", type=int, default=4)
-    parser.add_argument("--reads", type=int, default=4000)
+    parser.add_argument(
+        "--rate", type=float, default=10.0, help="requests per second per paced client"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="length of each read measurement"
+    )
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("the saturated read measurement needs wrk: apt-get install wrk")
     results = []
     if args.backend in ("sqlite", "both"):
         with tempfile.TemporaryDirectory() as tmp:
@@ -204,7 +258,7 @@ def main() -> None:
         reason = availability()
         if reason:
             sys.exit(f"PostgreSQL benchmark impossible: {reason}")
-        server = PostgresServer()
+        server = PostgresServer(durable=True)
         server.start()
         try:
             results.append(run_backend("PostgreSQL 15", server.create_database("bench"), args))

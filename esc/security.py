@@ -14,9 +14,10 @@ import hmac
 import secrets
 import threading
 import time
+from collections.abc import Callable
 
 _N, _R, _P = 2**14, 8, 1
-_CACHE_SECONDS = 300.0
+_CACHE_SECONDS = 30.0
 ADMIN_USER = "admin"
 LOCAL_USER = "escadm"
 
@@ -47,27 +48,35 @@ def verify_password(password: str, stored: str) -> bool:
 
 
 class VerifiedCache:
-    """Credentials that verified recently, so each request need not pay for scrypt."""
+    """Credentials that verified recently, so each request pays neither for a
+    database lookup nor for scrypt.
 
-    def __init__(self) -> None:
+    Keyed by a keyed hash of (user, password), never the password itself. An
+    entry lives `ttl` seconds: a changed or removed account stops working
+    within that time.
+    """
+
+    def __init__(self, ttl: float = _CACHE_SECONDS) -> None:
+        self.ttl = ttl
         self._key = secrets.token_bytes(32)
         self._seen: dict[bytes, float] = {}
         self._lock = threading.Lock()
 
-    def _fingerprint(self, user: str, password: str, stored: str) -> bytes:
-        # The stored hash is part of the key: a changed password invalidates at once.
-        return hmac.digest(self._key, f"{user}\0{password}\0{stored}".encode(), "sha256")
+    def _fingerprint(self, user: str, password: str) -> bytes:
+        return hmac.digest(self._key, f"{user}\0{password}".encode(), "sha256")
 
-    def check(self, user: str, password: str, stored: str) -> bool:
-        fingerprint = self._fingerprint(user, password, stored)
+    def check(self, user: str, password: str, stored_hash: Callable[[str], str | None]) -> bool:
+        """True when the credentials are valid; `stored_hash(user)` is asked only on a miss."""
+        fingerprint = self._fingerprint(user, password)
         now = time.monotonic()
         with self._lock:
             if self._seen.get(fingerprint, 0) > now:
                 return True
-        if not verify_password(password, stored):
+        stored = stored_hash(user)
+        if stored is None or not verify_password(password, stored):
             return False
         with self._lock:
             if len(self._seen) > 1000:
                 self._seen = {k: v for k, v in self._seen.items() if v > now}
-            self._seen[fingerprint] = now + _CACHE_SECONDS
+            self._seen[fingerprint] = now + self.ttl
         return True

@@ -44,11 +44,13 @@ class Database:
     def __init__(self, url: str, **engine_kwargs: Any) -> None:
         self.url = make_url(url)
         self.backend = self.url.get_backend_name()
+        # Enough connections for the API's thread pool (40) and the engine's
+        # workers, so a request never queues for a connection.
+        engine_kwargs.setdefault("pool_size", 20)
+        engine_kwargs.setdefault("max_overflow", 30)
         if self.backend == "sqlite":
             engine_kwargs.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
         else:
-            engine_kwargs.setdefault("pool_size", 10)
-            engine_kwargs.setdefault("max_overflow", 20)
             engine_kwargs.setdefault("pool_pre_ping", True)
         self.engine = create_engine(self.url, **engine_kwargs)
         if self.backend == "sqlite":

@@ -63,9 +63,11 @@ class Controller:
     # authentication ------------------------------------------------------------
 
     def authenticate(self, user: str, password: str) -> bool:
+        return self._credentials.check(user, password, self._password_hash)
+
+    def _password_hash(self, user: str) -> str | None:
         with self.db.read() as session:
-            stored = session.scalar(select(User.password_hash).where(User.name == user))
-        return stored is not None and self._credentials.check(user, password, stored)
+            return session.scalar(select(User.password_hash).where(User.name == user))
 
     # northbound writes ---------------------------------------------------------
 

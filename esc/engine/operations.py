@@ -40,7 +40,10 @@ from esc.vim.base import VimDriver, VmSpec
 
 log = logging.getLogger(__name__)
 
-ALIVE_POLL_SECONDS = 0.2
+# A new VM usually answers within milliseconds: check often at first, then
+# back off so a slow boot does not cost a busy loop.
+ALIVE_POLL_FIRST = 0.02
+ALIVE_POLL_MAX = 0.5
 
 
 class OperationFailed(Exception):
@@ -143,6 +146,7 @@ def _wait_alive(
             for vm_id in vm_ids
         }
     waiting = set(vm_ids)
+    interval = ALIVE_POLL_FIRST
     while waiting:
         for vm_id in sorted(waiting):
             if ctx.vim.is_alive(vm_id):
@@ -169,7 +173,8 @@ def _wait_alive(
                     "check its image, or raise the vm_group's " + why
                 )
         if waiting:
-            ctx.pause(ALIVE_POLL_SECONDS)
+            ctx.pause(interval)
+            interval = min(ALIVE_POLL_MAX, interval * 2)
 
 
 def converge(ctx: StepContext, deployment_id: str) -> None:

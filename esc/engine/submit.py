@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from esc.db.models import (
     Deployment,
@@ -28,6 +28,9 @@ from esc.db.models import (
 from esc.descriptor import DATA_MODEL_VERSION, Descriptor, VmGroupSpec, check_data_model
 from esc.errors import Conflict, InvalidRequest, NotFound
 from esc.vim.base import VimDriver, VimError
+
+# One query per level instead of one per vm_group when a deployment is shown.
+WITH_GROUPS_AND_VMS = selectinload(Deployment.vm_groups).selectinload(VmGroup.vms)
 
 VM_ACTIONS = {
     "START": Operation.VM_START,
@@ -143,7 +146,10 @@ def ensure_vm_rows(group: VmGroup, deployment_name: str) -> None:
 
 def find_deployment(session: Session, tenant: str, name: str) -> Deployment:
     deployment = session.scalar(
-        select(Deployment).join(Tenant).where(Tenant.name == tenant, Deployment.name == name)
+        select(Deployment)
+        .join(Tenant)
+        .where(Tenant.name == tenant, Deployment.name == name)
+        .options(WITH_GROUPS_AND_VMS)
     )
     if deployment is None:
         raise NotFound(

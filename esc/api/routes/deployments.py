@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import contains_eager
 
 from esc.api.deps import ControllerDep, ReadSession, require_user
 from esc.api.schemas import (
@@ -20,7 +22,7 @@ from esc.api.schemas import (
 )
 from esc.db.models import Deployment, Tenant, Transaction
 from esc.descriptor import Descriptor, parse_descriptor
-from esc.engine.submit import find_deployment
+from esc.engine.submit import WITH_GROUPS_AND_VMS, find_deployment
 from esc.errors import Conflict, NotFound
 
 router = APIRouter(prefix="/v0", tags=["deployments"], dependencies=[Depends(require_user)])
@@ -91,7 +93,8 @@ def delete_tenant(tenant: str, controller: ControllerDep) -> Response:
 )
 async def deploy(request: Request, response: Response, controller: ControllerDep) -> Accepted:
     descriptor = await _descriptor(request)
-    return accepted(controller.deploy(descriptor), response)
+    # The write may wait for the database's lock: never on the event loop.
+    return accepted(await run_in_threadpool(controller.deploy, descriptor), response)
 
 
 @router.get("/deployments", response_model=list[DeploymentSummary])
@@ -100,7 +103,12 @@ def list_deployments(
     tenant: Annotated[str | None, Query(max_length=128)] = None,
     name: Annotated[str | None, Query(max_length=128)] = None,
 ) -> list[DeploymentSummary]:
-    query = select(Deployment).join(Tenant).order_by(Tenant.name, Deployment.name)
+    query = (
+        select(Deployment)
+        .join(Tenant)
+        .options(contains_eager(Deployment.tenant), WITH_GROUPS_AND_VMS)
+        .order_by(Tenant.name, Deployment.name)
+    )
     if tenant is not None:
         query = query.where(Tenant.name == tenant)
     if name is not None:
@@ -123,7 +131,8 @@ async def update_deployment(
     tenant: str, name: str, request: Request, response: Response, controller: ControllerDep
 ) -> Accepted:
     descriptor = await _descriptor(request)
-    return accepted(controller.update(tenant, name, descriptor), response)
+    tx = await run_in_threadpool(controller.update, tenant, name, descriptor)
+    return accepted(tx, response)
 
 
 @router.post(
