@@ -46,6 +46,10 @@ ALIVE_POLL_FIRST = 0.02
 ALIVE_POLL_MAX = 0.5
 
 
+Succeed = Callable[[Session, Transaction], None]
+Fail = Callable[[Session, Transaction, str], None]
+
+
 class OperationFailed(Exception):
     """The transaction cannot reach its goal; the message is the reason shown to the operator."""
 
@@ -197,6 +201,46 @@ def _deployment_of(session: Session, tx_id: str) -> Deployment | None:
     return session.get(Deployment, deployment_id) if deployment_id else None
 
 
+# Deployment-level outcomes ----------------------------------------------------
+
+
+def deployment_outcome(event: str, done: str, failed: str) -> tuple[Succeed, Fail]:
+    """The end of a deployment-wide transaction: status ACTIVE or ERROR, and `event`
+    with SUCCESS or FAILURE ({name} and {reason} are filled in)."""
+
+    def succeed(session: Session, tx: Transaction) -> None:
+        deployment = _deployment_of(session, tx.id)
+        deployment.status = DeploymentStatus.ACTIVE
+        emit_for(
+            session, deployment, event, done.format(name=deployment.name), transaction_id=tx.id
+        )
+
+    def fail(session: Session, tx: Transaction, reason: str) -> None:
+        deployment = _deployment_of(session, tx.id)
+        if deployment is None:  # a resumed undeploy may have removed it already
+            return
+        deployment.status = DeploymentStatus.ERROR
+        emit_for(
+            session,
+            deployment,
+            event,
+            failed.format(reason=reason),
+            transaction_id=tx.id,
+            status=FAILURE,
+        )
+
+    return succeed, fail
+
+
+deploy_succeed, deploy_fail = deployment_outcome(
+    "SERVICE_ALIVE", "deployment {name} is alive", "deployment failed: {reason}"
+)
+update_succeed, update_fail = deployment_outcome(
+    "SERVICE_UPDATED", "deployment {name} updated", "update failed: {reason}"
+)
+_, undeploy_fail = deployment_outcome("SERVICE_UNDEPLOYED", "", "undeploy failed: {reason}")
+
+
 # DEPLOY ---------------------------------------------------------------------
 
 
@@ -204,33 +248,6 @@ def deploy_process(ctx: StepContext) -> None:
     with ctx.db.read() as session:
         deployment_id = session.get(Transaction, ctx.tx_id).deployment_id
     converge(ctx, deployment_id)
-
-
-def deploy_succeed(session: Session, tx: Transaction) -> None:
-    deployment = _deployment_of(session, tx.id)
-    deployment.status = DeploymentStatus.ACTIVE
-    emit_for(
-        session,
-        deployment,
-        "SERVICE_ALIVE",
-        f"deployment {deployment.name} is alive",
-        transaction_id=tx.id,
-    )
-
-
-def deploy_fail(session: Session, tx: Transaction, reason: str) -> None:
-    deployment = _deployment_of(session, tx.id)
-    if deployment is None:
-        return
-    deployment.status = DeploymentStatus.ERROR
-    emit_for(
-        session,
-        deployment,
-        "SERVICE_ALIVE",
-        f"deployment failed: {reason}",
-        transaction_id=tx.id,
-        status=FAILURE,
-    )
 
 
 # UNDEPLOY -------------------------------------------------------------------
@@ -259,21 +276,6 @@ def undeploy_succeed(session: Session, tx: Transaction) -> None:
         transaction_id=tx.id,
     )
     session.delete(deployment)
-
-
-def undeploy_fail(session: Session, tx: Transaction, reason: str) -> None:
-    deployment = _deployment_of(session, tx.id)
-    if deployment is None:
-        return
-    deployment.status = DeploymentStatus.ERROR
-    emit_for(
-        session,
-        deployment,
-        "SERVICE_UNDEPLOYED",
-        f"undeploy failed: {reason}",
-        transaction_id=tx.id,
-        status=FAILURE,
-    )
 
 
 # UPDATE (descriptor change or scaling) --------------------------------------
@@ -316,42 +318,11 @@ def update_process(ctx: StepContext) -> None:
                 deployment.vm_groups.remove(group)
 
 
-def update_succeed(session: Session, tx: Transaction) -> None:
-    deployment = _deployment_of(session, tx.id)
-    deployment.status = DeploymentStatus.ACTIVE
-    emit_for(
-        session,
-        deployment,
-        "SERVICE_UPDATED",
-        f"deployment {deployment.name} updated",
-        transaction_id=tx.id,
-    )
-
-
-def update_fail(session: Session, tx: Transaction, reason: str) -> None:
-    deployment = _deployment_of(session, tx.id)
-    if deployment is None:
-        return
-    deployment.status = DeploymentStatus.ERROR
-    emit_for(
-        session,
-        deployment,
-        "SERVICE_UPDATED",
-        f"update failed: {reason}",
-        transaction_id=tx.id,
-        status=FAILURE,
-    )
-
-
 # VM actions -----------------------------------------------------------------
 
 
-def _vm_of(ctx: StepContext) -> str:
-    return ctx.request()["vm_id"]
-
-
 def _require_vm(ctx: StepContext) -> str:
-    vm_id = _vm_of(ctx)
+    vm_id = ctx.request()["vm_id"]
     with ctx.db.read() as session:
         if session.get(Vm, vm_id) is None:
             raise OperationFailed(f"VM {vm_id} no longer exists")
@@ -485,8 +456,8 @@ def _nothing(session: Session, tx: Transaction) -> None:
 @dataclass(frozen=True)
 class OperationHandler:
     process: Callable[[StepContext], None]
-    succeed: Callable[[Session, Transaction], None]
-    fail: Callable[[Session, Transaction, str], None]
+    succeed: Succeed
+    fail: Fail
 
 
 OPERATIONS: dict[Operation, OperationHandler] = {
