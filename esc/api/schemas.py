@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
 
 from esc.db.models import (
     Deployment,
@@ -159,7 +159,7 @@ class VmActionIn(_In):
 
 
 class SubscriptionIn(_In):
-    callback_url: AnyHttpUrl
+    callback_url: Annotated[AnyHttpUrl, UrlConstraints(max_length=2048)]
     tenant: Name | None = Field(None, description="Only this tenant's events; all when absent.")
 
 

@@ -110,6 +110,8 @@ def test_version(api: TestClient) -> None:
         ("POST", "/v0/subscriptions", {"callback_url": "not a url"}, 422),
         ("POST", "/v0/tenants", {"name": ""}, 422),
         ("GET", "/v0/events?after=-1", None, 422),
+        ("GET", f"/v0/events?after={2**64}", None, 422),
+        ("POST", "/v0/subscriptions", {"callback_url": "http://127.0.0.1/" + "a" * 2100}, 422),
         ("DELETE", "/v0/subscriptions/nope", None, 404),
         ("PATCH", "/v0/deployments", None, 405),
     ],

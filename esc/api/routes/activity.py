@@ -50,7 +50,9 @@ def show_transaction(tx_id: str, session: ReadSession) -> TransactionView:
 @router.get("/events", response_model=list[EventView])
 def list_events(
     session: ReadSession,
-    after: Annotated[int, Query(ge=0, description="Only events with a larger event_id")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=2**63 - 1, description="Only events with a larger event_id")
+    ] = 0,
     tenant: Annotated[str | None, Query(max_length=128)] = None,
     deployment: Annotated[str | None, Query(max_length=128)] = None,
     transaction_id: Annotated[str | None, Query(max_length=36)] = None,
