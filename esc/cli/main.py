@@ -7,6 +7,13 @@ import click
 from esc import __version__
 from esc.cli.deployment import deployment_group
 from esc.cli.node import init_command, run_command
+from esc.cli.service import (
+    restart_command,
+    start_command,
+    status_command,
+    stop_command,
+    version_command,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,6 +30,8 @@ def cli() -> None:
 cli.add_command(init_command)
 cli.add_command(run_command)
 cli.add_command(deployment_group)
+for command in (start_command, stop_command, restart_command, status_command, version_command):
+    cli.add_command(command)
 
 
 def main() -> None:

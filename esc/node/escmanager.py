@@ -44,3 +44,22 @@ def serve(home: NodeHome, settings: Settings) -> None:
         timeout_graceful_shutdown=10,
     )
     uvicorn.Server(config).run()
+
+
+def main() -> int:
+    """`python -m esc.node.escmanager --home H`: how the supervisor runs the service."""
+    import argparse
+
+    from esc.node.logs import setup_service_logging
+
+    parser = argparse.ArgumentParser(description="ESC escmanager service")
+    parser.add_argument("--home", required=True)
+    home = NodeHome.resolve(parser.parse_args().home)
+    settings = home.load()
+    setup_service_logging(home, "escmanager", to_stderr=False)
+    serve(home, settings)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

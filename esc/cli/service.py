@@ -1,0 +1,125 @@
+"""escadm start | stop | restart | status | version, and esc_version."""
+
+from __future__ import annotations
+
+import click
+
+from esc.cli.common import CliError, home_option, json_option, load_settings, print_json
+from esc.config import NodeHome
+from esc.node.control import ControlError, NodeState, node_state, start_node, stop_node
+from esc.version import CURRENT
+
+# `escadm status` exit codes (LSB init-script convention for "not running").
+STATUS_HEALTHY = 0
+STATUS_UNHEALTHY = 1
+STATUS_STOPPED = 3
+
+
+@click.command("start")
+@home_option
+def start_command(home: NodeHome) -> None:
+    """Start the node's services in the background (supervised)."""
+    settings = load_settings(home)
+    try:
+        started = start_node(home, settings)
+    except ControlError as exc:
+        raise CliError(str(exc)) from None
+    click.echo("ESC started" if started else "ESC is already running")
+
+
+@click.command("stop")
+@home_option
+def stop_command(home: NodeHome) -> None:
+    """Stop the node's services gracefully.
+
+    Transactions in flight get up to 30 s to finish; the rest are resumed at
+    the next start. Nothing is lost.
+    """
+    load_settings(home)
+    try:
+        stopped = stop_node(home)
+    except ControlError as exc:
+        raise CliError(str(exc)) from None
+    click.echo("ESC stopped" if stopped else "ESC is already stopped")
+
+
+@click.command("restart")
+@home_option
+def restart_command(home: NodeHome) -> None:
+    """Stop (if running), then start the node's services."""
+    settings = load_settings(home)
+    try:
+        stop_node(home)
+        start_node(home, settings)
+    except ControlError as exc:
+        raise CliError(str(exc)) from None
+    click.echo("ESC restarted")
+
+
+def status_line(state: NodeState) -> tuple[str, int]:
+    if not state.running:
+        return "ESC status=0 ESC is stopped", STATUS_STOPPED
+    if state.healthy:
+        return "ESC status=0 ESC Standalone Healthy", STATUS_HEALTHY
+    return "ESC status=1 ESC Standalone Unhealthy", STATUS_UNHEALTHY
+
+
+@click.command("status")
+@home_option
+@click.option("--v", "verbose", is_flag=True, help="Also list every service and its pgid.")
+@json_option
+def status_command(home: NodeHome, verbose: bool, as_json: bool) -> None:
+    """Is the node running and healthy?
+
+    Exit code: 0 running and healthy, 1 running but unhealthy, 3 stopped.
+    """
+    state = node_state(home, load_settings(home))
+    line, code = status_line(state)
+    if as_json:
+        print_json(
+            {
+                "running": state.running,
+                "healthy": state.healthy,
+                "role": "standalone",
+                "message": line,
+                "services": [
+                    {
+                        "name": s.name,
+                        "running": s.running,
+                        "pid": s.record.pid if s.record else None,
+                        "pgid": s.record.pgid if s.record else None,
+                    }
+                    for s in state.services
+                ],
+            }
+        )
+    else:
+        if verbose:
+            for service in state.services:
+                if service.record:
+                    click.echo(f"{service.name} (pgid {service.record.pgid}) is running")
+                else:
+                    click.echo(f"{service.name} is stopped")
+        click.echo(line)
+    raise SystemExit(code)
+
+
+def version_lines() -> list[str]:
+    return [f"version : {CURRENT.version}", f"release : {CURRENT.build}"]
+
+
+@click.command("version")
+@json_option
+def version_command(as_json: bool) -> None:
+    """Print the installed version (as esc_version does)."""
+    if as_json:
+        print_json(
+            {"version": CURRENT.version, "release": str(CURRENT.build), "full": str(CURRENT)}
+        )
+        return
+    click.echo("\n".join(version_lines()))
+
+
+def esc_version_main() -> None:
+    """The `esc_version` console script: exactly what `escadm version` prints."""
+    print("\n".join(version_lines()))

@@ -1,0 +1,129 @@
+"""Starting, stopping and inspecting a node (what escadm start/stop/status do)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from esc.config import NodeHome, Settings
+from esc.node.escmanager import check_port_free
+from esc.node.processes import ProcessRecord, read_record, remove_record
+from esc.node.supervisor import SERVICE_NAMES, STOP_TIMEOUT, SUPERVISOR
+
+
+class ControlError(Exception):
+    """start/stop could not be done; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    name: str
+    record: ProcessRecord | None  # None: not running
+
+    @property
+    def running(self) -> bool:
+        return self.record is not None
+
+
+@dataclass(frozen=True)
+class NodeState:
+    supervisor: ProcessRecord | None
+    services: list[ServiceState]
+    api_ready: bool
+
+    @property
+    def running(self) -> bool:
+        return self.supervisor is not None
+
+    @property
+    def healthy(self) -> bool:
+        return self.running and self.api_ready and all(s.running for s in self.services)
+
+
+def live_record(home: NodeHome, name: str) -> ProcessRecord | None:
+    """The process record of `name` if that process runs; a stale record is removed."""
+    record = read_record(home.run, name)
+    if record is None:
+        return None
+    if record.alive():
+        return record
+    remove_record(home.run, name)
+    return None
+
+
+def api_ready(settings: Settings, timeout: float = 0.5) -> bool:
+    from esc.cli.client import api_base_url
+
+    try:
+        response = httpx.get(f"{api_base_url(settings)}/esc/health", timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+def node_state(home: NodeHome, settings: Settings) -> NodeState:
+    supervisor = live_record(home, SUPERVISOR)
+    services = [
+        ServiceState(name, live_record(home, name) if supervisor else None)
+        for name in SERVICE_NAMES
+    ]
+    ready = supervisor is not None and api_ready(settings)
+    return NodeState(supervisor, services, ready)
+
+
+def start_node(home: NodeHome, settings: Settings, timeout: float = 60.0) -> bool:
+    """Start the supervisor detached and wait until the API answers.
+
+    Returns False when the node was already running (nothing done)."""
+    if live_record(home, SUPERVISOR):
+        return False
+    try:
+        check_port_free(settings.api.host, settings.api.port)
+    except OSError as exc:
+        raise ControlError(str(exc)) from None
+    home.log.mkdir(mode=0o700, exist_ok=True)
+    home.run.mkdir(mode=0o700, exist_ok=True)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "esc.node.supervisor", "--home", str(home.root)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if supervisor.poll() is not None:
+            raise ControlError(
+                f"the supervisor exited with code {supervisor.returncode}; "
+                f"see {home.log / 'supervisor.log'}"
+            )
+        if api_ready(settings):
+            return True
+        time.sleep(0.1)
+    raise ControlError(
+        f"ESC did not become ready within {timeout:g} s; see "
+        f"{home.log / 'escmanager.log'} (it keeps trying; escadm stop to give up)"
+    )
+
+
+def stop_node(home: NodeHome, timeout: float = STOP_TIMEOUT + 30) -> bool:
+    """Stop the node gracefully. Returns False when it was not running."""
+    record = live_record(home, SUPERVISOR)
+    if record is None:
+        return False
+    os.kill(record.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not record.alive():
+            return True
+        time.sleep(0.1)
+    raise ControlError(
+        f"the supervisor (pid {record.pid}) did not stop within {timeout:g} s; "
+        f"see {home.log / 'supervisor.log'}"
+    )

@@ -1,0 +1,66 @@
+"""Records of the node's processes under run/, checked before they are trusted.
+
+A record holds the pid, the process group and the process start time; a
+record whose pid now belongs to another process (pid reuse after a crash)
+is stale and is never signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+
+def start_ticks(pid: int) -> int:
+    """Start time of a process in clock ticks since boot (/proc/PID/stat field 22)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    name: str
+    pid: int
+    pgid: int
+    start_ticks: int
+
+    @classmethod
+    def of(cls, name: str, pid: int) -> ProcessRecord:
+        return cls(name, pid, os.getpgid(pid), start_ticks(pid))
+
+    def alive(self) -> bool:
+        """The recorded process still runs (same pid AND same start time)."""
+        try:
+            if psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE:
+                return False
+            return start_ticks(self.pid) == self.start_ticks
+        except (OSError, ValueError, psutil.Error):
+            return False
+
+
+def record_path(run_dir: Path, name: str) -> Path:
+    return run_dir / f"{name}.json"
+
+
+def write_record(run_dir: Path, record: ProcessRecord) -> None:
+    path = record_path(run_dir, record.name)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(record)))
+    tmp.replace(path)
+
+
+def read_record(run_dir: Path, name: str) -> ProcessRecord | None:
+    """The record if present and well-formed; None otherwise."""
+    try:
+        data = json.loads(record_path(run_dir, name).read_text())
+        return ProcessRecord(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def remove_record(run_dir: Path, name: str) -> None:
+    record_path(run_dir, name).unlink(missing_ok=True)

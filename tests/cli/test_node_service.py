@@ -1,0 +1,124 @@
+"""escadm start | stop | restart | status | version on a real node."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ESCADM, free_port
+
+from esc import __version__
+from esc.config import NodeHome
+from esc.node.control import live_record
+
+ESC_VERSION = str(Path(ESCADM).with_name("esc_version"))
+
+
+def escadm(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [ESCADM, *args, "--home", str(home)], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def home(tmp_path: Path):
+    home = tmp_path / "home"
+    assert escadm("init", "--api-port", str(free_port()), home=home).returncode == 0
+    yield home
+    escadm("stop", home=home)
+
+
+def test_version_and_esc_version_agree() -> None:
+    version, build = __version__.rsplit(".", 1)
+    expected = f"version : {version}\nrelease : {build}\n"
+    assert subprocess.run([ESCADM, "version"], capture_output=True, text=True).stdout == expected
+    assert subprocess.run([ESC_VERSION], capture_output=True, text=True).stdout == expected
+    as_json = json.loads(
+        subprocess.run([ESCADM, "version", "--json"], capture_output=True, text=True).stdout
+    )
+    assert as_json == {"version": version, "release": build, "full": __version__}
+
+
+@pytest.mark.slow
+def test_start_status_stop_cycle(home: Path) -> None:
+    stopped = escadm("status", home=home)
+    assert (stopped.returncode, stopped.stdout) == (3, "ESC status=0 ESC is stopped\n")
+
+    started = escadm("start", home=home)
+    assert (started.returncode, started.stdout) == (0, "ESC started\n")
+    again = escadm("start", home=home)
+    assert (again.returncode, again.stdout) == (0, "ESC is already running\n")
+
+    status = escadm("status", home=home)
+    assert (status.returncode, status.stdout) == (0, "ESC status=0 ESC Standalone Healthy\n")
+    verbose = escadm("status", "--v", home=home).stdout.splitlines()
+    assert re.fullmatch(r"escmanager \(pgid \d+\) is running", verbose[0])
+    assert verbose[-1] == "ESC status=0 ESC Standalone Healthy"
+    pgid = int(re.search(r"pgid (\d+)", verbose[0]).group(1))
+    assert os.getpgid(pgid) == pgid  # a real, live process group
+
+    as_json = json.loads(escadm("status", "--json", home=home).stdout)
+    assert as_json["running"] and as_json["healthy"]
+    assert as_json["services"][0]["pgid"] == pgid
+
+    assert escadm("stop", home=home).stdout == "ESC stopped\n"
+    assert escadm("stop", home=home).stdout == "ESC is already stopped\n"
+    after = escadm("status", "--v", home=home)
+    assert after.returncode == 3
+    assert after.stdout == "escmanager is stopped\nESC status=0 ESC is stopped\n"
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)
+
+
+@pytest.mark.slow
+def test_supervisor_restarts_a_killed_service(home: Path) -> None:
+    escadm("start", home=home)
+    before = live_record(NodeHome(home), "escmanager")
+    os.killpg(before.pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if escadm("status", home=home).returncode == 0:
+            break
+        time.sleep(0.3)
+    after = live_record(NodeHome(home), "escmanager")
+    assert after is not None and after.pid != before.pid
+    assert escadm("status", home=home).stdout == "ESC status=0 ESC Standalone Healthy\n"
+
+
+def test_stale_records_are_not_trusted(home: Path) -> None:
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        run = home / "run"
+        record = {
+            "name": "supervisor",
+            "pid": bystander.pid,
+            "pgid": bystander.pid,
+            "start_ticks": 1,
+        }
+        (run / "supervisor.json").write_text(json.dumps(record))
+        status = escadm("status", home=home)
+        assert status.returncode == 3, "a reused pid was taken for the supervisor"
+        assert escadm("stop", home=home).stdout == "ESC is already stopped\n"
+        assert bystander.poll() is None, "an unrelated process was signalled"
+        assert not (run / "supervisor.json").exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_port_in_use_is_a_clear_error(home: Path) -> None:
+    port = int(re.search(r"port = (\d+)", (home / "esc.toml").read_text()).group(1))
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        result = escadm("start", home=home)
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert escadm("status", home=home).returncode == 3
