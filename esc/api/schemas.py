@@ -18,6 +18,7 @@ from esc.db.models import (
     VmState,
 )
 from esc.descriptor import Name
+from esc.engine.op_mode import OpMode
 
 
 class _In(BaseModel):
@@ -195,3 +196,14 @@ class VersionView(BaseModel):
     release: str
     full: str
     data_model_version: int
+
+
+class OpModeIn(_In):
+    mode: OpMode
+    ipt_check: bool = Field(
+        False, description="Refuse MAINTENANCE while transactions are in progress."
+    )
+
+
+class OpModeView(BaseModel):
+    mode: OpMode

@@ -7,6 +7,7 @@ import click
 from esc import __version__
 from esc.cli.deployment import deployment_group
 from esc.cli.node import init_command, run_command
+from esc.cli.operations import ip_trans_command, op_mode_group
 from esc.cli.service import (
     restart_command,
     start_command,
@@ -30,7 +31,15 @@ def cli() -> None:
 cli.add_command(init_command)
 cli.add_command(run_command)
 cli.add_command(deployment_group)
-for command in (start_command, stop_command, restart_command, status_command, version_command):
+for command in (
+    start_command,
+    stop_command,
+    restart_command,
+    status_command,
+    version_command,
+    op_mode_group,
+    ip_trans_command,
+):
     cli.add_command(command)
 
 

@@ -290,3 +290,14 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     password_hash: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ControllerSetting(Base):
+    """Settings of the controller itself that must survive restart, restore and
+    switchover (so they live in the database): op_mode, for one."""
+
+    __tablename__ = "controller_settings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

@@ -18,7 +18,7 @@ from esc.db.migrate import upgrade_to_head
 from esc.db.models import Transaction, User
 from esc.db.session import Database
 from esc.descriptor import Descriptor
-from esc.engine import submit
+from esc.engine import op_mode, submit
 from esc.engine.executor import Executor
 from esc.engine.notifier import Notifier
 from esc.security import VerifiedCache
@@ -73,6 +73,7 @@ class Controller:
 
     def _submit(self, make: Callable[[Session], Transaction]) -> Transaction:
         with self.db.write() as session:
+            op_mode.require_operation(session)
             tx = make(session)
         self.executor.enqueue(tx.id)
         return tx

@@ -40,7 +40,7 @@ from esc.vim.base import (
 
 VNF_PROGRAM = Path(vnf.__file__).resolve()
 FLAVORS = ("m1.tiny", "m1.small", "m1.medium", "m1.large")
-IMAGE_FORMS = "healthy, crash-after:N, unhealthy-after:N (N seconds, e.g. 2.5)"
+IMAGE_FORMS = "healthy, crash-after:N, unhealthy-after:N, slow-boot:N (N seconds, e.g. 2.5)"
 LAUNCH_TIMEOUT = 10.0
 STOP_GRACE = 5.0
 HEALTH_TIMEOUT = 1.0

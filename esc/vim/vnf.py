@@ -7,6 +7,7 @@ behaves as its image says:
   healthy              always answers 200
   crash-after:N        exits with code 1 after N seconds
   unhealthy-after:N    answers 503 after N seconds, process stays up
+  slow-boot:N          answers 503 for the first N seconds (a slow boot), then 200
 
 It holds an exclusive lock on its instance directory for its whole life:
 two processes can never run one VM, and "is the VM running?" is answered
@@ -32,11 +33,11 @@ EXIT_ALREADY_RUNNING = 3
 
 
 def parse_image(image: str) -> tuple[str, float]:
-    """('healthy', 0) | ('crash-after', N) | ('unhealthy-after', N); ValueError otherwise."""
+    """('healthy', 0) | (KIND, N) for the KINDs above; ValueError otherwise."""
     if image == "healthy":
         return "healthy", 0.0
     kind, sep, value = image.partition(":")
-    if sep and kind in ("crash-after", "unhealthy-after"):
+    if sep and kind in ("crash-after", "unhealthy-after", "slow-boot"):
         seconds = float(value)
         if seconds >= 0 and seconds == seconds and seconds != float("inf"):
             return kind, seconds
@@ -83,7 +84,10 @@ def make_handler(spec: dict, started: float, kind: str, after: float) -> type:
         def do_GET(self) -> None:
             uptime = time.monotonic() - started
             if self.path == "/health":
-                healthy = not (kind == "unhealthy-after" and uptime >= after)
+                healthy = not (
+                    (kind == "unhealthy-after" and uptime >= after)
+                    or (kind == "slow-boot" and uptime < after)
+                )
                 self._send(
                     200 if healthy else 503,
                     {

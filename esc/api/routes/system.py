@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from esc.api.deps import ControllerDep, require_user
-from esc.api.schemas import Health, VersionView
+from esc.api.deps import ControllerDep, ReadSession, require_user
+from esc.api.schemas import Health, OpModeIn, OpModeView, VersionView
 from esc.descriptor import DATA_MODEL_VERSION
+from esc.engine import op_mode
 from esc.engine.controller import STAGE_READY
 from esc.version import CURRENT
 
@@ -21,6 +22,18 @@ def health(controller: ControllerDep) -> JSONResponse:
         return JSONResponse(body.model_dump(), status_code=200)
     body = Health(status_code=5000, message="ESC is starting or stopping", stage=controller.stage)
     return JSONResponse(body.model_dump(), status_code=503)
+
+
+@router.get("/op_mode", response_model=OpModeView, dependencies=[Depends(require_user)])
+def get_op_mode(session: ReadSession) -> OpModeView:
+    return OpModeView(mode=op_mode.current(session))
+
+
+@router.put("/op_mode", response_model=OpModeView, dependencies=[Depends(require_user)])
+def set_op_mode(body: OpModeIn, controller: ControllerDep) -> OpModeView:
+    with controller.db.write() as session:
+        mode = op_mode.set_mode(session, body.mode, ipt_check=body.ipt_check)
+    return OpModeView(mode=mode)
 
 
 @router.get("/version", response_model=VersionView, dependencies=[Depends(require_user)])
