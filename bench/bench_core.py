@@ -35,6 +35,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from conftest import (  # noqa: E402 - the tests' real-node helpers
     ControllerProcess,
@@ -44,6 +45,7 @@ from conftest import (  # noqa: E402 - the tests' real-node helpers
     live_vm_processes,
 )
 from pg_server import PostgresServer, availability  # noqa: E402
+from report import write_section  # noqa: E402
 
 from esc.config import NodeHome  # noqa: E402
 from esc.node.setup import init_node  # noqa: E402
@@ -222,17 +224,7 @@ def write_results(results: list[dict], args: argparse.Namespace) -> None:
             f"{r['vm_rss_mb']:.1f} MB |"
         )
     lines += ["", "Aim: read p99 under 20 ms, a local VM process under 20 MB RSS.", ""]
-    section = "\n".join(lines)
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    marker = "## Controller core"
-    if marker in text:
-        start = text.index(marker)
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
+    write_section("Controller core", "\n".join(lines))
 
 
 def main() -> None:

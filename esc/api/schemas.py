@@ -185,10 +185,17 @@ class EventView(BaseModel):
     time: datetime
 
 
+class HealthCheck(BaseModel):
+    name: str
+    ok: bool
+    detail: str
+
+
 class Health(BaseModel):
     status_code: int = Field(description="2000 when the controller serves requests, 5000 if not")
     message: str
     stage: str = Field(description="INIT while starting or stopping, READY when serving")
+    checks: list[HealthCheck] = Field(default_factory=list)
 
 
 class VersionView(BaseModel):

@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from esc.cli.client import ApiClient
 from esc.cli.common import (
@@ -52,6 +50,8 @@ def with_wait_options(func: Any) -> Any:
 def wait_for(client: ApiClient, accepted: dict, timeout: float, as_json: bool) -> dict:
     """Follow a transaction to its end, showing its events; exit non-zero if it FAILED."""
     tx_id = accepted["transaction_id"]
+    from rich.console import Console
+
     console = Console(stderr=as_json)
     deadline = time.monotonic() + timeout
     last_event = 0
@@ -162,6 +162,9 @@ def list_command(tenant: str | None, home: NodeHome, as_json: bool) -> None:
     if not deployments:
         click.echo("No deployments")
         return
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table("TENANT", "NAME", "STATUS", "VMS", "DATA MODEL", "CREATED", box=None)
     for d in deployments:
         table.add_row(
@@ -192,6 +195,9 @@ def show_command(name: str, tenant: str | None, home: NodeHome, as_json: bool) -
         f"deployment {deployment['tenant']}/{deployment['name']}  "
         f"status={deployment['status']}  data_model={deployment['data_model_version']}"
     )
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table("VM_GROUP", "VM", "STATE", "ADDRESS", "VM ID", box=None)
     for group in deployment["vm_groups"]:
         for vm in group["vms"]:

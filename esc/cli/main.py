@@ -9,6 +9,7 @@ from esc.cli.deployment import deployment_group
 from esc.cli.node import init_command, run_command
 from esc.cli.operations import ip_trans_command, op_mode_group
 from esc.cli.service import (
+    health_command,
     restart_command,
     start_command,
     status_command,
@@ -36,6 +37,7 @@ for command in (
     stop_command,
     restart_command,
     status_command,
+    health_command,
     version_command,
     op_mode_group,
     ip_trans_command,

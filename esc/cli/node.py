@@ -75,8 +75,9 @@ def init_command(
 @home_option
 def run_command(home: NodeHome) -> None:
     """Run the controller in the foreground (Ctrl-C or SIGTERM stops it gracefully)."""
-    from esc.node.escmanager import PortInUse, serve
+    from esc.node.escmanager import serve
     from esc.node.logs import setup_service_logging
+    from esc.node.ports import PortInUse
 
     settings = load_settings(home)
     setup_service_logging(home, "escmanager")

@@ -6,8 +6,6 @@ import time
 from datetime import UTC, datetime
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from esc.cli.client import ApiClient
 from esc.cli.common import (
@@ -84,6 +82,9 @@ def _print_in_progress(transactions: list[dict]) -> None:
     if not transactions:
         click.echo("No in-progress transactions")
         return
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table("TRANSACTION ID", "OPERATION", "DEPLOYMENT", "STATE", "AGE", box=None)
     for tx in transactions:
         table.add_row(

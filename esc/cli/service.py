@@ -104,6 +104,29 @@ def status_command(home: NodeHome, verbose: bool, as_json: bool) -> None:
     raise SystemExit(code)
 
 
+@click.command("health")
+@home_option
+@json_option
+def health_command(home: NodeHome, as_json: bool) -> None:
+    """Check the database, the API, the VIM and every service.
+
+    Prints ESC HEALTH PASSED, or ESC HEALTH FAILED and one line per failed
+    check. Exit code 0 passed, 1 failed.
+    """
+    from esc.node.health import node_checks
+
+    results = node_checks(home, load_settings(home))
+    passed = all(r.ok for r in results)
+    if as_json:
+        print_json({"passed": passed, "checks": [r.as_dict() for r in results]})
+    else:
+        click.echo("ESC HEALTH PASSED" if passed else "ESC HEALTH FAILED")
+        for result in results:
+            if not result.ok:
+                click.echo(f"  {result.name}: {result.detail}")
+    raise SystemExit(0 if passed else 1)
+
+
 def version_lines() -> list[str]:
     return [f"version : {CURRENT.version}", f"release : {CURRENT.build}"]
 

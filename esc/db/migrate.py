@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -29,6 +30,7 @@ def upgrade_to_head(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
+@functools.cache  # the scripts are files of this installed release: they do not change
 def head_revision() -> str:
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
     if len(heads) != 1:

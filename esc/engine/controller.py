@@ -21,6 +21,7 @@ from esc.descriptor import Descriptor
 from esc.engine import op_mode, submit
 from esc.engine.executor import Executor
 from esc.engine.notifier import Notifier
+from esc.health import CheckResult, check_database, check_services, check_vim
 from esc.security import VerifiedCache
 from esc.vim.base import load_driver
 
@@ -59,6 +60,20 @@ class Controller:
         if left:
             log.warning("stopped with transactions in progress, resumed at next start: %s", left)
         return left
+
+    def health_checks(self) -> list[CheckResult]:
+        """The checks this process can answer for: its database, VIM, engine and notifier
+        threads, and the node's other services (from their records under run/)."""
+        results = [check_database(self.db), check_vim(self.vim)]
+        results.append(
+            CheckResult(
+                "engine", self.executor.alive(), f"{self.executor.workers} transaction workers"
+            )
+        )
+        results.append(CheckResult("notifier", self.notifier.alive(), "event delivery"))
+        if (self.home.run / "supervisor.json").exists():  # supervised: the others too
+            results += [r for r in check_services(self.home) if r.name != "escmanager"]
+        return results
 
     # authentication ------------------------------------------------------------
 

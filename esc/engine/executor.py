@@ -62,6 +62,9 @@ class Executor:
         with self._lock:
             return sorted(self._running | self._interrupted)
 
+    def alive(self) -> bool:
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
     def enqueue(self, tx_id: str) -> None:
         self._queue.put(tx_id)
 

@@ -38,6 +38,9 @@ class Notifier:
         self._thread = threading.Thread(target=self._loop, name="notifier", daemon=True)
         self._thread.start()
 
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         outbox_changed.set()

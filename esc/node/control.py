@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import httpx
 
 from esc.config import NodeHome, Settings
-from esc.node.escmanager import check_port_free
-from esc.node.processes import ProcessRecord, read_record, remove_record
-from esc.node.supervisor import SERVICE_NAMES, STOP_TIMEOUT, SUPERVISOR
+from esc.node import processes
+from esc.node.ports import check_port_free
+from esc.node.processes import SERVICE_NAMES, SUPERVISOR, ProcessRecord
+from esc.node.supervisor import STOP_TIMEOUT
 
 
 class ControlError(Exception):
@@ -47,14 +48,7 @@ class NodeState:
 
 
 def live_record(home: NodeHome, name: str) -> ProcessRecord | None:
-    """The process record of `name` if that process runs; a stale record is removed."""
-    record = read_record(home.run, name)
-    if record is None:
-        return None
-    if record.alive():
-        return record
-    remove_record(home.run, name)
-    return None
+    return processes.live_record(home.run, name)
 
 
 def api_ready(settings: Settings, timeout: float = 0.5) -> bool:

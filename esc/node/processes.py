@@ -1,4 +1,6 @@
-"""Records of the node's processes under run/, checked before they are trusted.
+"""The node's processes: which services it has, and their records under run/.
+
+A leaf module (no ESC imports), so any layer may ask which services run.
 
 A record holds the pid, the process group and the process start time; a
 record whose pid now belongs to another process (pid reuse after a crash)
@@ -64,3 +66,20 @@ def read_record(run_dir: Path, name: str) -> ProcessRecord | None:
 
 def remove_record(run_dir: Path, name: str) -> None:
     record_path(run_dir, name).unlink(missing_ok=True)
+
+
+def live_record(run_dir: Path, name: str) -> ProcessRecord | None:
+    """The record of `name` if that process runs; a stale record is removed."""
+    record = read_record(run_dir, name)
+    if record is None:
+        return None
+    if record.alive():
+        return record
+    remove_record(run_dir, name)
+    return None
+
+
+SUPERVISOR = "supervisor"
+# The node's services in start order, each run as `python -m MODULE --home H`.
+SERVICE_MODULES = {"escmanager": "esc.node.escmanager"}
+SERVICE_NAMES = tuple(SERVICE_MODULES)

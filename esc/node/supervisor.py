@@ -22,11 +22,16 @@ from dataclasses import dataclass, field
 
 from esc.config import NodeHome
 from esc.node.logs import setup_service_logging
-from esc.node.processes import ProcessRecord, remove_record, write_record
+from esc.node.processes import (
+    SERVICE_MODULES,
+    SUPERVISOR,
+    ProcessRecord,
+    remove_record,
+    write_record,
+)
 
 log = logging.getLogger("esc.supervisor")
 
-SUPERVISOR = "supervisor"
 RESTARTS_ALLOWED = 5  # within RESTART_WINDOW, then the service is left stopped
 RESTART_WINDOW = 60.0
 STOP_TIMEOUT = 60.0  # escmanager waits up to 30 s for in-flight transactions
@@ -39,11 +44,6 @@ class Service:
     process: subprocess.Popen | None = None
     restarts: deque[float] = field(default_factory=deque)
     given_up: bool = False
-
-
-# The node's services in start order, each run as `python -m MODULE --home H`.
-SERVICE_MODULES = {"escmanager": "esc.node.escmanager"}
-SERVICE_NAMES = tuple(SERVICE_MODULES)
 
 
 def services(home: NodeHome) -> list[Service]:

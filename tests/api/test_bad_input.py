@@ -84,10 +84,17 @@ def test_wrong_credentials_is_401(api: TestClient) -> None:
 def test_health_needs_no_credentials(api: TestClient) -> None:
     response = TestClient(api.app).get("/esc/health")
     assert response.status_code == 200
-    assert response.json() == {
-        "status_code": 2000,
-        "message": "ESC services are running",
-        "stage": "READY",
+    body = response.json()
+    assert (body["status_code"], body["message"], body["stage"]) == (
+        2000,
+        "ESC services are running",
+        "READY",
+    )
+    assert {c["name"]: c["ok"] for c in body["checks"]} == {
+        "database": True,
+        "vim": True,
+        "engine": True,
+        "notifier": True,
     }
 
 

@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import ESCADM, free_port
 
@@ -122,3 +123,39 @@ def test_port_in_use_is_a_clear_error(home: Path) -> None:
     assert result.returncode == 1
     assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
     assert escadm("status", home=home).returncode == 3
+
+
+@pytest.mark.slow
+def test_health_passed_and_failed(home: Path) -> None:
+    stopped = escadm("health", home=home)
+    assert stopped.returncode == 1
+    lines = stopped.stdout.splitlines()
+    assert lines[0] == "ESC HEALTH FAILED"
+    assert any(line.startswith("  escmanager: not running") for line in lines[1:])
+    assert any(line.startswith("  api: no answer") for line in lines[1:])
+
+    escadm("start", home=home)
+    passed = escadm("health", home=home)
+    assert (passed.returncode, passed.stdout) == (0, "ESC HEALTH PASSED\n")
+    checks = json.loads(escadm("health", "--json", home=home).stdout)["checks"]
+    names = {c["name"] for c in checks}
+    assert names == {"api", "database", "vim", "engine", "notifier", "escmanager"}
+    assert all(c["ok"] for c in checks)
+
+    port = int(re.search(r"port = (\d+)", (home / "esc.toml").read_text()).group(1))
+    served = httpx.get(f"http://127.0.0.1:{port}/esc/health", timeout=5).json()
+    assert served["status_code"] == 2000 and served["stage"] == "READY"
+    assert {c["name"] for c in served["checks"]} == {"database", "vim", "engine", "notifier"}
+
+    # With the API down, the database is checked directly: an unreachable one is named.
+    escadm("stop", home=home)
+    config = home / "esc.toml"
+    original = config.read_text()
+    dead = f"postgresql+psycopg://esc@127.0.0.1:{free_port()}/esc"
+    config.write_text(original.replace('url = ""', f'url = "{dead}"'))
+    try:
+        failed = escadm("health", home=home)
+    finally:
+        config.write_text(original)
+    assert failed.returncode == 1
+    assert "\n  database: cannot query" in failed.stdout

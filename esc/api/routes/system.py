@@ -9,7 +9,7 @@ from esc.api.deps import ControllerDep, ReadSession, require_user
 from esc.api.schemas import Health, OpModeIn, OpModeView, VersionView
 from esc.descriptor import DATA_MODEL_VERSION
 from esc.engine import op_mode
-from esc.engine.controller import STAGE_READY
+from esc.engine.controller import STAGE_READY, Controller
 from esc.version import CURRENT
 
 router = APIRouter(prefix="/esc", tags=["system"])
@@ -17,11 +17,22 @@ router = APIRouter(prefix="/esc", tags=["system"])
 
 @router.get("/health", response_model=Health)
 def health(controller: ControllerDep) -> JSONResponse:
-    if controller.stage == STAGE_READY:
-        body = Health(status_code=2000, message="ESC services are running", stage=STAGE_READY)
-        return JSONResponse(body.model_dump(), status_code=200)
-    body = Health(status_code=5000, message="ESC is starting or stopping", stage=controller.stage)
-    return JSONResponse(body.model_dump(), status_code=503)
+    """Unauthenticated: load balancers and the HA pair probe it."""
+    checks = controller.health_checks()
+    ready = controller.stage == STAGE_READY and all(c.ok for c in checks)
+    body = Health(
+        status_code=2000 if ready else 5000,
+        message="ESC services are running" if ready else _failure_message(controller, checks),
+        stage=controller.stage,
+        checks=[c.as_dict() for c in checks],
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+def _failure_message(controller: Controller, checks: list) -> str:
+    if controller.stage != STAGE_READY:
+        return "ESC is starting or stopping"
+    return "; ".join(f"{c.name}: {c.detail}" for c in checks if not c.ok)
 
 
 @router.get("/op_mode", response_model=OpModeView, dependencies=[Depends(require_user)])

@@ -1,0 +1,69 @@
+"""Health checks, defined once for `escadm health` and GET /esc/health.
+
+Each check answers one question an operator asks when something is wrong:
+is the database reachable (and its schema current), does the API answer,
+can the VIM be used, is every service of the node running?
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from esc.config import NodeHome
+from esc.node.processes import SERVICE_NAMES, live_record
+
+if TYPE_CHECKING:  # the database and VIM modules are imported only by checks that use them
+    from esc.db.session import Database
+    from esc.vim.base import VimDriver
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_database(db: Database) -> CheckResult:
+    from sqlalchemy import text
+
+    from esc.db.migrate import current_revision, head_revision
+
+    try:
+        with db.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        revision, head = current_revision(db.engine), head_revision()
+    except Exception as exc:  # any driver error means "not reachable"
+        return CheckResult("database", False, f"cannot query {db.display_url}: {exc}")
+    if revision != head:
+        return CheckResult(
+            "database",
+            False,
+            f"schema at {revision}, expected {head}: restart escmanager to migrate",
+        )
+    return CheckResult("database", True, f"{db.backend} reachable, schema {revision}")
+
+
+def check_vim(vim: VimDriver) -> CheckResult:
+    from esc.vim.base import VimError
+
+    try:
+        vim.check()
+    except VimError as exc:
+        return CheckResult("vim", False, str(exc))
+    return CheckResult("vim", True, f"{vim.name} VIM usable")
+
+
+def check_services(home: NodeHome) -> list[CheckResult]:
+    results = []
+    for name in SERVICE_NAMES:
+        record = live_record(home.run, name)
+        if record:
+            results.append(CheckResult(name, True, f"running (pgid {record.pgid})"))
+        else:
+            results.append(CheckResult(name, False, "not running: escadm start"))
+    return results
