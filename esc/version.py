@@ -38,3 +38,8 @@ class Release:
 
 
 CURRENT = Release.parse(__version__)
+
+
+def version_lines() -> list[str]:
+    """What `escadm version` and `esc_version` print."""
+    return [f"version : {CURRENT.version}", f"release : {CURRENT.build}"]

@@ -10,7 +10,9 @@ from pydantic import BaseModel
 from esc.cli.main import cli
 from esc.config import Settings
 
-GUIDE = (Path(__file__).parents[1] / "docs" / "getting-started.md").read_text()
+DOCS = Path(__file__).parents[1] / "docs"
+GUIDE = (DOCS / "getting-started.md").read_text()
+OPERATIONS = (DOCS / "operations.md").read_text()
 
 
 def _setting_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -44,5 +46,5 @@ def test_every_setting_is_documented() -> None:
 def test_every_command_is_documented() -> None:
     commands = _commands(cli)
     assert "escadm deployment deploy" in commands
-    missing = [c for c in commands if f"`{c}" not in GUIDE]
-    assert not missing, f"document these commands in docs/getting-started.md: {missing}"
+    missing = [c for c in commands if f"`{c}" not in OPERATIONS]
+    assert not missing, f"document these commands in docs/operations.md: {missing}"

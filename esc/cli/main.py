@@ -7,7 +7,7 @@ import click
 from esc import __version__
 from esc.cli.deployment import deployment_group
 from esc.cli.node import init_command, run_command
-from esc.cli.operations import ip_trans_command, op_mode_group
+from esc.cli.operations import ip_trans_command, log_group, op_mode_group
 from esc.cli.service import (
     health_command,
     restart_command,
@@ -41,6 +41,7 @@ for command in (
     version_command,
     op_mode_group,
     ip_trans_command,
+    log_group,
 ):
     cli.add_command(command)
 

@@ -80,7 +80,7 @@ def run_command(home: NodeHome) -> None:
     from esc.node.ports import PortInUse
 
     settings = load_settings(home)
-    setup_service_logging(home, "escmanager")
+    setup_service_logging(home, "escmanager", tagged=True)
     try:
         serve(home, settings)
     except PortInUse as exc:

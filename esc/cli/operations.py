@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 
 from esc.cli.client import ApiClient
 from esc.cli.common import (
     EXIT_TIMEOUT,
+    EXIT_USAGE,
     CliError,
     home_option,
     json_option,
@@ -126,3 +128,31 @@ def ip_trans_command(wait: bool, timeout: float, home: NodeHome, as_json: bool) 
             f"{len(transactions)} transaction(s) still in progress after {timeout:g} s",
             EXIT_TIMEOUT,
         )
+
+
+@click.group("log")
+def log_group() -> None:
+    """The node's logs."""
+
+
+@log_group.command("collect")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to write the archive (default /var/tmp, else the node's log/).",
+)
+@home_option
+@json_option
+def log_collect(directory: Path | None, home: NodeHome, as_json: bool) -> None:
+    """Write esc_log-<timestamp>.tar.bz2: logs, status, health, version, redacted esc.toml."""
+    from esc.node.logcollect import collect_logs
+
+    try:
+        path = collect_logs(home, load_settings(home), directory)
+    except OSError as exc:
+        raise CliError(f"cannot write the log archive: {exc}", EXIT_USAGE) from None
+    if as_json:
+        print_json({"path": str(path)})
+    else:
+        click.echo(str(path))

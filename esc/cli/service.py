@@ -6,13 +6,14 @@ import click
 
 from esc.cli.common import CliError, home_option, json_option, load_settings, print_json
 from esc.config import NodeHome
-from esc.node.control import ControlError, NodeState, node_state, start_node, stop_node
-from esc.version import CURRENT
-
-# `escadm status` exit codes (LSB init-script convention for "not running").
-STATUS_HEALTHY = 0
-STATUS_UNHEALTHY = 1
-STATUS_STOPPED = 3
+from esc.node.control import (
+    ControlError,
+    node_state,
+    start_node,
+    status_lines,
+    stop_node,
+)
+from esc.version import CURRENT, version_lines
 
 
 @click.command("start")
@@ -56,14 +57,6 @@ def restart_command(home: NodeHome) -> None:
     click.echo("ESC restarted")
 
 
-def status_line(state: NodeState) -> tuple[str, int]:
-    if not state.running:
-        return "ESC status=0 ESC is stopped", STATUS_STOPPED
-    if state.healthy:
-        return "ESC status=0 ESC Standalone Healthy", STATUS_HEALTHY
-    return "ESC status=1 ESC Standalone Unhealthy", STATUS_UNHEALTHY
-
-
 @click.command("status")
 @home_option
 @click.option("--v", "verbose", is_flag=True, help="Also list every service and its pgid.")
@@ -74,7 +67,8 @@ def status_command(home: NodeHome, verbose: bool, as_json: bool) -> None:
     Exit code: 0 running and healthy, 1 running but unhealthy, 3 stopped.
     """
     state = node_state(home, load_settings(home))
-    line, code = status_line(state)
+    lines, code = status_lines(state, verbose=verbose)
+    line = lines[-1]
     if as_json:
         print_json(
             {
@@ -94,13 +88,7 @@ def status_command(home: NodeHome, verbose: bool, as_json: bool) -> None:
             }
         )
     else:
-        if verbose:
-            for service in state.services:
-                if service.record:
-                    click.echo(f"{service.name} (pgid {service.record.pgid}) is running")
-                else:
-                    click.echo(f"{service.name} is stopped")
-        click.echo(line)
+        click.echo("\n".join(lines))
     raise SystemExit(code)
 
 
@@ -125,10 +113,6 @@ def health_command(home: NodeHome, as_json: bool) -> None:
             if not result.ok:
                 click.echo(f"  {result.name}: {result.detail}")
     raise SystemExit(0 if passed else 1)
-
-
-def version_lines() -> list[str]:
-    return [f"version : {CURRENT.version}", f"release : {CURRENT.build}"]
 
 
 @click.command("version")

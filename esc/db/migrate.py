@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -10,6 +11,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -24,10 +27,13 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def upgrade_to_head(engine: Engine) -> None:
+    before = current_revision(engine)
     config = alembic_config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+    if before != head_revision():
+        log.info("database schema migrated from %s to %s", before or "empty", head_revision())
 
 
 @functools.cache  # the scripts are files of this installed release: they do not change

@@ -22,6 +22,7 @@ from esc.engine import op_mode, submit
 from esc.engine.executor import Executor
 from esc.engine.notifier import Notifier
 from esc.health import CheckResult, check_database, check_services, check_vim
+from esc.logtags import transaction_context
 from esc.security import VerifiedCache
 from esc.vim.base import load_driver
 
@@ -90,6 +91,14 @@ class Controller:
         with self.db.write() as session:
             op_mode.require_operation(session)
             tx = make(session)
+        with transaction_context(tx.id):
+            log.info(
+                "accepted %s %s/%s",
+                tx.operation.value,
+                tx.tenant,
+                tx.deployment_name,
+                extra={"tags": tx.operation.value.lower()},
+            )
         self.executor.enqueue(tx.id)
         return tx
 

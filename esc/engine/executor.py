@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from esc.db.models import Transaction, TransactionState, Vm, utcnow
 from esc.db.session import Database
 from esc.engine.operations import OPERATIONS, Interrupted, OperationFailed, StepContext
+from esc.logtags import transaction_context
 from esc.vim.base import VimDriver
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,8 @@ class Executor:
             with self._lock:
                 self._running.add(item)
             try:
-                self.run(item)
+                with transaction_context(item):
+                    self.run(item)
             except Exception:  # never let one transaction kill a worker
                 log.exception("transaction %s: unexpected error in the executor", item)
             finally:

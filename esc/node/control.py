@@ -121,3 +121,25 @@ def stop_node(home: NodeHome, timeout: float = STOP_TIMEOUT + 30) -> bool:
         f"the supervisor (pid {record.pid}) did not stop within {timeout:g} s; "
         f"see {home.log / 'supervisor.log'}"
     )
+
+
+# `escadm status` exit codes (LSB init-script convention for "not running").
+STATUS_HEALTHY = 0
+STATUS_UNHEALTHY = 1
+STATUS_STOPPED = 3
+
+
+def status_lines(state: NodeState, *, verbose: bool = False) -> tuple[list[str], int]:
+    """What `escadm status [--v]` prints, in ESC's words, and its exit code."""
+    lines = []
+    if verbose:
+        for service in state.services:
+            if service.record:
+                lines.append(f"{service.name} (pgid {service.record.pgid}) is running")
+            else:
+                lines.append(f"{service.name} is stopped")
+    if not state.running:
+        return [*lines, "ESC status=0 ESC is stopped"], STATUS_STOPPED
+    if state.healthy:
+        return [*lines, "ESC status=0 ESC Standalone Healthy"], STATUS_HEALTHY
+    return [*lines, "ESC status=1 ESC Standalone Unhealthy"], STATUS_UNHEALTHY

@@ -35,7 +35,7 @@ def main() -> int:
     parser.add_argument("--home", required=True)
     home = NodeHome.resolve(parser.parse_args().home)
     settings = home.load()
-    setup_service_logging(home, "escmanager", to_stderr=False)
+    setup_service_logging(home, "escmanager", to_stderr=False, tagged=True)
     serve(home, settings)
     return 0
 

@@ -7,11 +7,15 @@ import logging.handlers
 import sys
 
 from esc.config import NodeHome
+from esc.logtags import TaggedFormatter
 
 FORMAT = "%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"
 
 
-def setup_service_logging(home: NodeHome, service: str, *, to_stderr: bool = True) -> None:
+def setup_service_logging(
+    home: NodeHome, service: str, *, to_stderr: bool = True, tagged: bool = False
+) -> None:
+    """Log to log/<service>.log, rotated; `tagged` uses ESC's [date=…][tid=…][cl=…] form."""
     home.log.mkdir(mode=0o700, exist_ok=True)
     handlers: list[logging.Handler] = [
         logging.handlers.RotatingFileHandler(
@@ -20,10 +24,12 @@ def setup_service_logging(home: NodeHome, service: str, *, to_stderr: bool = Tru
     ]
     if to_stderr:
         handlers.append(logging.StreamHandler(sys.stderr))
-    formatter = logging.Formatter(FORMAT)
     root = logging.getLogger()
     for handler in handlers:
-        handler.setFormatter(formatter)
+        handler.setFormatter(TaggedFormatter() if tagged else logging.Formatter(FORMAT))
         root.addHandler(handler)
     root.setLevel(logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Alembic announces its context at every revision lookup (each health check);
+    # the controller logs what a migration changed itself.
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import http.client
 import json
+import logging
 import os
 import shutil
 import signal
@@ -37,6 +38,8 @@ from esc.vim.base import (
     VimError,
     VmSpec,
 )
+
+log = logging.getLogger(__name__)
 
 VNF_PROGRAM = Path(vnf.__file__).resolve()
 FLAVORS = ("m1.tiny", "m1.small", "m1.medium", "m1.large")
@@ -152,7 +155,9 @@ class LocalVim(VimDriver):
                 f"VM {vm_id} failed to start: {result.stderr.strip()}; "
                 f"console: {self._console_tail(directory)}"
             )
-        return self._status(vm_id, directory)
+        status = self._status(vm_id, directory)
+        log.info("VM %s started at %s", vm_id, status.address, extra={"tags": "start_vm"})
+        return status
 
     @staticmethod
     def _console_tail(directory: Path) -> str:
@@ -244,6 +249,7 @@ class LocalVim(VimDriver):
                 return
             self._stop(vm_id, directory)
             shutil.rmtree(directory, ignore_errors=True)
+            log.info("VM %s deleted", vm_id, extra={"tags": "delete_vm"})
         self._locks.pop(vm_id, None)
 
     # queries -----------------------------------------------------------------------
