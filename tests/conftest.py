@@ -228,3 +228,15 @@ def copy_example(tmp_path: Path) -> Path:
     target = tmp_path / "deployment.yaml"
     shutil.copy(source, target)
     return target
+
+
+def slow_boot_descriptor(name: str, boot: float, tenant: str = "ops") -> str:
+    """One VM that answers its health check only after `boot` seconds, so a
+    transaction stays in flight for about that long."""
+    return f"""
+tenant: {tenant}
+deployment:
+  name: {name}
+  vm_groups:
+    - {{name: g, image: "slow-boot:{boot}", flavor: m1.tiny, bootup_time: 30}}
+"""

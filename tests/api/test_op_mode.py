@@ -3,24 +3,16 @@
 
 from __future__ import annotations
 
-from conftest import Node, wait_transaction
+from conftest import Node, slow_boot_descriptor, wait_transaction
 from fastapi.testclient import TestClient
 
 from esc.engine.controller import Controller
-
-SLOW = """
-tenant: ops
-deployment:
-  name: {name}
-  vm_groups:
-    - {{name: g, image: "slow-boot:{boot}", flavor: m1.tiny, bootup_time: 30}}
-"""
 
 
 def deploy(api: TestClient, name: str, boot: float = 0):
     return api.post(
         "/v0/deployments",
-        content=SLOW.format(name=name, boot=boot),
+        content=slow_boot_descriptor(name, boot),
         headers={"content-type": "application/yaml"},
     )
 

@@ -8,17 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ESCADM, free_port, kill_vms
+from conftest import ESCADM, free_port, kill_vms, slow_boot_descriptor
 
 from esc.config import NodeHome
-
-SLOW = """
-tenant: ops
-deployment:
-  name: {name}
-  vm_groups:
-    - {{name: g, image: "slow-boot:{boot}", flavor: m1.tiny, bootup_time: 30}}
-"""
 
 
 def escadm(*args: str, home: Path) -> subprocess.CompletedProcess:
@@ -39,7 +31,7 @@ def running(tmp_path: Path):
 
 def write(tmp_path: Path, name: str, boot: float) -> str:
     path = tmp_path / f"{name}.yaml"
-    path.write_text(SLOW.format(name=name, boot=boot))
+    path.write_text(slow_boot_descriptor(name, boot))
     return str(path)
 
 
