@@ -16,6 +16,7 @@ from esc.cli.service import (
     stop_command,
     version_command,
 )
+from esc.cli.upgrade import upgrade_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,6 +43,7 @@ for command in (
     op_mode_group,
     ip_trans_command,
     log_group,
+    upgrade_group,
 ):
     cli.add_command(command)
 
