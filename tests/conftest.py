@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -119,7 +119,6 @@ class Node:
     home: NodeHome
     settings: Settings
     admin_password: str
-    extra: dict = field(default_factory=dict)
 
     @property
     def auth(self) -> tuple[str, str]:

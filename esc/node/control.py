@@ -40,7 +40,8 @@ class NodeState:
 
     @property
     def running(self) -> bool:
-        return self.supervisor is not None
+        """Supervised (escadm start), or a service run in the foreground (escadm run)."""
+        return self.supervisor is not None or any(s.running for s in self.services)
 
     @property
     def healthy(self) -> bool:
@@ -63,12 +64,9 @@ def api_ready(settings: Settings, timeout: float = 0.5) -> bool:
 
 def node_state(home: NodeHome, settings: Settings) -> NodeState:
     supervisor = live_record(home, SUPERVISOR)
-    services = [
-        ServiceState(name, live_record(home, name) if supervisor else None)
-        for name in SERVICE_NAMES
-    ]
-    ready = supervisor is not None and api_ready(settings)
-    return NodeState(supervisor, services, ready)
+    services = [ServiceState(name, live_record(home, name)) for name in SERVICE_NAMES]
+    running = supervisor is not None or any(s.running for s in services)
+    return NodeState(supervisor, services, running and api_ready(settings))
 
 
 def start_node(home: NodeHome, settings: Settings, timeout: float = 60.0) -> bool:

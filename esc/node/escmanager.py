@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import uvicorn
 
 from esc.api.app import create_app
 from esc.config import NodeHome, Settings
 from esc.engine.controller import Controller
 from esc.node.ports import check_port_free
+from esc.node.processes import ProcessRecord, remove_record, write_record
 
 
 def serve(home: NodeHome, settings: Settings) -> None:
@@ -22,7 +25,13 @@ def serve(home: NodeHome, settings: Settings) -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
-    uvicorn.Server(config).run()
+    # Recorded here too (not only by the supervisor), so `escadm status` also
+    # sees a controller run in the foreground with `escadm run`.
+    write_record(home.run, ProcessRecord.of("escmanager", os.getpid()))
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        remove_record(home.run, "escmanager")
 
 
 def main() -> int:
