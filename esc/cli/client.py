@@ -50,6 +50,14 @@ class ApiClient:
         self._http.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The JSON answer of a request (None for an empty one)."""
+        response = self.raw(method, path, **kwargs)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    def raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The response of a request that succeeded; errors become CliError."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -60,9 +68,7 @@ class ApiClient:
             ) from None
         if response.status_code >= 400:
             raise CliError(_problem_text(response), EXIT_FAILED)
-        if response.status_code == 204 or not response.content:
-            return None
-        return response.json()
+        return response
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})

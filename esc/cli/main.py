@@ -6,6 +6,7 @@ import click
 
 from esc import __version__
 from esc.cli.deployment import deployment_group
+from esc.cli.dynamic_mapping import dynamic_mapping_group
 from esc.cli.node import init_command, run_command
 from esc.cli.operations import ip_trans_command, log_group, op_mode_group
 from esc.cli.service import (
@@ -44,6 +45,7 @@ for command in (
     ip_trans_command,
     log_group,
     upgrade_group,
+    dynamic_mapping_group,
 ):
     cli.add_command(command)
 

@@ -301,3 +301,18 @@ class ControllerSetting(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(256))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class DynamicMapping(Base):
+    """One action or metric of dynamic_mappings.xml (the file is a view of these rows)."""
+
+    __tablename__ = "dynamic_mappings"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # action | metric
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)  # order in the file, kept on export
+    type: Mapped[str] = mapped_column(String(64))
+    meta_type: Mapped[str] = mapped_column(String(64))
+    user_label: Mapped[str] = mapped_column(String(256), default="")
+    properties: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

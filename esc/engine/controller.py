@@ -23,6 +23,7 @@ from esc.engine.executor import Executor
 from esc.engine.notifier import Notifier
 from esc.health import CheckResult, check_database, check_services, check_vim
 from esc.logtags import transaction_context
+from esc.monitor.mappings import install_defaults_if_empty
 from esc.security import VerifiedCache
 from esc.vim.base import load_driver
 
@@ -47,6 +48,9 @@ class Controller:
 
     def start(self) -> None:
         upgrade_to_head(self.db.engine)
+        with self.db.write() as session:
+            if install_defaults_if_empty(session):
+                log.info("default dynamic mappings installed")
         self.executor.start()
         self.notifier.start()
         self.stage = STAGE_READY

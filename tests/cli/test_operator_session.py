@@ -15,6 +15,7 @@ from conftest import ESCADM, free_port, kill_vms, live_vm_processes
 from pg_server import PostgresServer
 
 from esc.config import NodeHome
+from esc.db.migrate import head_revision
 
 ROOT = Path(__file__).parents[2]
 
@@ -93,7 +94,8 @@ def test_log_collect_archive_has_logs_and_no_secret(
         assert "escmanager (pgid" in members["status.txt"]
         assert members["health.txt"].startswith("ESC HEALTH PASSED")
         assert members["version.txt"].startswith("version : ")
-        assert "head: 0002" in members["schema_revision.txt"]
+        head = head_revision()
+        assert members["schema_revision.txt"] == f"current: {head}\nhead: {head}\n"
         log = members["log/escmanager.log"]
         assert re.search(
             r"\[tid=[0-9a-f-]{36}\]\[cl=NBI\]\[tags=deploy\]\[msg=accepted DEPLOY", log

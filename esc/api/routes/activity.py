@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from esc.api.deps import ControllerDep, ReadSession, require_user
@@ -12,6 +13,12 @@ from esc.api.schemas import EventView, SubscriptionIn, SubscriptionView, Transac
 from esc.db.models import Event, Subscription, Transaction, TransactionState
 from esc.engine.events import event_payload
 from esc.errors import NotFound
+from esc.monitor.mappings import (
+    mappings_in_force,
+    parse_mappings,
+    render_mappings,
+    replace_mappings,
+)
 
 router = APIRouter(prefix="/v0", tags=["activity"], dependencies=[Depends(require_user)])
 
@@ -97,3 +104,31 @@ def delete_subscription(sub_id: str, controller: ControllerDep) -> Response:
             raise NotFound(f"no subscription {sub_id}")
         session.delete(sub)
     return Response(status_code=204)
+
+
+XML = "application/xml"
+
+
+@router.get("/dynamic_mappings", response_class=Response, responses={200: {"content": {XML: {}}}})
+def export_dynamic_mappings(session: ReadSession) -> Response:
+    return Response(render_mappings(mappings_in_force(session)), media_type=XML)
+
+
+@router.put(
+    "/dynamic_mappings",
+    openapi_extra={
+        "requestBody": {"required": True, "content": {XML: {"schema": {"type": "string"}}}}
+    },
+)
+async def import_dynamic_mappings(request: Request, controller: ControllerDep) -> dict:
+    mappings = parse_mappings(await request.body())  # refused before anything changes
+
+    def store() -> None:
+        with controller.db.write() as session:
+            replace_mappings(session, mappings)
+
+    await run_in_threadpool(store)
+    return {
+        "actions": sum(m.kind == "action" for m in mappings),
+        "metrics": sum(m.kind == "metric" for m in mappings),
+    }

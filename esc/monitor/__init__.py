@@ -1,0 +1,1 @@
+"""MONA: monitoring and recovery (KPIs, rules, dynamic mappings, actions)."""
