@@ -112,6 +112,8 @@ def load_driver(name: str, data_dir: Path) -> VimDriver:
     try:
         module = importlib.import_module(f"esc.vim.{name}")
     except ModuleNotFoundError as exc:
+        if exc.name != f"esc.vim.{name}":
+            raise  # the driver exists but lacks a dependency: say that, not "unknown driver"
         raise VimError(
             f"unknown VIM driver {name!r}: set [vim] driver in esc.toml to one of: local"
         ) from exc

@@ -1,86 +1,143 @@
 """The VNF program of the local VIM: one VM = one process running this file.
 
 Standard library only, started as `python -I -S vnf.py`, so it loads nothing
-of ESC and stays small. It serves a health endpoint on 127.0.0.1 and
-behaves as its image says:
+of ESC and stays small. It serves HTTP on 127.0.0.1 and behaves as its image
+says:
 
-  healthy              always answers 200
-  crash-after:N        exits with code 1 after N seconds
-  unhealthy-after:N    answers 503 after N seconds, process stays up
-  slow-boot:N          answers 503 for the first N seconds (a slow boot), then 200
+  healthy              GET /health always answers 200
+  crash-after:N        the process exits with code 1 after N seconds
+  unhealthy-after:N    GET /health answers 503 after N seconds, the process stays up
+  slow-boot:N          GET /health answers 503 for the first N seconds (a slow boot), then 200
 
-It holds an exclusive lock on its instance directory for its whole life:
-two processes can never run one VM, and "is the VM running?" is answered
-by the lock, not by a pid that may have been reused.
+N is a number of seconds >= 0 (e.g. 3 or 2.5). Other endpoints: GET /day0
+(the day-0 configuration) and GET / (the spec and the uptime).
+
+Command line: vnf.py --instance-dir DIR [--detach]. DIR holds spec.json,
+written by the driver: vm_id, name, image, flavor, day0_config. The VNF holds
+an exclusive flock on DIR/instance.lock for its whole life: two processes can
+never run one VM, and "is the VM running?" is answered by the lock, not by a
+pid that may have been reused.
+
+Once serving it records itself in DIR/state.json: pid, port, start_ticks (exact
+start time, /proc/PID/stat field 22), create_time (the same as psutil's
+Process.create_time()) and started_at (wall clock). DIR/port keeps the port,
+reused on the next start when it is free.
+
+With --detach the launched process forks the VM off into its own session
+(stdio to DIR/console.log, reparented away from the caller), waits until it
+reports ready, prints {"pid": .., "port": ..} and exits 0; or prints the
+error on stderr and exits non-zero (3: the instance is already running).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, NoReturn
 
-LOCK_WAIT_SECONDS = 3.0
+LOCK_WAIT_SECONDS = 2.0
 EXIT_ALREADY_RUNNING = 3
+IMAGE_KINDS = ("crash-after", "unhealthy-after", "slow-boot")
+_SECONDS = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)\Z")
+
+
+class AlreadyRunning(Exception):
+    pass
 
 
 def parse_image(image: str) -> tuple[str, float]:
-    """('healthy', 0) | (KIND, N) for the KINDs above; ValueError otherwise."""
+    """('healthy', 0.0) or (KIND, N) for the images above; ValueError for anything else."""
     if image == "healthy":
         return "healthy", 0.0
     kind, sep, value = image.partition(":")
-    if sep and kind in ("crash-after", "unhealthy-after", "slow-boot"):
-        seconds = float(value)
-        if seconds >= 0 and seconds == seconds and seconds != float("inf"):
-            return kind, seconds
-    raise ValueError(image)
+    # A strict pattern, not float(): "nan", "inf", "-0", " 1" and "1e9" are not durations.
+    if sep and kind in IMAGE_KINDS and _SECONDS.match(value):
+        return kind, float(value)
+    raise ValueError(f"unknown image {image!r}")
 
 
-def write_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
+def write_atomic(path: Path, data: dict[str, Any], durable: bool = False) -> None:
+    """Readers see the old file or the new one, never a partial write."""
+    # A writer's own name: two writers of one file never move each other's partial write.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as out:
+        json.dump(data, out)
+        if durable:
+            out.flush()
+            os.fsync(out.fileno())
     os.replace(tmp, path)
 
 
 def process_start_ticks(pid: int) -> int:
-    """Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    """Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat).
+
+    Exact and immune to wall-clock steps, so (pid, start ticks) names one process
+    for good: a reused pid has other start ticks.
+    """
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat[stat.rindex(")") + 2 :].split()[19])
 
 
+def boot_time() -> float:
+    """Boot time in seconds since the epoch, as psutil.boot_time() computes it."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        for line in stat:
+            if line.startswith("btime"):
+                return float(line.split()[1])
+    raise RuntimeError("no btime in /proc/stat")
+
+
+class Reporter:
+    """The pipe to the --detach launcher: one message, then closed (fd numbers get reused)."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    def send(self, message: dict[str, Any]) -> bool:
+        """False when the launcher is gone (killed when its caller gave up waiting)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return True
+        try:
+            os.write(fd, (json.dumps(message) + "\n").encode())
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
+
 def acquire_lock(instance_dir: Path) -> int:
-    fd = os.open(instance_dir / "instance.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    """The instance lock, kept by its open descriptor until the process ends."""
+    fd = os.open(instance_dir / "instance.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return fd
         except BlockingIOError:
-            # The controller probes the lock briefly to ask "running?": wait that out.
-            if time.monotonic() > deadline:
+            # The driver probes the lock for an instant to ask "running?": wait that out;
+            # a lock held for longer belongs to a VNF already running this instance.
+            if time.monotonic() >= deadline:
                 os.close(fd)
-                raise
-            time.sleep(0.05)
+                raise AlreadyRunning(f"instance already running ({instance_dir})") from None
+            time.sleep(0.02)
 
 
-def make_handler(spec: dict, started: float, kind: str, after: float) -> type:
+def make_handler(spec: dict[str, Any], kind: str, after: float, started: float) -> type:
+    from http.server import BaseHTTPRequestHandler  # imported late: see main()
+
+    identity = {"vm_id": spec.get("vm_id"), "name": spec.get("name")}
+
     class Handler(BaseHTTPRequestHandler):
-        def _send(self, status: int, body: dict) -> None:
-            payload = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
         def do_GET(self) -> None:
             uptime = time.monotonic() - started
             if self.path == "/health":
@@ -88,124 +145,171 @@ def make_handler(spec: dict, started: float, kind: str, after: float) -> type:
                     (kind == "unhealthy-after" and uptime >= after)
                     or (kind == "slow-boot" and uptime < after)
                 )
-                self._send(
-                    200 if healthy else 503,
-                    {
-                        "status": "alive" if healthy else "unhealthy",
-                        "vm_id": spec["vm_id"],
-                        "name": spec["name"],
-                    },
-                )
+                status = "alive" if healthy else "unhealthy"
+                self._send(200 if healthy else 503, {"status": status, **identity})
             elif self.path == "/day0":
-                self._send(200, spec.get("day0_config", {}))
+                self._send(200, spec.get("day0_config") or {})
             elif self.path == "/":
-                self._send(200, {**spec, "uptime": uptime, "pid": os.getpid()})
+                self._send(200, {**spec, "uptime": round(uptime, 3), "pid": os.getpid()})
             else:
-                self._send(404, {"error": "not found"})
+                self._send(404, {"error": f"no such endpoint {self.path}"})
 
-        def log_message(self, *_args: object) -> None:
-            pass  # a VM's console is not an access log
+        def _send(self, status: int, body: dict[str, Any]) -> None:
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # health is polled often: an access log would fill the console
 
     return Handler
 
 
-def bind_server(instance_dir: Path, handler: type) -> ThreadingHTTPServer:
+def bind_server(instance_dir: Path, handler: type) -> Any:
     """Bind the port used before when it is free, so a rebooted VM keeps its address."""
+    from http.server import ThreadingHTTPServer  # imported late: see main()
+
     port_file = instance_dir / "port"
-    hint = int(port_file.read_text()) if port_file.exists() else 0
-    ThreadingHTTPServer.allow_reuse_address = True
-    ThreadingHTTPServer.daemon_threads = True
+    try:
+        hint = int(port_file.read_text())
+    except (OSError, ValueError):
+        hint = 0
     try:
         server = ThreadingHTTPServer(("127.0.0.1", hint), handler)
-    except OSError:
+    except OSError:  # taken meanwhile by someone else: any free port will do
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    port_file.write_text(str(server.server_address[1]))
+    port = server.server_address[1]
+    tmp = port_file.with_name(".port.tmp")
+    tmp.write_text(str(port))
+    os.replace(tmp, port_file)
     return server
 
 
-def serve(instance_dir: Path, ready_fd: int | None) -> int:
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    # os.write, not print: the handler may interrupt a print holding stdout's buffer.
+    os.write(1, b"SIGTERM: stopping\n")
+    # Nothing to flush or remove: exiting releases the lock; the records stay for a restart.
+    os._exit(0)
+
+
+def crash_later(image: str, after: float) -> None:
+    def crash() -> None:
+        print(f"image {image}: crashing now", flush=True)
+        os._exit(1)
+
+    timer = threading.Timer(after, crash)
+    timer.daemon = True
+    timer.start()
+
+
+def serve(instance_dir: Path, reporter: Reporter) -> int:
+    acquire_lock(instance_dir)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     spec = json.loads((instance_dir / "spec.json").read_text())
     kind, after = parse_image(spec["image"])
-    try:
-        acquire_lock(instance_dir)  # held, by its open descriptor, for the process's life
-    except BlockingIOError:
-        report(ready_fd, {"error": "instance already running"})
-        return EXIT_ALREADY_RUNNING
     started = time.monotonic()
-    server = bind_server(instance_dir, make_handler(spec, started, kind, after))
-    port = server.server_address[1]
+    server = bind_server(instance_dir, make_handler(spec, kind, after, started))
+    pid, port = os.getpid(), server.server_address[1]
+    ticks = process_start_ticks(pid)
     write_atomic(
         instance_dir / "state.json",
         {
-            "pid": os.getpid(),
+            "pid": pid,
             "port": port,
-            "start_ticks": process_start_ticks(os.getpid()),
+            "start_ticks": ticks,
+            # What psutil.Process(pid).create_time() returns, for tools that compare with it.
+            "create_time": boot_time() + ticks / os.sysconf("SC_CLK_TCK"),
             "started_at": time.time(),
         },
     )
-    # A VM keeps no state to flush: stop at once (the kernel releases the lock).
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    if not reporter.send({"pid": pid, "port": port}):
+        # The caller was told the start failed (or will be): running anyway would leave
+        # a VM nobody knows of.
+        print("the launcher is gone (it timed out?): not starting", flush=True)
+        return 1
+    print(f"VM {spec.get('name')} ({spec.get('vm_id')}) up on 127.0.0.1:{port}", flush=True)
     if kind == "crash-after":
-
-        def crash() -> None:
-            time.sleep(after)
-            print(f"image {spec['image']}: crashing now", flush=True)
-            os._exit(1)
-
-        threading.Thread(target=crash, daemon=True).start()
-    report(ready_fd, {"pid": os.getpid(), "port": port})
-    print(f"VM {spec['name']} ({spec['vm_id']}) up on 127.0.0.1:{port}", flush=True)
-    server.serve_forever()  # until SIGTERM; the lock goes with the process
+        # Armed only once ready was reported, so even crash-after:0 starts successfully.
+        crash_later(spec["image"], after)
+    server.serve_forever()
     return 0
 
 
-def report(ready_fd: int | None, message: dict) -> None:
-    if ready_fd is not None:
-        os.write(ready_fd, (json.dumps(message) + "\n").encode())
-        os.close(ready_fd)
+def redirect_stdio(console: Path) -> None:
+    log_fd = os.open(console, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null_fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null_fd, 0)
+    # Replacing 1 and 2 also lets go of the launcher's pipes, so its caller sees EOF.
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    os.close(null_fd)
+
+
+def become_vm(instance_dir: Path, ready_fd: int) -> NoReturn:
+    """In the first child: a new session, a second fork, then serve as the VM."""
+    reporter = Reporter(ready_fd)
+    code = 1
+    try:
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)  # the VM is now no session leader and no child of the launcher
+        os.chdir("/")  # pin no working directory of the caller
+        redirect_stdio(instance_dir / "console.log")
+        code = serve(instance_dir, reporter)
+    except AlreadyRunning as exc:
+        code = EXIT_ALREADY_RUNNING
+        reporter.send({"error": str(exc), "exit": code})
+    except BaseException as exc:
+        import traceback  # only on this path: it is not small
+
+        traceback.print_exc()
+        reporter.send({"error": f"{exc.__class__.__name__}: {exc}", "exit": code})
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def detach(instance_dir: Path) -> int:
-    """Fork the VM off (new session, stdio to console.log) and wait until it reports."""
     read_fd, write_fd = os.pipe()
-    if os.fork() == 0:  # the VM itself
+    child = os.fork()
+    if child == 0:
         os.close(read_fd)
-        os.setsid()
-        if os.fork() != 0:  # the second fork: the VM is no session leader, no child of ours
-            os._exit(0)
-        console = os.open(
-            instance_dir / "console.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
-        )
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(console, 1)
-        os.dup2(console, 2)
-        try:
-            code = serve(instance_dir, write_fd)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):  # the launcher may be gone already
-                report(write_fd, {"error": f"{exc.__class__.__name__}: {exc}"})
-            code = 1
-        os._exit(code)
+        become_vm(instance_dir, write_fd)
     os.close(write_fd)
+    os.waitpid(child, 0)  # the first child exits at once: reap it, leave no zombie
     with os.fdopen(read_fd) as ready:
         line = ready.readline()
-    message = json.loads(line) if line else {"error": "VM exited before it was ready"}
+    message = json.loads(line) if line else {"error": "the VM exited before it was ready"}
     if "error" in message:
-        print(message["error"], file=sys.stderr)
-        return EXIT_ALREADY_RUNNING if "already running" in message["error"] else 1
+        print(f"{message['error']}; see {instance_dir / 'console.log'}", file=sys.stderr)
+        return int(message.get("exit", 1))
     print(json.dumps(message), flush=True)
     return 0
 
 
 def main() -> int:
+    # http.client (under http.server) imports ssl when it can, and OpenSSL would then be
+    # the largest thing in this process (about 4 MB resident), for a VM serving plain
+    # HTTP on 127.0.0.1. Marking ssl "cannot import" is only done here, in the VNF's own
+    # process: the driver imports this module too, and needs its ssl.
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
     parser = argparse.ArgumentParser(description="A VM of ESC's local VIM.")
     parser.add_argument("--instance-dir", required=True, type=Path)
-    parser.add_argument("--detach", action="store_true")
+    parser.add_argument("--detach", action="store_true", help="run in the background")
     args = parser.parse_args()
+    instance_dir = args.instance_dir.absolute()
     if args.detach:
-        return detach(args.instance_dir)
-    return serve(args.instance_dir, None)
+        return detach(instance_dir)
+    try:
+        return serve(instance_dir, Reporter(None))
+    except AlreadyRunning as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_ALREADY_RUNNING
 
 
 if __name__ == "__main__":
