@@ -87,6 +87,19 @@ class NotificationSettings(_Section):
     )
 
 
+class MonitorSettings(_Section):
+    refresh_interval: Annotated[float, Field(gt=0, le=60)] = Field(
+        1.0,
+        description="Seconds between MONA's readings of what to watch (new VMs, paused "
+        "deployments, op_mode, dynamic mappings): how soon a change takes effect.",
+    )
+    probe_timeout: Annotated[float, Field(gt=0, le=60)] = Field(
+        2.0,
+        description="Seconds a VM has to answer one poll before the poll counts as failed "
+        "(capped at 90% of the KPI's poll_frequency).",
+    )
+
+
 class NodeSettings(_Section):
     name: str = Field(default_factory=socket.gethostname, description="This node's name.")
 
@@ -99,6 +112,7 @@ class Settings(_Section):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
 
 def _describe(error: ValidationError) -> str:

@@ -79,12 +79,31 @@ class Kpi(_Strict):
     metric_collector: MetricCollector = Field(default_factory=MetricCollector)
 
 
+RULE_WHEN = ("TRUE", "FALSE", "ALWAYS")
+
+
+def rule_when(action: str) -> str:
+    """TRUE, FALSE or ALWAYS: the first word of a rule action ("FALSE recover autohealing")."""
+    words = action.split(None, 1)
+    return words[0] if words else ""
+
+
 class Rule(_Strict):
     event_name: Name
     actions: Annotated[
         list[Annotated[str, Field(min_length=1, max_length=256)]],
         Field(min_length=1, max_length=32),
     ]
+
+    @model_validator(mode="after")
+    def _actions_say_when(self) -> Rule:
+        for action in self.actions:
+            if rule_when(action) not in RULE_WHEN:
+                raise ValueError(
+                    f"rule action {action!r} must start with TRUE, FALSE or ALWAYS (when the "
+                    "KPI turns true, turns false, or either), e.g. 'FALSE recover autohealing'"
+                )
+        return self
 
 
 class VmGroupSpec(_Strict):

@@ -9,9 +9,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from esc.api.app import create_app
-from esc.config import NodeHome, Settings
+from esc.config import MonitorSettings, NodeHome, Settings
 from esc.engine.controller import Controller
+from esc.monitor.mona import run_mona
+from esc.node.processes import ProcessRecord, remove_record, write_record
 from esc.node.setup import init_node
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -239,3 +242,64 @@ deployment:
   vm_groups:
     - {{name: g, image: "slow-boot:{boot}", flavor: m1.tiny, bootup_time: 30}}
 """
+
+
+# MONA in a thread of the test, beside the in-process controller ---------------
+
+# Quick refreshes so a test sees pauses and resumes within a fraction of a second.
+TEST_MONITOR = MonitorSettings(refresh_interval=0.2, probe_timeout=0.5)
+
+
+class MonaThread:
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=run_mona,
+            args=(self.controller.db, TEST_MONITOR, self.controller.home.run, self._stop),
+            name="mona-under-test",
+            daemon=True,
+        )
+        self._thread.start()
+        # Recorded as `escadm run` records it: MONA in this process.
+        write_record(self.controller.home.run, ProcessRecord.of("mona", os.getpid()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            assert not self._thread.is_alive(), "MONA did not stop within 10 s"
+        remove_record(self.controller.home.run, "mona")
+
+
+@pytest.fixture
+def mona(controller: Controller) -> Iterator[MonaThread]:
+    thread = MonaThread(controller)
+    thread.start()
+    yield thread
+    thread.stop()
+
+
+def wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+def events(api: TestClient, *types: str) -> list[dict]:
+    found = api.get("/v0/events", params={"limit": 1000}).json()
+    return [e for e in found if not types or e["type"] in types]
+
+
+def recoveries(api: TestClient) -> list[dict]:
+    txs = api.get("/v0/transactions", params={"limit": 1000}).json()
+    return [t for t in txs if t["operation"] == "VM_RECOVER"]

@@ -59,7 +59,8 @@ def test_malformed_text_names_the_place(text: str, content_type: str, expected: 
         ("scaling: {min_active: 3, max_active: 2}", r"min_active \(3\) must not exceed max_active"),
         ("colour: blue", "vm_groups\\[0\\].colour: unknown field"),
         ("recovery_policy: {action_on_recovery: PRAY}", "action_on_recovery"),
-        ("rules: [{event_name: NOPE, actions: [log]}]", "rule refers to KPI 'NOPE'"),
+        ("rules: [{event_name: NOPE, actions: [ALWAYS log]}]", "rule refers to KPI 'NOPE'"),
+        ("rules: [{event_name: VM_ALIVE, actions: [log]}]", "must start with TRUE, FALSE"),
         ("bootup_time: -1", "bootup_time"),
     ],
 )

@@ -11,7 +11,7 @@ from fastapi.openapi.utils import get_openapi
 
 from esc import __version__
 from esc.api import problems
-from esc.api.routes import activity, deployments, system
+from esc.api.routes import activity, deployments, monitoring, system
 from esc.descriptor import Descriptor
 from esc.engine.controller import Controller
 
@@ -42,6 +42,7 @@ def create_app(controller: Controller, *, manage_lifecycle: bool = True) -> Fast
     app.include_router(system.router)
     app.include_router(deployments.router)
     app.include_router(activity.router)
+    app.include_router(monitoring.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

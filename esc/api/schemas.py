@@ -19,6 +19,7 @@ from esc.db.models import (
 )
 from esc.descriptor import Name
 from esc.engine.op_mode import OpMode
+from esc.monitor.mode import MonitorMode
 
 
 class _In(BaseModel):
@@ -214,3 +215,42 @@ class OpModeIn(_In):
 
 class OpModeView(BaseModel):
     mode: OpMode
+
+
+class MonitorModeIn(_In):
+    mode: MonitorMode
+
+
+class MonaService(BaseModel):
+    running: bool
+    pid: int | None = None
+    pgid: int | None = None
+
+
+class MonitoringView(BaseModel):
+    mode: MonitorMode = Field(description="RUNNING, or STOPPED by escadm monitor stop.")
+    op_mode: OpMode = Field(description="In MAINTENANCE nothing is watched or acted on.")
+    service: MonaService
+    status: dict[str, Any] | None = Field(
+        None, description="MONA's own last report (watched VMs, actions), if it is running."
+    )
+
+
+ScriptName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+
+
+class ScriptIn(_In):
+    content: Annotated[str, Field(max_length=262_144, description="The script, from #! on.")]
+    timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
+        30.0, description="Seconds before MONA kills it (its whole process group)."
+    )
+
+
+class ScriptView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    timeout: float
+    size: int
+    updated_at: datetime
+    content: str | None = None

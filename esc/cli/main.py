@@ -7,6 +7,7 @@ import click
 from esc import __version__
 from esc.cli.deployment import deployment_group
 from esc.cli.dynamic_mapping import dynamic_mapping_group
+from esc.cli.monitor import monitor_group, script_group
 from esc.cli.node import init_command, run_command
 from esc.cli.operations import ip_trans_command, log_group, op_mode_group
 from esc.cli.service import (
@@ -46,6 +47,8 @@ for command in (
     log_group,
     upgrade_group,
     dynamic_mapping_group,
+    monitor_group,
+    script_group,
 ):
     cli.add_command(command)
 

@@ -74,7 +74,8 @@ def init_command(
 @click.command("run")
 @home_option
 def run_command(home: NodeHome) -> None:
-    """Run the controller in the foreground (Ctrl-C or SIGTERM stops it gracefully)."""
+    """Run the controller in the foreground: REST API, transaction engine and monitoring
+    (MONA) in one process. Ctrl-C or SIGTERM stops it gracefully."""
     from esc.node.escmanager import serve
     from esc.node.logs import setup_service_logging
     from esc.node.ports import PortInUse
@@ -82,6 +83,6 @@ def run_command(home: NodeHome) -> None:
     settings = load_settings(home)
     setup_service_logging(home, "escmanager", tagged=True)
     try:
-        serve(home, settings)
+        serve(home, settings, with_mona=True)
     except PortInUse as exc:
         raise CliError(str(exc)) from None

@@ -207,6 +207,9 @@ class Vm(Base):
     state: Mapped[VmState] = mapped_column(_enum(VmState))
     # Where the VIM says the VM answers (the local VIM: a loopback port).
     address: Mapped[str | None] = mapped_column(String(256), default=None)
+    # Automatic recoveries started since the VM was last recovered (or deployed):
+    # MONA stops at the vm_group's max_recovery_attempts and asks for a person.
+    recovery_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
@@ -315,4 +318,16 @@ class DynamicMapping(Base):
     meta_type: Mapped[str] = mapped_column(String(64))
     user_label: Mapped[str] = mapped_column(String(256), default="")
     properties: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class CustomScript(Base):
+    """A post-event script that a rule's SCRIPT action runs (MONA); kept here, not on disk,
+    so backup, restore and switchover carry it."""
+
+    __tablename__ = "custom_scripts"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    content: Mapped[str] = mapped_column(Text)
+    timeout: Mapped[float] = mapped_column(Float)  # seconds before it is killed
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

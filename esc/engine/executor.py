@@ -3,6 +3,11 @@
 Workers take transaction ids from a queue. The one-in-flight-per-deployment
 rule is enforced by the database (Transaction.lock_key), so two workers
 never drive the same deployment.
+
+Transactions reach the queue two ways: the API enqueues what it accepted at
+once, and a poller picks up QUEUED rows written by other processes (MONA's
+automatic recoveries and scaling): the database is the hand-over, not a
+private channel.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from esc.vim.base import VimDriver
 log = logging.getLogger(__name__)
 
 _STOP = object()
+# How often QUEUED transactions written by other processes are looked for.
+PICKUP_INTERVAL = 0.2
 
 
 class Executor:
@@ -35,7 +42,9 @@ class Executor:
         self.stopping = threading.Event()
         self._queue: queue.Queue[object] = queue.Queue()
         self._threads: list[threading.Thread] = []
+        self._pickup: threading.Thread | None = None
         self._running: set[str] = set()
+        self._queued: set[str] = set()  # in the queue, not yet taken by a worker
         self._interrupted: set[str] = set()
         self._lock = threading.Lock()
 
@@ -47,6 +56,8 @@ class Executor:
             thread = threading.Thread(target=self._work, name=f"tx-worker-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        self._pickup = threading.Thread(target=self._pick_up, name="tx-pickup", daemon=True)
+        self._pickup.start()
 
     def stop(self, timeout: float) -> list[str]:
         """Stop taking work; wait up to `timeout` s for running transactions.
@@ -64,10 +75,28 @@ class Executor:
             return sorted(self._running | self._interrupted)
 
     def alive(self) -> bool:
-        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+        threads = [*self._threads, self._pickup] if self._threads else []
+        return bool(threads) and all(t.is_alive() for t in threads)
 
     def enqueue(self, tx_id: str) -> None:
+        with self._lock:
+            if tx_id in self._queued or tx_id in self._running:
+                return  # one worker per transaction
+            self._queued.add(tx_id)
         self._queue.put(tx_id)
+
+    def _pick_up(self) -> None:
+        while not self.stopping.wait(PICKUP_INTERVAL):
+            try:
+                with self.db.read() as session:
+                    queued = session.scalars(
+                        select(Transaction.id).where(Transaction.state == TransactionState.QUEUED)
+                    ).all()
+            except Exception:  # the database may be away for a moment: try again
+                log.warning("looking for queued transactions failed", exc_info=True)
+                continue
+            for tx_id in queued:
+                self.enqueue(tx_id)
 
     @property
     def running(self) -> list[str]:
@@ -122,6 +151,7 @@ class Executor:
                 return
             assert isinstance(item, str)
             with self._lock:
+                self._queued.discard(item)
                 self._running.add(item)
             try:
                 with transaction_context(item):

@@ -206,14 +206,14 @@ def _deployment_of(session: Session, tx_id: str) -> Deployment | None:
 
 def deployment_outcome(event: str, done: str, failed: str) -> tuple[Succeed, Fail]:
     """The end of a deployment-wide transaction: status ACTIVE or ERROR, and `event`
-    with SUCCESS or FAILURE ({name} and {reason} are filled in)."""
+    with SUCCESS or FAILURE ({name}, {reason} and a scaling request's {vm_group},
+    {from} and {count} are filled in)."""
 
     def succeed(session: Session, tx: Transaction) -> None:
         deployment = _deployment_of(session, tx.id)
         deployment.status = DeploymentStatus.ACTIVE
-        emit_for(
-            session, deployment, event, done.format(name=deployment.name), transaction_id=tx.id
-        )
+        fields = {"name": deployment.name, **(tx.request.get("scale") or {})}
+        emit_for(session, deployment, event, done.format(**fields), transaction_id=tx.id)
 
     def fail(session: Session, tx: Transaction, reason: str) -> None:
         deployment = _deployment_of(session, tx.id)
@@ -235,9 +235,41 @@ def deployment_outcome(event: str, done: str, failed: str) -> tuple[Succeed, Fai
 deploy_succeed, deploy_fail = deployment_outcome(
     "SERVICE_ALIVE", "deployment {name} is alive", "deployment failed: {reason}"
 )
-update_succeed, update_fail = deployment_outcome(
+_updated, _update_failed = deployment_outcome(
     "SERVICE_UPDATED", "deployment {name} updated", "update failed: {reason}"
 )
+_scaled_out, _scale_out_failed = deployment_outcome(
+    "VM_SCALE_OUT",
+    "vm_group {vm_group} of {name} scaled out from {from} to {count} VMs",
+    "scale out failed: {reason}",
+)
+_scaled_in, _scale_in_failed = deployment_outcome(
+    "VM_SCALE_IN",
+    "vm_group {vm_group} of {name} scaled in from {from} to {count} VMs",
+    "scale in failed: {reason}",
+)
+
+
+def _scale_direction(tx: Transaction) -> str | None:
+    """ "out" or "in" for a scaling request that changes the count, else None."""
+    scale = tx.request.get("scale")
+    if not scale or scale.get("from") is None or scale["from"] == scale["count"]:
+        return None
+    return "out" if scale["count"] > scale["from"] else "in"
+
+
+def update_succeed(session: Session, tx: Transaction) -> None:
+    outcome = {"out": _scaled_out, "in": _scaled_in}.get(_scale_direction(tx), _updated)
+    outcome(session, tx)
+
+
+def update_fail(session: Session, tx: Transaction, reason: str) -> None:
+    outcome = {"out": _scale_out_failed, "in": _scale_in_failed}.get(
+        _scale_direction(tx), _update_failed
+    )
+    outcome(session, tx, reason)
+
+
 _, undeploy_fail = deployment_outcome("SERVICE_UNDEPLOYED", "", "undeploy failed: {reason}")
 
 
@@ -434,6 +466,45 @@ def _vm_event_on_end(
     return finish
 
 
+_recovered = _vm_event_on_end(
+    "VM_RECOVERY_COMPLETE", "recovery of VM {vm} complete", state=VmState.ALIVE
+)
+_recovery_failed = _vm_event_on_end(
+    "VM_RECOVERY_FAILED",
+    "recovery of VM {vm} failed: {reason}",
+    status=FAILURE,
+    state=VmState.ERROR,
+)
+
+
+def recover_succeed(session: Session, tx: Transaction) -> None:
+    _recovered(session, tx)
+    vm = session.get(Vm, tx.request.get("vm_id"))
+    if vm is not None:
+        vm.recovery_attempts = 0  # a fresh budget for the next failure
+
+
+def recover_fail(session: Session, tx: Transaction, reason: str) -> None:
+    _recovery_failed(session, tx, reason)
+    vm = session.get(Vm, tx.request.get("vm_id"))
+    if vm is None or not tx.automatic:
+        return
+    limit = vm.vm_group.max_recovery_attempts
+    if vm.recovery_attempts >= limit:
+        # MONA stops here: say so once, in the words an operator can act on.
+        emit_for(
+            session,
+            vm.vm_group.deployment,
+            "VM_MANUAL_RECOVERY_NEEDED",
+            f"VM {vm.name} is in error after {vm.recovery_attempts} automatic recovery "
+            f"attempts (recovery_policy max_retries {limit}); fix the cause, then recover it "
+            f'by hand: POST /v0/vms/{vm.id}/actions {{"action": "RECOVER"}}',
+            transaction_id=tx.id,
+            vm=vm,
+            status=FAILURE,
+        )
+
+
 def _vm_failed(session: Session, tx: Transaction, reason: str) -> None:
     vm = session.get(Vm, tx.request.get("vm_id"))
     if vm is None:
@@ -467,16 +538,5 @@ OPERATIONS: dict[Operation, OperationHandler] = {
     Operation.VM_START: OperationHandler(vm_start_process, _nothing, _vm_failed),
     Operation.VM_STOP: OperationHandler(vm_stop_process, _nothing, _vm_failed),
     Operation.VM_REBOOT: OperationHandler(vm_reboot_process, _nothing, _vm_failed),
-    Operation.VM_RECOVER: OperationHandler(
-        vm_recover_process,
-        _vm_event_on_end(
-            "VM_RECOVERY_COMPLETE", "recovery of VM {vm} complete", state=VmState.ALIVE
-        ),
-        _vm_event_on_end(
-            "VM_RECOVERY_FAILED",
-            "recovery of VM {vm} failed: {reason}",
-            status=FAILURE,
-            state=VmState.ERROR,
-        ),
-    ),
+    Operation.VM_RECOVER: OperationHandler(vm_recover_process, recover_succeed, recover_fail),
 }

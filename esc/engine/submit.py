@@ -27,6 +27,7 @@ from esc.db.models import (
 )
 from esc.descriptor import DATA_MODEL_VERSION, Descriptor, VmGroupSpec, check_data_model
 from esc.errors import Conflict, InvalidRequest, NotFound
+from esc.monitor.mappings import check_references
 from esc.vim.base import VimDriver, VimError
 
 # One query per level instead of one per vm_group when a deployment is shown.
@@ -83,6 +84,13 @@ def _open_transaction(
             "deployment: wait for it to end (escadm ip_trans) and retry"
         ) from None
     return tx
+
+
+def validate_groups(session: Session, vim: VimDriver, groups: list[VmGroupSpec]) -> None:
+    """What the descriptor names exists: images and flavors on the VIM, metrics and
+    actions in the dynamic mappings."""
+    validate_on_vim(vim, groups)
+    check_references(session, groups)
 
 
 def validate_on_vim(vim: VimDriver, groups: list[VmGroupSpec]) -> None:
@@ -182,7 +190,7 @@ def submit_deploy(
             f"deployment {spec.name} asks for {descriptor.initial_vm_count()} VMs at start; this "
             f"controller allows {max_vms} per deployment ([limits] max_vms_per_deployment)"
         )
-    validate_on_vim(vim, spec.vm_groups)
+    validate_groups(session, vim, spec.vm_groups)
     tx = _open_transaction(
         session,
         Operation.DEPLOY,
@@ -249,7 +257,7 @@ def submit_update(
                 f"vm_group {group_spec.name}: image and flavor of an existing vm_group cannot be "
                 "changed by an update; add a new vm_group, or undeploy and redeploy"
             )
-    validate_on_vim(vim, descriptor.deployment.vm_groups)
+    validate_groups(session, vim, descriptor.deployment.vm_groups)
     tx = _open_transaction(
         session,
         Operation.UPDATE,
@@ -279,7 +287,7 @@ def submit_scale(
         Operation.UPDATE,
         tenant,
         name,
-        {"scale": {"vm_group": vm_group, "count": count}},
+        {"scale": {"vm_group": vm_group, "count": count, "from": group.desired_count}},
         deployment_id=deployment.id,
         automatic=automatic,
     )

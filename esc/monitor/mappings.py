@@ -8,6 +8,7 @@ database (ARCHITECTURE principle 1); the XML file is a view of them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from esc.db.models import DynamicMapping
+from esc.descriptor import VmGroupSpec
 from esc.errors import InvalidRequest
 
 DEFAULTS = Path(__file__).with_name("dynamic_mappings.xml")
@@ -181,3 +183,28 @@ def install_defaults_if_empty(session: Session) -> bool:
         return False
     replace_mappings(session, parse_mappings(DEFAULTS.read_bytes()))
     return True
+
+
+def check_references(session: Session, groups: Iterable[VmGroupSpec]) -> None:
+    """Refuse KPIs and rules that name a metric or action the mappings in force lack."""
+    known = {(m.kind, m.name) for m in mappings_in_force(session)}
+    problems = []
+    for group in groups:
+        for kpi in group.kpis:
+            metric = kpi.metric_collector.type
+            if ("metric", metric) not in known:
+                problems.append(
+                    f"vm_group {group.name}: KPI {kpi.event_name} uses metric {metric!r}"
+                )
+        for rule in group.rules:
+            problems += [
+                f"vm_group {group.name}: rule {rule.event_name} names action {action!r}"
+                for action in rule.actions
+                if ("action", action) not in known
+            ]
+    if problems:
+        raise InvalidRequest(
+            "; ".join(problems)
+            + ": not in the dynamic mappings in force (escadm dynamic_mapping show); "
+            "add it there first (escadm dynamic_mapping import FILE) or fix the descriptor"
+        )

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import uvicorn
 
 from esc.api.app import create_app
 from esc.config import NodeHome, Settings
 from esc.engine.controller import Controller
+from esc.monitor.mona import run_mona
 from esc.node.ports import check_port_free
 from esc.node.processes import ProcessRecord, remove_record, write_record
 
 
-def serve(home: NodeHome, settings: Settings) -> None:
-    """Run the controller in the foreground until SIGINT/SIGTERM."""
+def serve(home: NodeHome, settings: Settings, *, with_mona: bool = False) -> None:
+    """Run the controller in the foreground until SIGINT/SIGTERM; `with_mona` also runs
+    monitoring in this process (`escadm run`: the whole node in one foreground process)."""
     check_port_free(settings.api.host, settings.api.port)
     controller = Controller(home, settings)
     config = uvicorn.Config(
@@ -27,11 +30,26 @@ def serve(home: NodeHome, settings: Settings) -> None:
     )
     # Recorded here too (not only by the supervisor), so `escadm status` also
     # sees a controller run in the foreground with `escadm run`.
-    write_record(home.run, ProcessRecord.of("escmanager", os.getpid()))
+    names = ["escmanager", "mona"] if with_mona else ["escmanager"]
+    for name in names:
+        write_record(home.run, ProcessRecord.of(name, os.getpid()))
+    stop_mona = threading.Event()
+    mona = threading.Thread(
+        target=run_mona,
+        args=(controller.db, settings.monitor, home.run, stop_mona),
+        name="mona",
+        daemon=True,
+    )
     try:
+        if with_mona:
+            mona.start()
         uvicorn.Server(config).run()
     finally:
-        remove_record(home.run, "escmanager")
+        stop_mona.set()
+        if mona.is_alive():
+            mona.join(settings.monitor.refresh_interval + 5)
+        for name in names:
+            remove_record(home.run, name)
 
 
 def main() -> int:

@@ -81,5 +81,5 @@ def live_record(run_dir: Path, name: str) -> ProcessRecord | None:
 
 SUPERVISOR = "supervisor"
 # The node's services in start order, each run as `python -m MODULE --home H`.
-SERVICE_MODULES = {"escmanager": "esc.node.escmanager"}
+SERVICE_MODULES = {"escmanager": "esc.node.escmanager", "mona": "esc.monitor.service"}
 SERVICE_NAMES = tuple(SERVICE_MODULES)

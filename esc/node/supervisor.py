@@ -3,8 +3,9 @@
 Small on purpose: start each service in its own process group, record it
 under run/, restart one that dies (with a bounded rate), and on SIGTERM stop
 them all, gracefully first. `escadm start` runs it detached; `escadm stop`
-sends it SIGTERM. Today the node has one service, escmanager (REST API and
-transaction engine); mona, pgsql and keepalived join in later releases.
+sends it SIGTERM. Today the node has two services, escmanager (REST API and
+transaction engine) and mona (monitoring and recovery); pgsql and keepalived
+join in later releases.
 """
 
 from __future__ import annotations

@@ -266,6 +266,8 @@ class LocalVim(VimDriver):
             "image": spec.image,
             "flavor": spec.flavor,
             "day0_config": spec.day0_config,
+            # The instance's birth, kept across reboots (unhealthy-after:N counts from it).
+            "created_at": time.time(),
         }
 
     @staticmethod

@@ -5,12 +5,17 @@ of ESC and stays small. It serves HTTP on 127.0.0.1 and behaves as its image
 says:
 
   healthy              GET /health always answers 200
-  crash-after:N        the process exits with code 1 after N seconds
-  unhealthy-after:N    GET /health answers 503 after N seconds, the process stays up
+  crash-after:N        the process exits with code 1 N seconds after each boot
+  unhealthy-after:N    GET /health answers 503 once the instance is N seconds old,
+                       the process stays up; its "disk" has gone bad: a reboot
+                       does not help, a redeploy (a new instance) does
   slow-boot:N          GET /health answers 503 for the first N seconds (a slow boot), then 200
 
 N is a number of seconds >= 0 (e.g. 3 or 2.5). Other endpoints: GET /day0
-(the day-0 configuration) and GET / (the spec and the uptime).
+(the day-0 configuration), GET / (the spec and the uptime), GET /metrics (the
+load figure MONA's threshold metric reads) and PUT /load {"load": X} (tell the
+VM which load to report; 0 after each boot). The server keeps connections
+alive (HTTP/1.1), so a monitor polling every second reuses one connection.
 
 Command line: vnf.py --instance-dir DIR [--detach]. DIR holds spec.json,
 written by the driver: vm_id, name, image, flavor, day0_config. The VNF holds
@@ -46,6 +51,8 @@ from typing import Any, NoReturn
 LOCK_WAIT_SECONDS = 2.0
 EXIT_ALREADY_RUNNING = 3
 IMAGE_KINDS = ("crash-after", "unhealthy-after", "slow-boot")
+MAX_LOAD = 1_000_000.0
+MAX_BODY = 1024
 _SECONDS = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)\Z")
 
 
@@ -136,23 +143,51 @@ def make_handler(spec: dict[str, Any], kind: str, after: float, started: float) 
     from http.server import BaseHTTPRequestHandler  # imported late: see main()
 
     identity = {"vm_id": spec.get("vm_id"), "name": spec.get("name")}
+    # The instance's age counts from its creation (kept across reboots); a spec
+    # written before created_at was recorded counts from this boot.
+    born = spec.get("created_at") or time.time()
+    load = [0.0]
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: one connection per poller
+
         def do_GET(self) -> None:
             uptime = time.monotonic() - started
             if self.path == "/health":
                 healthy = not (
-                    (kind == "unhealthy-after" and uptime >= after)
+                    (kind == "unhealthy-after" and time.time() - born >= after)
                     or (kind == "slow-boot" and uptime < after)
                 )
                 status = "alive" if healthy else "unhealthy"
                 self._send(200 if healthy else 503, {"status": status, **identity})
+            elif self.path == "/metrics":
+                self._send(200, {"load": load[0], **identity})
             elif self.path == "/day0":
                 self._send(200, spec.get("day0_config") or {})
             elif self.path == "/":
                 self._send(200, {**spec, "uptime": round(uptime, 3), "pid": os.getpid()})
             else:
                 self._send(404, {"error": f"no such endpoint {self.path}"})
+
+        def do_PUT(self) -> None:
+            if self.path != "/load":
+                self._send(404, {"error": f"no such endpoint {self.path}"})
+                return
+            try:
+                length = int(self.headers.get("Content-Length", "0"))
+                if not 0 < length <= MAX_BODY:
+                    raise ValueError(f"body must be 1 to {MAX_BODY} bytes")
+                value = json.loads(self.rfile.read(length))["load"]
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ValueError("load must be a number")
+                if not 0 <= value <= MAX_LOAD:
+                    raise ValueError(f"load must be 0 to {MAX_LOAD:g}")
+            except (ValueError, KeyError, TypeError) as exc:
+                self.close_connection = True  # the body may not have been read
+                self._send(400, {"error": f'send {{"load": NUMBER}}: {exc}'})
+                return
+            load[0] = float(value)
+            self._send(200, {"load": load[0], **identity})
 
         def _send(self, status: int, body: dict[str, Any]) -> None:
             payload = json.dumps(body).encode()

@@ -73,7 +73,7 @@ def test_start_status_stop_cycle(home: Path) -> None:
     assert escadm("stop", home=home).stdout == "ESC is already stopped\n"
     after = escadm("status", "--v", home=home)
     assert after.returncode == 3
-    assert after.stdout == "escmanager is stopped\nESC status=0 ESC is stopped\n"
+    assert after.stdout == "escmanager is stopped\nmona is stopped\nESC status=0 ESC is stopped\n"
     with pytest.raises(ProcessLookupError):
         os.killpg(pgid, 0)
 
@@ -139,13 +139,14 @@ def test_health_passed_and_failed(home: Path) -> None:
     assert (passed.returncode, passed.stdout) == (0, "ESC HEALTH PASSED\n")
     checks = json.loads(escadm("health", "--json", home=home).stdout)["checks"]
     names = {c["name"] for c in checks}
-    assert names == {"api", "database", "vim", "engine", "notifier", "escmanager"}
+    assert names == {"api", "database", "vim", "engine", "notifier", "escmanager", "mona"}
     assert all(c["ok"] for c in checks)
 
     port = int(re.search(r"port = (\d+)", (home / "esc.toml").read_text()).group(1))
     served = httpx.get(f"http://127.0.0.1:{port}/esc/health", timeout=5).json()
     assert served["status_code"] == 2000 and served["stage"] == "READY"
-    assert {c["name"] for c in served["checks"]} == {"database", "vim", "engine", "notifier"}
+    served_names = {c["name"] for c in served["checks"]}
+    assert served_names == {"database", "vim", "engine", "notifier", "mona"}
 
     # With the API down, the database is checked directly: an unreachable one is named.
     escadm("stop", home=home)

@@ -42,7 +42,8 @@ def test_newcomer_session(tmp_path: Path) -> None:
         assert ok("status", home=home) == "ESC status=0 ESC Standalone Healthy\n"
         verbose = ok("status", "--v", home=home).splitlines()
         assert re.fullmatch(r"escmanager \(pgid \d+\) is running", verbose[0])
-        assert verbose[1] == "ESC status=0 ESC Standalone Healthy"
+        assert re.fullmatch(r"mona \(pgid \d+\) is running", verbose[1])
+        assert verbose[2] == "ESC status=0 ESC Standalone Healthy"
         deployed = ok("deployment", "deploy", str(ROOT / "examples" / "deployment.yaml"), home=home)
         assert deployed.rstrip().endswith("DEPLOY demo/web: SUCCESS")
         assert len(live_vm_processes(NodeHome(home))) == 3

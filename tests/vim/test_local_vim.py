@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.client
 import json
 import os
 import signal
@@ -362,6 +363,42 @@ def test_unhealthy_after_image_fails_health_but_lives(vim: LocalVim) -> None:
     assert health.status_code == 503 and health.json()["status"] == "unhealthy"
     assert vim.status("vm-1").state is InstanceState.RUNNING
     assert not gone(state_of(vim, "vm-1")["pid"])
+
+
+def test_unhealthy_after_survives_a_reboot_but_not_a_redeploy(vim: LocalVim) -> None:
+    """The image models a bad disk: the age counts from the instance's creation."""
+    vim.create_vm(spec(image="unhealthy-after:0.5"))
+    assert wait_until(lambda: not vim.is_alive("vm-1"), timeout=3)
+    vim.reboot_vm("vm-1")
+    assert not vim.is_alive("vm-1")  # a new process, the same old instance
+    vim.delete_vm("vm-1")
+    vim.create_vm(spec(image="unhealthy-after:0.5"))
+    assert vim.is_alive("vm-1")  # a new instance is young again
+
+
+def test_vnf_reports_the_load_it_is_told_over_one_kept_alive_connection(vim: LocalVim) -> None:
+    address = vim.create_vm(spec()).address
+    with httpx.Client(base_url=address, timeout=2) as client:
+        assert client.get("/metrics").json() == {"load": 0.0, "vm_id": "vm-1", "name": "name-vm-1"}
+        assert client.put("/load", json={"load": 87.5}).json()["load"] == 87.5
+        assert client.get("/metrics").json()["load"] == 87.5
+        for bad in ({"load": -1}, {"load": "high"}, {"load": True}, {"level": 3}):
+            answer = client.put("/load", json=bad)
+            assert answer.status_code == 400 and "load" in answer.json()["error"]
+    # HTTP/1.1 keep-alive: the second request goes over the first one's socket.
+    connection = http.client.HTTPConnection("127.0.0.1", int(address.rsplit(":", 1)[1]), timeout=2)
+    try:
+        sockets = []
+        for _ in range(2):
+            connection.request("GET", "/health")
+            assert connection.getresponse().read() and connection.sock is not None
+            sockets.append(connection.sock)
+        assert sockets[0] is sockets[1]
+    finally:
+        connection.close()
+    vim.reboot_vm("vm-1")
+    address = vim.status("vm-1").address
+    assert httpx.get(f"{address}/metrics", timeout=2).json()["load"] == 0.0
 
 
 def test_slow_boot_image_becomes_alive(vim: LocalVim) -> None:

@@ -1,0 +1,33 @@
+"""The mona service: `python -m esc.monitor.service --home H` (run by the supervisor)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+from esc.config import NodeHome
+from esc.db.session import Database
+from esc.monitor.mona import run_mona
+from esc.node.logs import setup_service_logging
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="ESC mona service (monitoring and recovery)")
+    parser.add_argument("--home", required=True)
+    home = NodeHome.resolve(parser.parse_args().home)
+    settings = home.load()
+    setup_service_logging(home, "mona", to_stderr=False, tagged=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    db = Database(home.database_url(settings), pool_size=5, max_overflow=5)
+    try:
+        run_mona(db, settings.monitor, home.run, stop)
+    finally:
+        db.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,158 @@
+"""Watchers: one asyncio task per KPI being polled.
+
+A VM watcher polls one VM for a success/failure metric (ICMPPing: on the
+local VIM, the VM's health endpoint, which also fails when its process is
+gone). A group watcher polls every ALIVE VM of a vm_group for a threshold
+metric and judges their average, so scaling follows the group's load, not
+one VM's. Polls run at a fixed rate (`poll_frequency`) from a random phase,
+so thousands of watchers spread over the period instead of polling at once.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from esc.monitor.kpis import KpiState, threshold_holds
+from esc.monitor.probe import HttpProbe, ProbeError
+from esc.monitor.targets import GroupTarget, VmTarget
+
+# A poll that has had no answer by then counts as failed (and never overlaps the next).
+MAX_PROBE_TIMEOUT_SHARE = 0.9
+
+
+@dataclass(frozen=True)
+class Observation:
+    holds: bool
+    value: float | None
+
+
+OnChange = Callable[["Watcher", bool, float | None], None]
+
+
+class Watcher(abc.ABC):
+    """Polls, counts and reports KPI state changes to `on_change`."""
+
+    vm: VmTarget | None = None  # the VM watched, for a VM watcher
+
+    def __init__(
+        self,
+        group: GroupTarget,
+        kpi: dict[str, Any],
+        probe_timeout: float,
+        on_change: OnChange,
+    ) -> None:
+        self.group = group
+        self.kpi = kpi
+        self.period = float(kpi["metric_collector"]["poll_frequency"])
+        self.timeout = min(probe_timeout, self.period * MAX_PROBE_TIMEOUT_SHARE)
+        self.state = KpiState(kpi["metric_occurrences_true"], kpi["metric_occurrences_false"])
+        self.on_change = on_change
+        self.polls = 0
+        self.task: asyncio.Task[None] | None = None
+
+    # What a watcher is about; a change of it replaces the watcher (fresh counts).
+    @property
+    def signature(self) -> tuple[Any, ...]:
+        return (repr(self.kpi), repr(self.group.rules), self.addresses())
+
+    @property
+    def event_name(self) -> str:
+        return self.kpi["event_name"]
+
+    @abc.abstractmethod
+    def addresses(self) -> tuple[str, ...]:
+        """Where it polls."""
+
+    @abc.abstractmethod
+    async def observe(self) -> Observation | None:
+        """One poll; None when it tells nothing (no VM answered a metrics poll)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close its connections."""
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.close()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + random.uniform(0, self.period)
+        while True:
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            observation = await self.observe()
+            self.polls += 1
+            if observation is not None:
+                changed = self.state.observe(observation.holds)
+                if changed is not None:
+                    self.on_change(self, changed, observation.value)
+            # Fixed rate; after a stall (a slow poll, a busy loop) skip the missed ticks.
+            next_at = max(next_at + self.period, loop.time())
+
+
+class VmWatcher(Watcher):
+    def __init__(self, group: GroupTarget, kpi: dict[str, Any], vm: VmTarget, **kw: Any) -> None:
+        self.vm = vm
+        self.probe = HttpProbe(vm.address or "")
+        super().__init__(group, kpi, **kw)
+
+    def addresses(self) -> tuple[str, ...]:
+        return (self.vm.address or "",)
+
+    async def observe(self) -> Observation:
+        try:
+            status, body = await self.probe.get_json("/health", self.timeout)
+        except ProbeError:
+            return Observation(False, 0.0)
+        # The VM id in the answer: another process on a reused port is not this VM.
+        alive = status == 200 and isinstance(body, dict) and body.get("vm_id") == self.vm.id
+        return Observation(alive, 1.0 if alive else 0.0)
+
+    def close(self) -> None:
+        self.probe.close()
+
+
+class GroupWatcher(Watcher):
+    def __init__(self, group: GroupTarget, kpi: dict[str, Any], field: str, **kw: Any) -> None:
+        self.members = [vm for vm in group.vms if vm.state.value == "ALIVE" and vm.address]
+        self.probes = [HttpProbe(vm.address or "") for vm in self.members]
+        self.field = field
+        super().__init__(group, kpi, **kw)
+
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(vm.address or "" for vm in self.members)
+
+    async def _value(self, vm: VmTarget, probe: HttpProbe) -> float | None:
+        try:
+            status, body = await probe.get_json("/metrics", self.timeout)
+        except ProbeError:
+            return None
+        if status != 200 or not isinstance(body, dict) or body.get("vm_id") != vm.id:
+            return None
+        value = body.get(self.field)
+        return float(value) if isinstance(value, int | float) else None
+
+    async def observe(self) -> Observation | None:
+        values = await asyncio.gather(
+            *(self._value(vm, probe) for vm, probe in zip(self.members, self.probes, strict=True))
+        )
+        answered = [v for v in values if v is not None]
+        if not answered:
+            return None
+        average = sum(answered) / len(answered)
+        return Observation(threshold_holds(self.kpi, average), average)
+
+    def close(self) -> None:
+        for probe in self.probes:
+            probe.close()
