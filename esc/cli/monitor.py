@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from esc.cli.common import (
     print_json,
 )
 from esc.config import NodeHome
+from esc.monitor.scripts import MAX_TIMEOUT
 
 
 @click.group("monitor")
@@ -125,6 +127,8 @@ def import_command(
         content = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CliError(f"cannot read {file} as UTF-8 text: {exc}", EXIT_USAGE) from None
+    if not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT:
+        raise CliError(f"--timeout must be more than 0 and at most {MAX_TIMEOUT:g} s", EXIT_USAGE)
     name = name or file.name
     with ApiClient(home, load_settings(home)) as client:
         view = client.request(

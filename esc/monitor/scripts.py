@@ -114,14 +114,27 @@ async def run_script(path: Path, env: dict[str, str], timeout: float) -> ScriptR
         cwd=str(path.parent),
         start_new_session=True,  # its own group: the timeout kills its children too
     )
+    kept = bytearray()
+
+    async def keep_tail() -> None:
+        # Only the end is kept, and what was read survives a kill at the timeout: a
+        # script killed for hanging is the one whose last words matter most.
+        assert process.stdout is not None
+        while chunk := await process.stdout.read(65_536):
+            kept.extend(chunk)
+            del kept[:-OUTPUT_KEPT]
+
+    reading = loop.create_task(keep_tail())
+    code: int | None
     try:
         async with asyncio.timeout(timeout):
-            output, _ = await process.communicate()
-        code: int | None = process.returncode
+            await asyncio.wait({reading})  # wait() is not cancelled with its caller's task
+            code = await process.wait()
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        output, _ = await process.communicate()
+        await reading
+        await process.wait()
         code = None
-    text = output[-OUTPUT_KEPT:].decode("utf-8", errors="replace")
+    text = bytes(kept).decode("utf-8", errors="replace")
     return ScriptResult(path.name, code, text, loop.time() - started)

@@ -13,7 +13,7 @@ import httpx
 
 from esc.config import NodeHome, Settings
 from esc.node import processes
-from esc.node.ports import check_port_free
+from esc.node.ports import PortInUse, check_port_free
 from esc.node.processes import SERVICE_NAMES, SUPERVISOR, ProcessRecord
 from esc.node.supervisor import STOP_TIMEOUT
 
@@ -77,7 +77,7 @@ def start_node(home: NodeHome, settings: Settings, timeout: float = 60.0) -> boo
         return False
     try:
         check_port_free(settings.api.host, settings.api.port)
-    except OSError as exc:
+    except (PortInUse, OSError) as exc:
         raise ControlError(str(exc)) from None
     home.log.mkdir(mode=0o700, exist_ok=True)
     home.run.mkdir(mode=0o700, exist_ok=True)
