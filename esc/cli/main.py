@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from esc import __version__
+from esc.cli.backup import backup_command, restore_command
 from esc.cli.deployment import deployment_group
 from esc.cli.dynamic_mapping import dynamic_mapping_group
 from esc.cli.monitor import monitor_group, script_group
@@ -49,6 +50,8 @@ for command in (
     dynamic_mapping_group,
     monitor_group,
     script_group,
+    backup_command,
+    restore_command,
 ):
     cli.add_command(command)
 

@@ -36,7 +36,7 @@ from esc.db.session import Database
 from esc.descriptor import validate_descriptor
 from esc.engine.events import FAILURE, emit_for
 from esc.engine.submit import apply_group_spec, ensure_vm_rows, new_group
-from esc.vim.base import VimDriver, VmSpec
+from esc.vim.base import VimDriver, VimError, VmSpec
 
 log = logging.getLogger(__name__)
 
@@ -424,16 +424,19 @@ def vm_recover_process(ctx: StepContext) -> None:
             ctx.mark_step(session, "recovery_started")
     policy = _policy(ctx, vm_id)
     if policy in (RecoveryPolicy.REBOOT_THEN_REDEPLOY, RecoveryPolicy.REBOOT_ONLY):
-        if not ctx.step_done("rebooted"):
-            ctx.vim.reboot_vm(vm_id)
-            with ctx.db.write() as session:
-                ctx.mark_step(session, "rebooted")
         try:
+            if not ctx.step_done("rebooted"):
+                ctx.vim.reboot_vm(vm_id)
+                with ctx.db.write() as session:
+                    ctx.mark_step(session, "rebooted")
             _wait_alive(ctx, [vm_id], lambda g: g.recovery_wait_time, "recovery_wait_time")
             return
-        except OperationFailed:
+        except (OperationFailed, VimError) as exc:
+            # A VM whose instance is gone (restored from a backup older than it, or
+            # removed on the VIM) cannot be rebooted: it can only be redeployed.
             if policy is RecoveryPolicy.REBOOT_ONLY:
-                raise
+                raise OperationFailed(f"reboot did not bring it back: {exc}") from exc
+            log.info("VM %s: reboot did not help (%s); redeploying", vm_id, exc)
     if not ctx.step_done("redeployed"):
         ctx.vim.delete_vm(vm_id)
         with ctx.db.read() as session:

@@ -20,6 +20,8 @@ from conftest import (
 )
 from fastapi.testclient import TestClient
 
+from esc.engine.controller import Controller
+
 POLL = 0.4
 OCCURRENCES = 2
 
@@ -247,3 +249,16 @@ def test_restarting_mona_mid_recovery_does_not_recover_twice(
     assert len(recoveries(api)) == 1
     assert len(events(api, "VM_RECOVERY_INIT")) == 1
     assert len([p for p in live_vm_processes(node.home) if vm["id"] in " ".join(p.cmdline())]) == 1
+
+
+def test_a_vm_whose_instance_is_gone_is_redeployed(
+    api: TestClient, node: Node, controller: Controller, mona: MonaThread
+) -> None:
+    """As after a restore of a backup older than the VM's instance: nothing to reboot."""
+    vm = deploy(api, descriptor("gone"))
+    controller.vim.delete_vm(vm["id"])
+    (tx,) = wait_for(lambda: settled(api), 20, "one recovery, ended")
+    assert tx["state"] == "SUCCESS", tx
+    progress = _progress(node, tx["id"])
+    assert progress.get("redeployed") and not progress.get("rebooted"), progress
+    assert answers(only_vm(api, "mon", "gone")["address"], vm["id"])

@@ -1,0 +1,1 @@
+"""Backup and restore of a node's database (MISSION R-4)."""

@@ -1,0 +1,229 @@
+"""The backup archive: what is in it, and reading one that may be hostile.
+
+A tar file, compressed as its name says (`.tar.bz2` as operators know it,
+`.tar.gz`/`.tgz`, `.tar.xz`, or plain `.tar`); on reading the compression
+is recognised by content. Members, in this order:
+
+  manifest.json          format, versions, source node, tables: columns,
+                         row counts, sizes and sha256 of the data members
+  data/<table>.jsonl     one JSON array per row, values in manifest order
+
+The data is backend-neutral: timestamps ISO 8601 in UTC, JSON columns as
+JSON, booleans as true/false; a backup from SQLite restores into
+PostgreSQL and back.
+
+The reader trusts nothing: only the members above, only regular files, each
+no larger than its manifest says and than a hard bound, each checked
+against its sha256 before the restore is allowed to finish. Nothing is ever
+extracted to disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+FORMAT = "esc-backup"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 1_048_576
+# A bound on any one member, whatever the manifest declares (a bomb is refused early).
+MAX_MEMBER_BYTES = 64 * 2**30
+IDENTIFIER = r"^[a-z][a-z0-9_]{0,62}$"  # a table or column name of ESC's schema
+TABLE = re.compile(IDENTIFIER)
+COMPRESSION_BY_SUFFIX = {
+    ".tar.bz2": "bz2",
+    ".tbz2": "bz2",
+    ".tar.gz": "gz",
+    ".tgz": "gz",
+    ".tar.xz": "xz",
+    ".tar": "",
+}
+
+
+class ArchiveError(Exception):
+    """The archive cannot be used; the message names the problem and what to do."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TableEntry(_Strict):
+    columns: Annotated[list[Annotated[str, Field(pattern=IDENTIFIER)]], Field(min_length=1)]
+    rows: Annotated[int, Field(ge=0)]
+    bytes: Annotated[int, Field(ge=0, le=MAX_MEMBER_BYTES)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Manifest(_Strict):
+    format: str
+    format_version: int
+    product_version: Annotated[str, Field(max_length=32)]
+    schema_revision: Annotated[str, Field(max_length=32)]
+    created_at: str
+    source_node: Annotated[str, Field(max_length=256)]
+    backend: Annotated[str, Field(pattern=r"^(sqlite|postgresql)$")]
+    # In dump order (parents before children); the archive holds them in this order.
+    tables: dict[Annotated[str, Field(pattern=IDENTIFIER)], TableEntry]
+    notes: str = ""
+
+
+def member_name(table: str) -> str:
+    return f"data/{table}.jsonl"
+
+
+def compression_for(path: str) -> str:
+    """The compression a file name asks for ("" for none); refuses a name it does not know."""
+    for suffix, compression in COMPRESSION_BY_SUFFIX.items():
+        if path.endswith(suffix):
+            return compression
+    known = ", ".join(COMPRESSION_BY_SUFFIX)
+    raise ArchiveError(f"backup file name {path!r} must end in one of {known} (e.g. db.tar.bz2)")
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArchiveError(
+            f"manifest.json is not valid JSON ({exc}): the archive is damaged"
+        ) from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise ArchiveError("manifest.json is not an ESC backup manifest: is this an ESC backup?")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise ArchiveError(
+            f"backup archive format version {raw.get('format_version')!r} is not one this "
+            f"release reads (it reads version {FORMAT_VERSION}); restore it with the ESC release "
+            f"that wrote it ({raw.get('product_version', 'unknown')}) or a newer one"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ArchiveError(f"manifest.json: {where}: {first['msg']}") from None
+
+
+@dataclass
+class Member:
+    """A data member being read: its lines, with their checksum kept."""
+
+    table: str
+    entry: TableEntry
+    stream: IO[bytes]
+    read: int = 0
+
+    def lines(self) -> Iterator[bytes]:
+        digest = hashlib.sha256()
+        rest = b""
+        while chunk := self._chunk():
+            self.read += len(chunk)
+            if self.read > self.entry.bytes:
+                raise ArchiveError(
+                    f"{member_name(self.table)} is larger than the {self.entry.bytes} bytes "
+                    "the manifest declares: the archive is damaged or forged"
+                )
+            digest.update(chunk)
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            yield from lines
+        if rest:
+            yield rest
+        if self.read != self.entry.bytes or digest.hexdigest() != self.entry.sha256:
+            raise ArchiveError(
+                f"{member_name(self.table)} does not match its sha256 in the manifest: the "
+                "archive is damaged (copy it again) or was altered"
+            )
+
+    def _chunk(self) -> bytes:
+        try:
+            return self.stream.read(1 << 20)
+        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+            raise ArchiveError(f"the archive is truncated or damaged: {exc}") from None
+
+
+class ArchiveReader:
+    """Reads a backup as a stream: the manifest first, then each table in order."""
+
+    def __init__(self, fileobj: IO[bytes]) -> None:
+        try:
+            self._tar = tarfile.open(fileobj=fileobj, mode="r|")  # noqa: SIM115 - closed by close()
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise ArchiveError(
+                f"not a readable tar archive ({exc}): truncated, damaged, or not a backup"
+            ) from None
+        self.manifest = self._read_manifest()
+
+    def _next(self) -> tarfile.TarInfo | None:
+        try:
+            return self._tar.next()
+        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+            raise ArchiveError(f"the archive is truncated or damaged: {exc}") from None
+
+    def _check(self, info: tarfile.TarInfo, expected: str, bound: int) -> None:
+        if info.name != expected:
+            raise ArchiveError(
+                f"unexpected member {info.name!r} where {expected!r} belongs: not an ESC backup, "
+                "or one that was altered (members with paths such as '..' or '/' are refused)"
+            )
+        if not info.isreg():
+            kind = "a symlink" if info.issym() else "a hard link" if info.islnk() else "not a file"
+            raise ArchiveError(f"member {info.name!r} is {kind}: only regular files are accepted")
+        if info.size > bound:
+            raise ArchiveError(
+                f"member {info.name!r} declares {info.size} bytes, more than the {bound} allowed"
+            )
+
+    def _read_manifest(self) -> Manifest:
+        info = self._next()
+        if info is None:
+            raise ArchiveError("the archive is empty: no manifest.json")
+        self._check(info, MANIFEST, MAX_MANIFEST_BYTES)
+        return parse_manifest(self._content(info))
+
+    def _content(self, info: tarfile.TarInfo) -> bytes:
+        stream = self._tar.extractfile(info)
+        assert stream is not None
+        try:
+            return stream.read()
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise ArchiveError(f"the archive is truncated or damaged: {exc}") from None
+
+    def members(self) -> Iterator[Member]:
+        """Each table's member, in manifest order; then nothing else may follow."""
+        for table, entry in self.manifest.tables.items():
+            info = self._next()
+            if info is None:
+                raise ArchiveError(f"the archive ends before {member_name(table)}: it is truncated")
+            self._check(info, member_name(table), min(entry.bytes, MAX_MEMBER_BYTES))
+            if info.size != entry.bytes:
+                raise ArchiveError(
+                    f"{info.name} holds {info.size} bytes, the manifest says {entry.bytes}"
+                )
+            stream = self._tar.extractfile(info)
+            assert stream is not None
+            yield Member(table, entry, stream)
+        extra = self._next()
+        if extra is not None:
+            raise ArchiveError(f"unexpected member {extra.name!r} after the last table")
+
+    def close(self) -> None:
+        self._tar.close()
+
+
+def decode_row(line: bytes, table: str, width: int) -> list[Any]:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        raise ArchiveError(f"{member_name(table)}: a row is not valid JSON") from None
+    if not isinstance(row, list) or len(row) != width:
+        raise ArchiveError(f"{member_name(table)}: a row does not have {width} values")
+    return row

@@ -1,0 +1,251 @@
+"""`escadm backup`: an online, consistent archive of the node's database.
+
+Consistent: every table is read inside one read-only transaction, so the
+archive is the database at one moment even while transactions run
+(PostgreSQL: REPEATABLE READ; SQLite: one read transaction under WAL).
+Fast where the data is large: PostgreSQL builds each row's JSON itself
+(COPY of json_build_array), SQLite rows are formatted without decoding
+their JSON columns; compression runs on every core (compress.py).
+
+Written beside the target as a hidden partial file, mode 0600, fsynced and
+renamed into place: a crash leaves no half archive under the asked name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import Connection, Table, text
+
+from esc import __version__
+from esc.backup.archive import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    Manifest,
+    TableEntry,
+    compression_for,
+    member_name,
+)
+from esc.backup.compress import ParallelCompressedWriter
+from esc.backup.tables import (
+    Kind,
+    backed_up_tables,
+    column_kinds,
+    quoted,
+    sqlite_timestamp_to_iso,
+)
+from esc.db.migrate import head_revision
+from esc.db.session import Database
+
+NOTES = (
+    "Holds the users' scrypt password hashes (not passwords) and callback URLs as "
+    "configured: keep it as private as the database. The node-local escadm account is "
+    "not restored from it."
+)
+
+
+class BackupError(Exception):
+    """The backup cannot be made; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    path: Path
+    manifest: Manifest
+    size: int
+    seconds: float
+
+
+@contextlib.contextmanager
+def snapshot(db: Database) -> Iterator[Connection]:
+    """A connection reading the whole database as of one moment."""
+    with db.engine.connect() as connection:
+        if db.backend == "postgresql":
+            connection = connection.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+        # SQLite: a deferred transaction; its first read fixes the snapshot (WAL).
+        transaction = connection.begin()
+        try:
+            if db.backend == "postgresql":
+                connection.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
+            yield connection
+        finally:
+            transaction.rollback()
+
+
+def _names(columns: Any) -> str:
+    return quoted([c.name for c in columns])
+
+
+def _sqlite_rows(connection: Connection, table: Table) -> Iterator[bytes]:
+    kinds = column_kinds(table)
+    columns = [c.name for c in table.columns]
+    cursor = connection.exec_driver_sql(
+        f'SELECT {_names(table.columns)} FROM "{table.name}" '
+        f"ORDER BY {_names(table.primary_key.columns)}"
+    )
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    converters = [_sqlite_converter(kinds[c], encode) for c in columns]
+    for row in cursor:
+        values = [convert(value) for convert, value in zip(converters, row, strict=True)]
+        yield ("[" + ",".join(values) + "]\n").encode()
+
+
+def _sqlite_converter(kind: Kind, encode: Any) -> Any:
+    if kind is Kind.DATETIME:
+        return lambda v: "null" if v is None else encode(sqlite_timestamp_to_iso(v))
+    if kind is Kind.BOOL:
+        return lambda v: "null" if v is None else ("true" if v else "false")
+    if kind is Kind.JSON:
+        # Stored as JSON text already: embedded as it is, re-encoded only if it spans lines.
+        return lambda v: (
+            "null" if v is None else (encode(json.loads(v)) if "\n" in v or "\r" in v else v)
+        )
+    return encode
+
+
+_COPY_ESCAPE = re.compile(rb"\\(.)")
+_COPY_CODES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"f": b"\f", b"v": b"\v"}
+
+
+def _copy_unescape(line: bytes) -> bytes:
+    """A line of COPY's text format back to its value (here: one JSON document)."""
+    if b"\\" not in line:
+        return line
+    value = _COPY_ESCAPE.sub(lambda m: _COPY_CODES.get(m.group(1), m.group(1)), line)
+    if b"\n" in value or b"\r" in value:  # whitespace inside a JSON column: one line per row
+        value = json.dumps(json.loads(value), ensure_ascii=False, separators=(",", ":")).encode()
+    return value
+
+
+def _postgresql_rows(connection: Connection, table: Table) -> Iterator[bytes]:
+    query = (
+        f'COPY (SELECT json_build_array({_names(table.columns)}) FROM "{table.name}" '
+        f"ORDER BY {_names(table.primary_key.columns)}) TO STDOUT"
+    )
+    raw = connection.connection.driver_connection
+    cursor = raw.cursor()
+    rest = b""
+    with cursor.copy(query) as copy:
+        for block in copy:
+            lines = (rest + bytes(block)).split(b"\n")
+            rest = lines.pop()
+            yield b"".join(_copy_unescape(line) + b"\n" for line in lines)
+    if rest:
+        yield _copy_unescape(rest) + b"\n"
+
+
+def _dump_table(connection: Connection, backend: str, table: Table, out: IO[bytes]) -> TableEntry:
+    digest = hashlib.sha256()
+    size = rows = 0
+    produce = _postgresql_rows if backend == "postgresql" else _sqlite_rows
+    for data in produce(connection, table):
+        digest.update(data)
+        out.write(data)
+        size += len(data)
+        rows += data.count(b"\n")
+    return TableEntry(
+        columns=[c.name for c in table.columns], rows=rows, bytes=size, sha256=digest.hexdigest()
+    )
+
+
+def write_backup(db: Database, path: Path, node_name: str) -> BackupResult:
+    """Write the archive to `path` (its name chooses the compression)."""
+    started = time.monotonic()
+    compression = compression_for(path.name)
+    path = path.absolute()
+    if not path.parent.is_dir():
+        raise BackupError(f"directory {path.parent} does not exist: create it or choose another")
+    workdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        manifest = _dump(db, workdir, node_name)
+        _write_archive(path, workdir, manifest, compression)
+    except OSError as exc:
+        raise BackupError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return BackupResult(path, manifest, path.stat().st_size, time.monotonic() - started)
+
+
+def _dump(db: Database, workdir: Path, node_name: str) -> Manifest:
+    entries: dict[str, TableEntry] = {}
+    with snapshot(db) as connection:
+        revision = _revision(connection)
+        for table in backed_up_tables():
+            with open(workdir / f"{table.name}.jsonl", "wb", buffering=1 << 20) as out:
+                entries[table.name] = _dump_table(connection, db.backend, table, out)
+    return Manifest(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        product_version=__version__,
+        schema_revision=revision,
+        created_at=datetime.now(UTC).isoformat(),
+        source_node=node_name,
+        backend=db.backend,
+        tables=entries,
+        notes=NOTES,
+    )
+
+
+def _revision(connection: Connection) -> str:
+    found = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    head = head_revision()
+    if found != head:
+        raise BackupError(
+            f"the database schema is at revision {found}, this release writes backups of "
+            f"{head}: start the node once with this release (it migrates), or back up with "
+            "the release that runs it"
+        )
+    return found
+
+
+def _write_archive(path: Path, workdir: Path, manifest: Manifest, compression: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    now = int(time.time())
+    with os.fdopen(fd, "wb") as raw:
+        writer = ParallelCompressedWriter(raw, compression)
+        try:
+            stream: Any = writer  # tarfile only calls write() on it
+            with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                data = manifest.model_dump_json(indent=1).encode()
+                tar.addfile(_info(MANIFEST, len(data), now), io.BytesIO(data))
+                for table, entry in manifest.tables.items():
+                    with open(workdir / f"{table}.jsonl", "rb") as member:
+                        tar.addfile(_info(member_name(table), entry.bytes, now), member)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            raise
+        raw.flush()
+        os.fsync(raw.fileno())
+    os.replace(partial, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)
+
+
+def _info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, mtime, 0o600
+    return info

@@ -1,0 +1,208 @@
+"""Loading an archive's rows into a database built aside (restore.py swaps it in).
+
+The aside database is first migrated to the schema revision the backup was
+taken at, so its tables are exactly the archive's; the rows go in table by
+table (parents first); then Alembic brings it to this release's head, so a
+backup of an older release crosses the real migrations.
+
+PostgreSQL: rows are copied into a jsonb staging table with COPY and moved
+into place by one INSERT … SELECT per table, all in the server. SQLite: one
+executemany per batch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from sqlalchemy import Connection, MetaData, Table, text
+
+from esc.backup.archive import ArchiveError, ArchiveReader, Member, decode_row
+from esc.backup.tables import Kind, column_kinds, iso_to_sqlite_timestamp, quoted
+from esc.security import LOCAL_USER
+
+BATCH = 10_000
+STAGING = "esc_restore_rows"
+
+
+def reflected_tables(connection: Connection) -> dict[str, Table]:
+    """The tables as the database has them, parents first."""
+    metadata = MetaData()
+    metadata.reflect(connection)
+    return {table.name: table for table in metadata.sorted_tables}
+
+
+def _matching_table(tables: dict[str, Table], member: Member) -> Table:
+    table = tables.get(member.table)
+    wanted = set(member.entry.columns)
+    if table is None or {c.name for c in table.columns} != wanted:
+        raise ArchiveError(
+            f"table {member.table} of the archive does not match schema revision the manifest "
+            "names: the archive was altered, or written by a release that is not ESC's"
+        )
+    return table
+
+
+def _rows(member: Member, skip: Callable[[list[Any]], bool]) -> Iterator[list[Any]]:
+    width = len(member.entry.columns)
+    count = 0
+    for line in member.lines():
+        row = decode_row(line, member.table, width)
+        count += 1
+        if not skip(row):
+            yield row
+    if count != member.entry.rows:
+        raise ArchiveError(
+            f"{member.table}: {count} rows in the archive, the manifest says {member.entry.rows}"
+        )
+
+
+def _skip_for(member: Member) -> Callable[[list[Any]], bool]:
+    """The node-local escadm account is the restoring node's own, never the archive's."""
+    if member.table != "users":
+        return lambda row: False
+    index = member.entry.columns.index("name")
+    return lambda row: row[index] == LOCAL_USER
+
+
+def load_all(connection: Connection, reader: ArchiveReader) -> dict[str, int]:
+    """Insert every table's rows; returns rows loaded per table."""
+    tables = reflected_tables(connection)
+    # Migrations may seed rows (op_mode's default): the archive's rows replace them all.
+    for name in reversed(list(tables)):
+        if name != "alembic_version":
+            connection.exec_driver_sql(f'DELETE FROM "{name}"')
+    loader = _load_postgresql if connection.dialect.name == "postgresql" else _load_sqlite
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"CREATE TEMP TABLE {STAGING} (d jsonb)")
+    loaded = {}
+    for member in reader.members():
+        table = _matching_table(tables, member)
+        loaded[member.table] = loader(connection, table, member, _skip_for(member))
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"DROP TABLE {STAGING}")
+        _advance_sequences(connection, tables)
+    return loaded
+
+
+def _sqlite_converter(kind: Kind) -> Callable[[Any], Any]:
+    if kind is Kind.DATETIME:
+        return lambda v: None if v is None else iso_to_sqlite_timestamp(v)
+    if kind is Kind.JSON:
+        return lambda v: None if v is None else json.dumps(v)
+    if kind is Kind.BOOL:
+        return lambda v: None if v is None else int(bool(v))
+    return lambda v: v
+
+
+def _load_sqlite(
+    connection: Connection, table: Table, member: Member, skip: Callable[[list[Any]], bool]
+) -> int:
+    kinds = column_kinds(table)
+    columns = member.entry.columns
+    converters = [_sqlite_converter(kinds[c]) for c in columns]
+    plain = all(kinds[c] is Kind.PLAIN for c in columns)
+    sql = (
+        f'INSERT INTO "{table.name}" ({quoted(columns)}) VALUES ({", ".join("?" for _ in columns)})'
+    )
+    cursor = connection.connection.driver_connection.cursor()
+    batch: list[Any] = []
+    total = 0
+    for row in _rows(member, skip):
+        batch.append(row if plain else [f(v) for f, v in zip(converters, row, strict=True)])
+        if len(batch) >= BATCH:
+            cursor.executemany(sql, batch)
+            total += len(batch)
+            batch.clear()
+    if batch:
+        cursor.executemany(sql, batch)
+        total += len(batch)
+    return total
+
+
+def _copy_escape(line: bytes) -> bytes:
+    """One JSON document as a line of COPY's text format."""
+    if b"\\" in line:
+        line = line.replace(b"\\", b"\\\\")
+    if b"\t" in line or b"\r" in line:
+        line = line.replace(b"\t", b"\\t").replace(b"\r", b"\\r")
+    return line
+
+
+def _load_postgresql(
+    connection: Connection, table: Table, member: Member, skip: Callable[[list[Any]], bool]
+) -> int:
+    raw = connection.connection.driver_connection
+    cursor = raw.cursor()
+    cursor.execute(f"TRUNCATE {STAGING}")
+    users_filter = member.table == "users"
+    count = 0
+    with cursor.copy(f"COPY {STAGING} (d) FROM STDIN") as copy:
+        width = len(member.entry.columns)
+        for line in member.lines():
+            # Rows are checked here only for shape; the server parses them (jsonb).
+            if users_filter:
+                row = decode_row(line, member.table, width)
+                if skip(row):
+                    count += 1
+                    continue
+            copy.write(_copy_escape(line) + b"\n")
+            count += 1
+    if count != member.entry.rows:
+        raise ArchiveError(
+            f"{member.table}: {count} rows in the archive, the manifest says {member.entry.rows}"
+        )
+    shape = cursor.execute(
+        f"SELECT count(*) FROM {STAGING} WHERE jsonb_typeof(d) <> 'array' "
+        f"OR jsonb_array_length(d) <> %s",
+        (len(member.entry.columns),),
+    ).fetchone()[0]
+    if shape:
+        raise ArchiveError(f"{member.table}: {shape} rows are not arrays of the table's columns")
+    kinds = column_kinds(table)
+    dialect = connection.dialect
+    values = []
+    for index, name in enumerate(member.entry.columns):
+        if kinds[name] is Kind.JSON:
+            values.append(f"(d->{index})::json")
+        else:
+            values.append(f"(d->>{index})::{table.columns[name].type.compile(dialect=dialect)}")
+    cursor.execute(
+        f'INSERT INTO "{table.name}" ({quoted(member.entry.columns)}) '
+        f"SELECT {', '.join(values)} FROM {STAGING}"
+    )
+    return cursor.rowcount
+
+
+def _advance_sequences(connection: Connection, tables: dict[str, Table]) -> None:
+    """Serial keys go on after the largest restored id (rows came with their ids)."""
+    for table in tables.values():
+        for column in table.primary_key.columns:
+            sequence = connection.execute(
+                text("SELECT pg_get_serial_sequence(:t, :c)"),
+                {"t": f'"{table.name}"', "c": column.name},
+            ).scalar()
+            if sequence:
+                connection.execute(
+                    text(
+                        f'SELECT setval(:s, coalesce((SELECT max("{column.name}") '
+                        f'FROM "{table.name}"), 0) + 1, false)'
+                    ),
+                    {"s": sequence},
+                )
+
+
+def copy_local_account(source: Connection, target: Connection) -> None:
+    """The restoring node keeps its own escadm account (its credential file is local)."""
+    row = source.execute(
+        text("SELECT name, password_hash, created_at FROM users WHERE name = :n"),
+        {"n": LOCAL_USER},
+    ).first()
+    if row is None:
+        return
+    target.execute(text("DELETE FROM users WHERE name = :n"), {"n": LOCAL_USER})
+    target.execute(
+        text("INSERT INTO users (name, password_hash, created_at) VALUES (:n, :h, :c)"),
+        {"n": row.name, "h": row.password_hash, "c": row.created_at},
+    )

@@ -1,0 +1,268 @@
+"""`escadm restore`: the node's database replaced by a backup's, all or nothing.
+
+Order, so that a refused or failed restore changes nothing:
+1. the node's services must be stopped;
+2. the archive's manifest is read and checked (format version) and the
+   upgrade planner is asked whether this release takes a backup of that one;
+3. a new database is built aside (SQLite: a file beside the node's;
+   PostgreSQL: a schema `esc_restoring` in the node's database), migrated to
+   the backup's schema revision, loaded (every member checked against its
+   sha256 and row count), migrated to this release's head, and given the
+   node's own escadm account;
+4. only then is it swapped in, atomically: SQLite by a rename over the
+   node's file (the previous one is kept as a hard link `*.before-restore`),
+   PostgreSQL by renaming schemas in one transaction (the previous data is
+   kept as schema `esc_before_restore`).
+A restore killed at any point leaves the node on its previous database;
+running it again starts over (the leftover aside database is dropped).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from alembic import command
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from esc.backup.archive import ArchiveError, ArchiveReader, Manifest
+from esc.backup.compress import open_decompressed
+from esc.backup.load import copy_local_account, load_all
+from esc.config import NodeHome, Settings
+from esc.db.migrate import alembic_config
+from esc.db.session import Database
+from esc.node.processes import SERVICE_NAMES, SUPERVISOR, live_record
+from esc.release.catalog import load_catalog
+from esc.release.numbers import Change, ReleaseNumber, ReleaseNumberError
+from esc.release.planner import plan_upgrade
+from esc.release.procedures import Method
+from esc.version import CURRENT
+
+ASIDE_SCHEMA = "esc_restoring"
+KEPT_SCHEMA = "esc_before_restore"
+ASIDE_SUFFIX = ".restoring"
+KEPT_SUFFIX = ".before-restore"
+
+
+class RestoreError(Exception):
+    """The restore is refused or failed; the node's database is unchanged."""
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    manifest: Manifest
+    rows: dict[str, int]
+    seconds: float
+
+
+def require_stopped(home: NodeHome) -> None:
+    running = [n for n in (SUPERVISOR, *SERVICE_NAMES) if live_record(home.run, n)]
+    if running:
+        raise RestoreError(f"ESC is running ({', '.join(running)}): stop ESC first: escadm stop")
+
+
+def check_source(manifest: Manifest, vim: str) -> None:
+    """May this release take a backup written by the manifest's release?"""
+    try:
+        source = ReleaseNumber.parse(manifest.product_version)
+    except ReleaseNumberError as exc:
+        raise RestoreError(f"the backup names no valid release: {exc}") from None
+    if source == CURRENT:
+        return
+    plan = plan_upgrade(load_catalog(), source, CURRENT, vim, ha=False)
+    if plan.change is Change.DOWNGRADE:
+        raise RestoreError(
+            f"the backup was written by ESC {source}, newer than this ESC {CURRENT}: restore "
+            f"it on ESC {source} or newer"
+        )
+    if not plan.allowed or Method.BACKUP_RESTORE not in plan.methods:
+        raise RestoreError(
+            f"ESC {CURRENT} does not restore a backup of ESC {source}: {plan.reason}; "
+            f"next: {plan.next_step}"
+        )
+
+
+def check_revision(manifest: Manifest) -> None:
+    scripts = ScriptDirectory.from_config(alembic_config())
+    try:
+        known = scripts.get_revision(manifest.schema_revision) is not None
+    except Exception:  # alembic raises several kinds for an unknown id
+        known = False
+    if not known:
+        raise RestoreError(
+            f"the backup's schema revision {manifest.schema_revision!r} is not one this "
+            f"release knows: it was written by a newer or unrelated release"
+        )
+
+
+def restore(home: NodeHome, settings: Settings, archive: Path) -> RestoreResult:
+    started = time.monotonic()
+    require_stopped(home)
+    if not archive.is_file():
+        raise RestoreError(f"no backup file {archive}: check the path")
+    url = home.database_url(settings)
+    try:
+        stream = open_decompressed(str(archive))
+    except OSError as exc:
+        raise RestoreError(f"cannot read {archive}: {exc.strerror or exc}") from None
+    with contextlib.closing(stream):
+        try:
+            reader = ArchiveReader(stream)
+            manifest = reader.manifest
+        except (ArchiveError, OSError, EOFError) as exc:
+            raise RestoreError(f"{archive}: {exc}; nothing was changed") from None
+        check_source(manifest, settings.vim.driver)
+        check_revision(manifest)
+        aside = _Aside.for_url(url)
+        try:
+            rows = aside.build(reader, manifest)
+        except (ArchiveError, OSError, EOFError) as exc:
+            aside.discard()
+            raise RestoreError(f"{archive}: {exc}; the node's database is unchanged") from None
+        except (SQLAlchemyError, psycopg.Error, sqlite3.Error) as exc:
+            aside.discard()
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RestoreError(
+                f"{archive}: its data does not load ({first}): the archive is damaged or "
+                "altered; the node's database is unchanged"
+            ) from None
+    aside.swap()
+    return RestoreResult(manifest, rows, time.monotonic() - started)
+
+
+class _Aside(abc.ABC):
+    """The database built beside the node's, and how it replaces it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @staticmethod
+    def for_url(url: str) -> _Aside:
+        if make_url(url).get_backend_name() == "postgresql":
+            return _PostgresAside(url)
+        return _SqliteAside(url)
+
+    @abc.abstractmethod
+    def engine(self) -> Engine:
+        """An engine on the aside database."""
+
+    @abc.abstractmethod
+    def prepare(self) -> None:
+        """An empty aside database (dropping one a killed restore left)."""
+
+    @abc.abstractmethod
+    def discard(self) -> None:
+        """Remove the aside database after a failure."""
+
+    @abc.abstractmethod
+    def swap(self) -> None:
+        """Put the aside database in the node's place, atomically."""
+
+    def build(self, reader: ArchiveReader, manifest: Manifest) -> dict[str, int]:
+        self.prepare()
+        engine = self.engine()
+        try:
+            config = alembic_config()
+            with engine.begin() as connection:
+                config.attributes["connection"] = connection
+                command.upgrade(config, manifest.schema_revision)
+            with engine.begin() as connection:
+                rows = load_all(connection, reader)
+            with engine.begin() as connection:
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+            current = Database(self.url, pool_size=1, max_overflow=0)
+            try:
+                with current.engine.connect() as source, engine.begin() as target:
+                    copy_local_account(source, target)
+            finally:
+                current.dispose()
+        finally:
+            engine.dispose()
+        return rows
+
+
+class _SqliteAside(_Aside):
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        database = make_url(url).database
+        if not database:
+            raise RestoreError("the node's SQLite database has no file name in [database] url")
+        self.path = Path(database)
+        self.aside = self.path.with_name(self.path.name + ASIDE_SUFFIX)
+        self.kept = self.path.with_name(self.path.name + KEPT_SUFFIX)
+
+    def prepare(self) -> None:
+        self.discard()  # what a restore killed earlier left
+
+    def discard(self) -> None:
+        for leftover in _sqlite_files(self.aside):
+            leftover.unlink(missing_ok=True)
+
+    def engine(self) -> Engine:
+        return Database(f"sqlite:///{self.aside}", pool_size=1, max_overflow=0).engine
+
+    def swap(self) -> None:
+        if self.path.exists():
+            # Fold the node's write-ahead log into its file, so the kept copy is whole.
+            current = create_engine(f"sqlite:///{self.path}")
+            try:
+                with current.connect() as connection:
+                    connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                current.dispose()
+            for stale in _sqlite_files(self.kept):
+                stale.unlink(missing_ok=True)
+            os.link(self.path, self.kept)
+        os.replace(self.aside, self.path)  # atomic: the node sees old or new, never a mix
+        for stale in _sqlite_files(self.path)[1:]:
+            stale.unlink(missing_ok=True)  # the old file's empty -wal/-shm
+        _fsync_dir(self.path.parent)
+
+
+def _sqlite_files(path: Path) -> list[Path]:
+    return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _PostgresAside(_Aside):
+    def _run(self, *statements: str) -> None:
+        admin = create_engine(self.url)
+        try:
+            with admin.begin() as connection:  # DDL is transactional: all or none
+                for statement in statements:
+                    connection.exec_driver_sql(statement)
+        finally:
+            admin.dispose()
+
+    def prepare(self) -> None:
+        self._run(f"DROP SCHEMA IF EXISTS {ASIDE_SCHEMA} CASCADE", f"CREATE SCHEMA {ASIDE_SCHEMA}")
+
+    def discard(self) -> None:
+        self._run(f"DROP SCHEMA IF EXISTS {ASIDE_SCHEMA} CASCADE")
+
+    def engine(self) -> Engine:
+        return create_engine(self.url, connect_args={"options": f"-c search_path={ASIDE_SCHEMA}"})
+
+    def swap(self) -> None:
+        self._run(
+            f"DROP SCHEMA IF EXISTS {KEPT_SCHEMA} CASCADE",
+            f"ALTER SCHEMA public RENAME TO {KEPT_SCHEMA}",
+            f"ALTER SCHEMA {ASIDE_SCHEMA} RENAME TO public",
+        )
