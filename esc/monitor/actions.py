@@ -8,7 +8,8 @@ An action named in a rule is looked up in the dynamic mappings in force:
   SCRIPT          a custom script from the database (see scripts.py)
   LOG             a line in the MONITORING log
 Each function here runs in a worker thread (they touch the database) and
-returns a sentence saying what happened, for the log.
+returns an Outcome: whether a transaction was started, and a sentence for
+the log.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ log = logging.getLogger("esc.monitor")
 
 
 @dataclass(frozen=True)
+class Outcome:
+    started: bool
+    message: str
+
+
+@dataclass(frozen=True)
 class Firing:
     """A KPI changed state: what changed, and where."""
 
@@ -37,6 +44,7 @@ class Firing:
     tenant: str
     deployment: str
     vm_group: str
+    deployment_id: str = ""
     vm_id: str | None = None
     vm_name: str | None = None
     address: str | None = None
@@ -78,7 +86,7 @@ def _may_act(session: Session) -> None:
         raise _Skip("monitoring is stopped")
 
 
-def recover(db: Database, firing: Firing) -> str:
+def recover(db: Database, firing: Firing) -> Outcome:
     """An automatic VM_RECOVER transaction, while the VM has attempts left."""
     try:
         with db.write() as session:
@@ -94,11 +102,14 @@ def recover(db: Database, firing: Firing) -> str:
             vm.recovery_attempts += 1
             attempt = vm.recovery_attempts
     except (EscError, _Skip) as exc:
-        return f"recovery of {firing.where} not started: {exc}"
-    return f"recovery of {firing.where} started: transaction {tx.id} (attempt {attempt}/{limit})"
+        return Outcome(False, f"recovery of {firing.where} not started: {exc}")
+    return Outcome(
+        True,
+        f"recovery of {firing.where} started: transaction {tx.id} (attempt {attempt}/{limit})",
+    )
 
 
-def scale(db: Database, firing: Firing, step: int) -> str:
+def scale(db: Database, firing: Firing, step: int) -> Outcome:
     """An automatic scaling transaction by `step` VMs, within min_active..max_active."""
     word = "out" if step > 0 else "in"
     try:
@@ -119,8 +130,10 @@ def scale(db: Database, firing: Firing, step: int) -> str:
             )
             was = group.desired_count
     except (EscError, _Skip) as exc:
-        return f"scale {word} of {firing.where} not started: {exc}"
-    return f"scale {word} of {firing.where} started: {was} -> {target} VMs, transaction {tx.id}"
+        return Outcome(False, f"scale {word} of {firing.where} not started: {exc}")
+    return Outcome(
+        True, f"scale {word} of {firing.where} started: {was} -> {target} VMs, transaction {tx.id}"
+    )
 
 
 POST_EVENTS = {

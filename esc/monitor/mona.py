@@ -30,10 +30,10 @@ from typing import Any
 from esc.config import MonitorSettings
 from esc.db.session import Database
 from esc.monitor import scripts
-from esc.monitor.actions import POST_EVENTS, Firing
+from esc.monitor.actions import POST_EVENTS, Firing, Outcome
 from esc.monitor.kpis import actions_for
 from esc.monitor.targets import GroupTarget, Snapshot, load_snapshot
-from esc.monitor.watchers import GroupWatcher, VmWatcher, Watcher
+from esc.monitor.watchers import GroupWatcher, LoopLag, VmWatcher, Watcher
 
 log = logging.getLogger("esc.monitor")
 
@@ -58,33 +58,51 @@ class Mona:
         self.recent: deque[str] = deque(maxlen=RECENT_ACTIONS)
         self._warned: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._pool = ThreadPoolExecutor(4, thread_name_prefix="mona-db")
+        # Reading what to watch has its own thread: it never waits behind action writes.
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="mona-read")
+        self._pool = ThreadPoolExecutor(4, thread_name_prefix="mona-act")
+        self.lag = LoopLag()
+        # Deployments MONA just started a transaction on (loop time): not watched until a
+        # snapshot read after that shows them busy (or done).
+        self._acted: dict[str, float] = {}
+        self._posting: set[str] = set()  # deployments with an automatic action being written
+        self._polls_before = (0.0, 0)
+        self._polls_rate = 0.0
 
     # main loop ------------------------------------------------------------------
 
     async def run(self, should_stop: Callable[[], bool]) -> None:
         loop = asyncio.get_running_loop()
         log.info("MONA started (refresh every %g s)", self.settings.refresh_interval)
+        heartbeat = loop.create_task(self.lag.run())
         try:
             while not should_stop():
                 started = loop.time()
                 try:
-                    snapshot = await loop.run_in_executor(self._pool, self._load)
+                    snapshot = await loop.run_in_executor(self._reader, self._load)
                 except Exception as exc:  # the database away for a moment: keep watching
                     self._warn_once(f"reading what to watch failed: {exc}")
                 else:
+                    snapshot.read_at = started
                     self.apply(snapshot)
+                if self.lag.late > 0.5 * self.settings.refresh_interval:
+                    self._warn_once(
+                        "MONA runs late (more VMs than it can poll at their poll_frequency): "
+                        "timeouts are not counted as failures meanwhile; see docs/benchmarks.md"
+                    )
                 if self.write_status_file:
-                    self._write_status()
+                    self._write_status(loop.time())
                 await asyncio.sleep(
                     max(0.0, self.settings.refresh_interval - (loop.time() - started))
                 )
         finally:
+            heartbeat.cancel()
             for watcher in self.watchers.values():
                 watcher.stop()
             self.watchers.clear()
             for task in list(self._tasks):
                 task.cancel()
+            self._reader.shutdown(wait=True, cancel_futures=True)
             self._pool.shutdown(wait=True, cancel_futures=True)
             log.info("MONA stopped")
 
@@ -95,59 +113,74 @@ class Mona:
     # watchers -------------------------------------------------------------------
 
     def apply(self, snapshot: Snapshot) -> None:
+        """Reconcile the watchers with `snapshot`; only new or changed ones are built."""
         if snapshot.paused != self.snapshot.paused:
             log.info("monitoring %s", f"paused: {snapshot.paused}" if snapshot.paused else "on")
         self.snapshot = snapshot
-        wanted: dict[tuple[str, ...], Watcher] = {}
+        wanted: dict[tuple[str, ...], tuple[tuple[Any, ...], Callable[[], Watcher]]] = {}
         for group in snapshot.groups:
+            acted_at = self._acted.get(group.deployment_id)
+            if acted_at is not None:
+                if snapshot.read_at <= acted_at:
+                    continue  # read before MONA's own transaction on it was written
+                del self._acted[group.deployment_id]
+            common = (repr(group.kpis), repr(group.rules))
             for kpi in group.kpis:
-                for key, make in self._watchers_for(snapshot, group, kpi):
-                    wanted[key] = make()  # cheap: nothing runs until start()
+                wanted.update(self._watchers_for(snapshot, group, kpi, common))
         for key in list(self.watchers):
-            if key not in wanted or wanted[key].signature != self.watchers[key].signature:
+            if key not in wanted or wanted[key][0] != self.watchers[key].signature:
                 self.watchers.pop(key).stop()
-        for key, watcher in wanted.items():
-            if key in self.watchers:
-                watcher.close()
-            else:
-                self.watchers[key] = watcher
+        for key, (_, make) in wanted.items():
+            if key not in self.watchers:
+                watcher = self.watchers[key] = make()
                 watcher.start()
 
     def _watchers_for(
-        self, snapshot: Snapshot, group: GroupTarget, kpi: dict[str, Any]
-    ) -> list[tuple[tuple[str, ...], Callable[[], Watcher]]]:
+        self, snapshot: Snapshot, group: GroupTarget, kpi: dict[str, Any], common: tuple[Any, ...]
+    ) -> dict[tuple[str, ...], tuple[tuple[Any, ...], Callable[[], Watcher]]]:
         metric_name = kpi["metric_collector"]["type"]
         metric = snapshot.metric(metric_name)
-        options = {"probe_timeout": self.settings.probe_timeout, "on_change": self._changed}
         where = f"vm_group {group.name} of {group.tenant}/{group.deployment}"
         if metric is None:
             self._warn_once(
                 f"{where}: KPI {kpi['event_name']} uses metric {metric_name!r}, which is not in "
                 "the dynamic mappings: add it (escadm dynamic_mapping import)"
             )
-            return []
+            return {}
+
+        def options(signature: tuple[Any, ...]) -> dict[str, Any]:
+            return {
+                "signature": signature,
+                "probe_timeout": self.settings.probe_timeout,
+                "on_change": self._changed,
+                "lag": self.lag,
+            }
+
+        event = kpi["event_name"]
         if metric.meta_type in SUCCESS_FAILURE_METRICS:
-            return [
-                (
-                    ("vm", vm.id, kpi["event_name"]),
-                    lambda vm=vm: VmWatcher(group, kpi, vm, **options),
+            found = {}
+            for vm in group.watched_vms():
+                signature = (*common, vm.address)
+                found[("vm", vm.id, event)] = (
+                    signature,
+                    lambda vm=vm, sig=signature: VmWatcher(group, kpi, vm, **options(sig)),
                 )
-                for vm in group.watched_vms()
-            ]
+            return found
         if metric.meta_type in THRESHOLD_METRICS:
             field = THRESHOLD_METRICS[metric.meta_type]
-            return [
-                (
-                    ("group", group.id, kpi["event_name"]),
-                    lambda: GroupWatcher(group, kpi, field, **options),
+            signature = (*common, tuple(vm.address for vm in group.alive_vms()))
+            return {
+                ("group", group.id, event): (
+                    signature,
+                    lambda: GroupWatcher(group, kpi, field, **options(signature)),
                 )
-            ]
+            }
         self._warn_once(
             f"{where}: metric {metric_name!r} has metaData type {metric.meta_type!r}, which the "
             f"local VIM cannot collect (it collects "
             f"{', '.join(sorted(SUCCESS_FAILURE_METRICS | set(THRESHOLD_METRICS)))})"
         )
-        return []
+        return {}
 
     # rule actions ---------------------------------------------------------------
 
@@ -160,12 +193,16 @@ class Mona:
             tenant=watcher.group.tenant,
             deployment=watcher.group.deployment,
             vm_group=watcher.group.name,
+            deployment_id=watcher.group.deployment_id,
             vm_id=vm.id if vm else None,
             vm_name=vm.name if vm else None,
             address=vm.address if vm else None,
         )
         shown = "" if value is None or vm else f" (average {value:g})"
-        log.info(
+        # A VM found alive when its watcher starts is no news (thousands at a start-up).
+        level = logging.DEBUG if state and watcher.first_change else logging.INFO
+        log.log(
+            level,
             "%s: KPI %s is %s%s",
             firing.where,
             firing.event_name,
@@ -191,6 +228,9 @@ class Mona:
                     f"action {action!r}: esc_event {event!r} is not one of {', '.join(POST_EVENTS)}"
                 )
                 return
+            if firing.deployment_id in self._posting:
+                return  # one automatic write at a time per deployment: the engine's rule too
+            self._posting.add(firing.deployment_id)
             self._spawn(self._post(post, firing))
         elif mapping.type == "SCRIPT":
             name = mapping.properties.get("script_filename", "")
@@ -202,13 +242,23 @@ class Mona:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _post(self, post: Callable[[Database, Firing], str], firing: Firing) -> None:
+    async def _post(self, post: Callable[[Database, Firing], Outcome], firing: Firing) -> None:
         loop = asyncio.get_running_loop()
         try:
             outcome = await loop.run_in_executor(self._pool, post, self.db, firing)
         except Exception as exc:
-            outcome = f"{firing.where}: action failed: {exc.__class__.__name__}: {exc}"
-        self._note(outcome)
+            outcome = Outcome(False, f"{firing.where}: action failed: {exc!r}")
+        finally:
+            self._posting.discard(firing.deployment_id)
+        if outcome.started:
+            # Its deployment now has a transaction in flight: its monitors are off from
+            # now, not from the next refresh (no second action on stale counts).
+            self._acted[firing.deployment_id] = loop.time()
+            for key in [
+                k for k, w in self.watchers.items() if w.group.deployment_id == firing.deployment_id
+            ]:
+                self.watchers.pop(key).stop()
+        self._note(outcome.message)
 
     async def _script(self, name: str, action: str, firing: Firing) -> None:
         loop = asyncio.get_running_loop()
@@ -256,11 +306,18 @@ class Mona:
             "watchers": len(self.watchers),
             "held_deployments": self.snapshot.held,
             "polls": sum(w.polls for w in self.watchers.values()),
+            "polls_per_second": self._polls_rate,
+            "loop_late_seconds": round(self.lag.late, 3),
             "actions_started": self.actions_started,
             "recent_actions": list(self.recent),
         }
 
-    def _write_status(self) -> None:
+    def _write_status(self, now: float) -> None:
+        polls = sum(w.polls for w in self.watchers.values())
+        then, before = self._polls_before
+        if then and now > then and polls >= before:
+            self._polls_rate = round((polls - before) / (now - then), 1)
+        self._polls_before = (now, polls)
         path = self.run_dir / STATUS_FILE
         tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
         try:

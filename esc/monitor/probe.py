@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 MAX_RESPONSE = 65_536
@@ -19,6 +19,10 @@ MAX_RESPONSE = 65_536
 
 class ProbeError(Exception):
     """The VM did not answer (refused, reset, timed out, or answered garbage)."""
+
+
+class ProbeTimeout(ProbeError):
+    """No answer in time: the VM, or a monitor too busy to read the answer."""
 
 
 def _parse(buffer: bytearray) -> tuple[int, bytes, int, bool] | None:
@@ -57,8 +61,8 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not an isinstance check: uvloop's transports are not asyncio's classes.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -104,7 +108,7 @@ class HttpProbe:
                 status, body = await self._request(path)
         except TimeoutError:
             self.close()  # a late answer would be read as the next poll's
-            raise ProbeError(f"no answer within {timeout:g} s") from None
+            raise ProbeTimeout(f"no answer within {timeout:g} s") from None
         except OSError as exc:
             self.close()
             raise ProbeError(str(exc)) from None

@@ -52,6 +52,10 @@ class GroupTarget:
     max_recovery_attempts: int
     vms: tuple[VmTarget, ...]
 
+    def alive_vms(self) -> list[VmTarget]:
+        """The VMs a threshold metric is read from."""
+        return [vm for vm in self.vms if vm.state is VmState.ALIVE and vm.address]
+
     def watched_vms(self) -> list[VmTarget]:
         return [
             vm
@@ -73,6 +77,7 @@ class Snapshot:
     groups: list[GroupTarget] = field(default_factory=list)
     held: list[str] = field(default_factory=list)  # tenant/deployment with a transaction open
     mappings: dict[tuple[str, str], Mapping] = field(default_factory=dict)
+    read_at: float = 0.0  # MONA's loop time when the read began
 
     def metric(self, name: str) -> Mapping | None:
         return self.mappings.get(("metric", name))

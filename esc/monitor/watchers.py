@@ -18,11 +18,33 @@ from dataclasses import dataclass
 from typing import Any
 
 from esc.monitor.kpis import KpiState, threshold_holds
-from esc.monitor.probe import HttpProbe, ProbeError
+from esc.monitor.probe import HttpProbe, ProbeError, ProbeTimeout
 from esc.monitor.targets import GroupTarget, VmTarget
 
 # A poll that has had no answer by then counts as failed (and never overlaps the next).
 MAX_PROBE_TIMEOUT_SHARE = 0.9
+HEARTBEAT = 0.1
+
+
+class LoopLag:
+    """How late this event loop runs what is due: measured by a heartbeat.
+
+    When MONA itself falls behind (more VMs than it can poll), answers sit
+    unread and polls time out although the VMs are fine; such a timeout must
+    not count as a dead VM, or an overloaded monitor would "recover" healthy
+    VMs. The figure decays within about a second once the loop keeps up.
+    """
+
+    def __init__(self) -> None:
+        self.late = 0.0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(HEARTBEAT)
+            lag = loop.time() - before - HEARTBEAT
+            self.late = max(lag, self.late * 0.8)
 
 
 @dataclass(frozen=True)
@@ -43,30 +65,26 @@ class Watcher(abc.ABC):
         self,
         group: GroupTarget,
         kpi: dict[str, Any],
+        signature: tuple[Any, ...],
         probe_timeout: float,
         on_change: OnChange,
+        lag: LoopLag,
     ) -> None:
         self.group = group
         self.kpi = kpi
+        self.signature = signature  # what it watches: a change replaces the watcher
+        self.lag = lag
         self.period = float(kpi["metric_collector"]["poll_frequency"])
         self.timeout = min(probe_timeout, self.period * MAX_PROBE_TIMEOUT_SHARE)
         self.state = KpiState(kpi["metric_occurrences_true"], kpi["metric_occurrences_false"])
         self.on_change = on_change
         self.polls = 0
+        self.first_change = True
         self.task: asyncio.Task[None] | None = None
-
-    # What a watcher is about; a change of it replaces the watcher (fresh counts).
-    @property
-    def signature(self) -> tuple[Any, ...]:
-        return (repr(self.kpi), repr(self.group.rules), self.addresses())
 
     @property
     def event_name(self) -> str:
         return self.kpi["event_name"]
-
-    @abc.abstractmethod
-    def addresses(self) -> tuple[str, ...]:
-        """Where it polls."""
 
     @abc.abstractmethod
     async def observe(self) -> Observation | None:
@@ -94,6 +112,7 @@ class Watcher(abc.ABC):
             observation = await self.observe()
             self.polls += 1
             if observation is not None:
+                self.first_change = self.state.fired is None
                 changed = self.state.observe(observation.holds)
                 if changed is not None:
                     self.on_change(self, changed, observation.value)
@@ -107,12 +126,13 @@ class VmWatcher(Watcher):
         self.probe = HttpProbe(vm.address or "")
         super().__init__(group, kpi, **kw)
 
-    def addresses(self) -> tuple[str, ...]:
-        return (self.vm.address or "",)
-
-    async def observe(self) -> Observation:
+    async def observe(self) -> Observation | None:
         try:
             status, body = await self.probe.get_json("/health", self.timeout)
+        except ProbeTimeout:
+            if self.lag.late > self.timeout / 2:
+                return None  # MONA was late, not the VM: this poll tells nothing
+            return Observation(False, 0.0)
         except ProbeError:
             return Observation(False, 0.0)
         # The VM id in the answer: another process on a reused port is not this VM.
@@ -125,13 +145,10 @@ class VmWatcher(Watcher):
 
 class GroupWatcher(Watcher):
     def __init__(self, group: GroupTarget, kpi: dict[str, Any], field: str, **kw: Any) -> None:
-        self.members = [vm for vm in group.vms if vm.state.value == "ALIVE" and vm.address]
+        self.members = group.alive_vms()
         self.probes = [HttpProbe(vm.address or "") for vm in self.members]
         self.field = field
         super().__init__(group, kpi, **kw)
-
-    def addresses(self) -> tuple[str, ...]:
-        return tuple(vm.address or "" for vm in self.members)
 
     async def _value(self, vm: VmTarget, probe: HttpProbe) -> float | None:
         try:
