@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from sqlalchemy import Connection, MetaData, Table, text
+from sqlalchemy import Column, Connection, Float, Integer, MetaData, Numeric, Table, text
 
 from esc.backup.archive import ArchiveError, ArchiveReader, Member, decode_row
 from esc.backup.tables import Kind, column_kinds, iso_to_sqlite_timestamp, quoted
@@ -86,23 +86,51 @@ def load_all(connection: Connection, reader: ArchiveReader) -> dict[str, int]:
     return loaded
 
 
-def _sqlite_converter(kind: Kind) -> Callable[[Any], Any]:
+def _sqlite_converter(table: str, column: Column[Any]) -> Callable[[Any], Any]:
+    """Checks a value against its column and converts it for SQLite, which would store
+    any type in any column: a forged value is refused here, as PostgreSQL's casts do."""
+    kind = column_kinds(column.table)[column.name]
     if kind is Kind.DATETIME:
-        return lambda v: None if v is None else iso_to_sqlite_timestamp(v)
+        return _checked(table, column.name, str, iso_to_sqlite_timestamp)
     if kind is Kind.JSON:
         return lambda v: None if v is None else json.dumps(v)
     if kind is Kind.BOOL:
-        return lambda v: None if v is None else int(bool(v))
-    return lambda v: v
+        return _checked(table, column.name, bool, int)
+    if isinstance(column.type, Integer):
+        return _checked(table, column.name, int, lambda v: v)
+    if isinstance(column.type, Float | Numeric):
+        return _checked(table, column.name, int | float, lambda v: v)
+    return _checked(table, column.name, str, lambda v: v)
+
+
+def _checked(
+    table: str, column: str, wanted: Any, convert: Callable[[Any], Any]
+) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value is None:
+            return None
+        # bool is an int in Python, never in the archive.
+        if not isinstance(value, wanted) or (isinstance(value, bool) and wanted is not bool):
+            raise ArchiveError(
+                f"{table}.{column}: value {str(value)[:40]!r} has the wrong type: the archive "
+                "is damaged or altered"
+            )
+        try:
+            return convert(value)
+        except (ValueError, TypeError):
+            raise ArchiveError(
+                f"{table}.{column}: {str(value)[:40]!r} is not an ISO 8601 timestamp: the "
+                "archive is damaged or altered"
+            ) from None
+
+    return check
 
 
 def _load_sqlite(
     connection: Connection, table: Table, member: Member, skip: Callable[[list[Any]], bool]
 ) -> int:
-    kinds = column_kinds(table)
     columns = member.entry.columns
-    converters = [_sqlite_converter(kinds[c]) for c in columns]
-    plain = all(kinds[c] is Kind.PLAIN for c in columns)
+    converters = [_sqlite_converter(table.name, table.columns[c]) for c in columns]
     sql = (
         f'INSERT INTO "{table.name}" ({quoted(columns)}) VALUES ({", ".join("?" for _ in columns)})'
     )
@@ -110,7 +138,7 @@ def _load_sqlite(
     batch: list[Any] = []
     total = 0
     for row in _rows(member, skip):
-        batch.append(row if plain else [f(v) for f, v in zip(converters, row, strict=True)])
+        batch.append([f(v) for f, v in zip(converters, row, strict=True)])
         if len(batch) >= BATCH:
             cursor.executemany(sql, batch)
             total += len(batch)

@@ -135,6 +135,9 @@ def restore(home: NodeHome, settings: Settings, archive: Path) -> RestoreResult:
                 f"{archive}: its data does not load ({first}): the archive is damaged or "
                 "altered; the node's database is unchanged"
             ) from None
+        except BaseException:
+            aside.discard()  # whatever went wrong, nothing half-built stays behind
+            raise
     aside.swap()
     return RestoreResult(manifest, rows, time.monotonic() - started)
 
