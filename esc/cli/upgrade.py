@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import click
 
 from esc import __version__
-from esc.cli.common import EXIT_USAGE, CliError, json_option, print_json
+from esc.cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    CliError,
+    home_option,
+    json_option,
+    load_settings,
+    print_json,
+)
+from esc.config import NodeHome
 from esc.release.catalog import VIMS, CatalogError, load_catalog
 from esc.release.numbers import ReleaseNumber, ReleaseNumberError
 from esc.release.planner import Plan, plan_upgrade
@@ -26,7 +37,7 @@ METHOD_TITLES = {
 
 @click.group("upgrade")
 def upgrade_group() -> None:
-    """Plan (and, in later releases, run) upgrades."""
+    """Plan upgrades, run a Backup and Restore upgrade, roll it back."""
 
 
 def _print_plan(plan: Plan) -> None:
@@ -94,3 +105,71 @@ def plan_command(
     else:
         _print_plan(plan)
     raise SystemExit(EXIT_ALLOWED if plan.allowed else EXIT_REFUSED)
+
+
+def _reporter(as_json: bool) -> Callable[[str], None]:
+    """Each step on its own line (stderr with --json, so stdout stays one document)."""
+    return lambda step: click.echo(f"==> {step}", err=as_json)
+
+
+@upgrade_group.command("backup-restore")
+@click.option(
+    "--package",
+    "wheel",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The new release's wheel, e.g. releases/esc-1.1.0.1-py3-none-any.whl.",
+)
+@click.option(
+    "--venv",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to install the new release (default: esc-VERSION beside the node home).",
+)
+@home_option
+@json_option
+def backup_restore_command(wheel: Path, venv: Path | None, home: NodeHome, as_json: bool) -> None:
+    """Upgrade this standalone node to the release in WHEEL by Backup and Restore.
+
+    The upgrade planner must allow it. Maintenance mode, wait for transactions,
+    backup, stop, install the new release into its own venv, a new node home
+    with the same esc.toml, restore, move the VMs' instances over (the VMs keep
+    running), start, check health and version, operation mode. The old home is
+    kept as HOME.rollback for `escadm upgrade rollback`. Exit 0 upgraded,
+    1 refused or a step failed (what to do is printed).
+    """
+    from esc.upgrade.backup_restore import UpgradeError, upgrade
+
+    settings = load_settings(home)
+    try:
+        record = upgrade(home, settings, wheel, venv, _reporter(as_json))
+    except UpgradeError as exc:
+        raise CliError(str(exc), EXIT_FAILED) from None
+    if as_json:
+        print_json(asdict(record))
+        return
+    click.echo(
+        f"ESC upgraded from {record.old_version} to {record.new_version}; the old node is kept "
+        f"at {record.old_home} (escadm upgrade rollback brings it back)"
+    )
+
+
+@upgrade_group.command("rollback")
+@home_option
+@json_option
+def rollback_command(home: NodeHome, as_json: bool) -> None:
+    """Bring back the node an `upgrade backup-restore` replaced, with its VMs.
+
+    Stops the upgraded node, puts the old home back in place (the upgraded one
+    is kept as HOME.failed-VERSION) and starts the old release. Exit 0 rolled
+    back, 1 nothing to roll back to or a step failed.
+    """
+    from esc.upgrade.backup_restore import UpgradeError, rollback
+
+    try:
+        record = rollback(home, _reporter(as_json))
+    except UpgradeError as exc:
+        raise CliError(str(exc), EXIT_FAILED) from None
+    if as_json:
+        print_json(asdict(record))
+        return
+    click.echo(f"ESC rolled back to {record.old_version}")

@@ -84,12 +84,19 @@ class Catalog(_Strict):
 def load_catalog(path: Path | None = None) -> Catalog:
     path = path or SHIPPED
     try:
-        raw = tomllib.loads(path.read_text())
+        text = path.read_text()
     except OSError as exc:
         raise CatalogError(f"cannot read catalog {path}: {exc.strerror}") from None
+    return parse_catalog(text, str(path))
+
+
+def parse_catalog(text: str, source: str) -> Catalog:
+    """A catalog from its TOML text (`source` names it in errors: a file, a wheel)."""
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise CatalogError(f"catalog {path} is not valid TOML: {exc}") from None
+        raise CatalogError(f"catalog {source} is not valid TOML: {exc}") from None
     try:
         return Catalog.model_validate(raw)
     except (ValidationError, ReleaseNumberError) as exc:
-        raise CatalogError(f"catalog {path} is invalid: {exc}") from None
+        raise CatalogError(f"catalog {source} is invalid: {exc}") from None

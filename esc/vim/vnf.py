@@ -194,6 +194,8 @@ def make_handler(spec: dict[str, Any], kind: str, after: float, started: float) 
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
+            if self.close_connection:
+                self.send_header("Connection", "close")  # so the client does not reuse it
             self.end_headers()
             self.wfile.write(payload)
 

@@ -1,0 +1,1 @@
+"""Upgrade procedures that change the installed release (MISSION R-2, R-4)."""

@@ -1,0 +1,282 @@
+"""The Backup and Restore upgrade of a standalone node, and its rollback.
+
+The seed's fifteen manual steps as one command, each step the escadm
+command an operator would type, run with the release it belongs to:
+
+  plan check (the upgrade planner) → op_mode maintenance → ip_trans --wait
+  → backup → stop → install the new release into its own venv → a new node
+  home with the same parameters (esc.toml copied) → restore → the local
+  VIM's instances moved over (the VMs keep running: their processes are
+  never touched) → homes swapped: HOME becomes the new node, the old one
+  is kept as HOME.rollback → start → health and version checked →
+  op_mode operation.
+
+A record in the new home (upgrade.json) says where the old node and its
+release are, so `escadm upgrade rollback` can bring the old node back.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from esc.config import NodeHome, Settings
+from esc.release.catalog import Catalog, CatalogError, parse_catalog
+from esc.release.numbers import ReleaseNumber, ReleaseNumberError
+from esc.release.planner import plan_upgrade
+from esc.release.procedures import Method
+from esc.version import CURRENT
+
+RECORD = "upgrade.json"
+CATALOG_MEMBER = "esc/release/catalog.toml"
+VIM_STATE = Path("data") / "vim"
+STEP_TIMEOUT = 900.0
+
+
+class UpgradeError(Exception):
+    """A step failed or the upgrade is refused; the message says what to do."""
+
+
+@dataclass
+class UpgradeRecord:
+    old_version: str
+    new_version: str
+    old_home: str  # where the old node now is (HOME.rollback)
+    old_escadm: str
+    new_escadm: str
+    backup: str
+    upgraded_at: str
+
+    def save(self, home: Path) -> None:
+        (home / RECORD).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, home: Path) -> UpgradeRecord:
+        try:
+            return cls(**json.loads((home / RECORD).read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise UpgradeError(
+                f"{home / RECORD} is missing or unreadable ({exc}): this node was not upgraded "
+                "by escadm upgrade backup-restore, there is nothing to roll back to"
+            ) from None
+
+
+def _wheel_file(wheel: Path, wanted: Callable[[str], bool], what: str) -> str:
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            name = next(n for n in archive.namelist() if wanted(n))
+            return archive.read(name).decode()
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        raise UpgradeError(f"{wheel} is not a readable wheel ({exc})") from None
+    except StopIteration:
+        raise UpgradeError(f"{wheel} has no {what}: it is not an ESC release") from None
+
+
+def wheel_catalog(wheel: Path) -> Catalog:
+    """The new release's catalog: it, not this older one, knows which sources it accepts."""
+    text = _wheel_file(wheel, lambda n: n == CATALOG_MEMBER, CATALOG_MEMBER)
+    try:
+        return parse_catalog(text, f"{wheel}:{CATALOG_MEMBER}")
+    except CatalogError as exc:
+        raise UpgradeError(str(exc)) from None
+
+
+def wheel_version(wheel: Path) -> ReleaseNumber:
+    """The release a wheel holds, from its metadata (not its file name)."""
+    metadata = _wheel_file(wheel, lambda n: n.endswith(".dist-info/METADATA"), "METADATA")
+    fields = dict(
+        line.split(": ", 1) for line in metadata.splitlines() if ": " in line and line[0] != " "
+    )
+    if fields.get("Name") != "esc":
+        raise UpgradeError(f"{wheel} is a package of {fields.get('Name')!r}, not of ESC")
+    try:
+        return ReleaseNumber.parse(fields.get("Version", ""))
+    except ReleaseNumberError as exc:
+        raise UpgradeError(f"{wheel}: {exc}") from None
+
+
+def check_plan(target: ReleaseNumber, catalog: Catalog, settings: Settings) -> None:
+    plan = plan_upgrade(catalog, CURRENT, target, settings.vim.driver, ha=False)
+    if not plan.allowed or Method.BACKUP_RESTORE not in plan.methods:
+        raise UpgradeError(
+            f"upgrade {CURRENT} → {target} by Backup and Restore is refused: "
+            f"{plan.reason or 'the planner does not offer Backup and Restore'}; "
+            f"next: {plan.next_step or f'escadm upgrade plan --to {target}'}"
+        )
+
+
+def _sibling(home: Path, suffix: str) -> Path:
+    return home.with_name(home.name + suffix)
+
+
+class Runner:
+    """Runs one escadm command of a step; a failure stops the procedure."""
+
+    def __init__(self, report: Callable[[str], None]) -> None:
+        self.report = report
+
+    def __call__(self, step: str, command: list[str], timeout: float = STEP_TIMEOUT) -> str:
+        self.report(step)
+        try:
+            result = subprocess.run(
+                command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise UpgradeError(f"{step}: {' '.join(command)} failed: {exc}") from None
+        if result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip()[-800:]
+            raise UpgradeError(f"{step}: {' '.join(command)} exited {result.returncode}: {detail}")
+        return result.stdout
+
+
+def _escadm_of(python: Path) -> str:
+    return str(python.with_name("escadm"))
+
+
+def upgrade(
+    home: NodeHome,
+    settings: Settings,
+    wheel: Path,
+    venv: Path | None,
+    report: Callable[[str], None],
+) -> UpgradeRecord:
+    if settings.database.url:
+        raise UpgradeError(
+            "this node's database is external ([database] url is set): the Backup and Restore "
+            "upgrade of this command moves a node whose SQLite database is in its home; for an "
+            "external database follow docs/upgrade-policy.md by hand"
+        )
+    target = wheel_version(wheel)
+    check_plan(target, wheel_catalog(wheel), settings)
+    root = home.root
+    staging, rollback = _sibling(root, ".upgrading"), _sibling(root, ".rollback")
+    for leftover in (staging, rollback):
+        if leftover.exists():
+            raise UpgradeError(
+                f"{leftover} exists (an earlier upgrade): finish or roll it back "
+                "(escadm upgrade rollback), or remove it"
+            )
+    venv = venv or root.parent / f"esc-{target}"
+    old = _escadm_of(Path(sys.executable))
+    run = Runner(report)
+    at = ["--home", str(root)]
+    run("maintenance mode", [old, "op_mode", "set", "--mode=maintenance", *at])
+    run("waiting for transactions in progress", [old, "ip_trans", "--wait", *at])
+    backup = root / "upgrade" / f"backup-{CURRENT}-{int(time.time())}.tar.bz2"
+    backup.parent.mkdir(mode=0o700, exist_ok=True)
+    run("backup", [old, "backup", "--file", str(backup), *at])
+    run("stopping the old node", [old, "stop", *at])
+    try:
+        new = _install(venv, wheel, target, run)
+        record = _build_new_home(home, staging, rollback, backup, new, old, target, run)
+    except UpgradeError:
+        _undo_staging(root, staging, rollback)
+        run("starting the old node again", [old, "start", *at])
+        run("operation mode", [old, "op_mode", "set", "--mode=operation", *at])
+        raise
+    try:
+        run("starting the new node", [new, "start", *at])
+        run("health check", [new, "health", *at])
+        version = json.loads(run("version check", [new, "version", "--json"]))
+        if version.get("full") != str(target):
+            raise UpgradeError(f"the new release reports version {version}, not {target}")
+        run("operation mode", [new, "op_mode", "set", "--mode=operation", *at])
+    except UpgradeError as exc:
+        raise UpgradeError(
+            f"{exc}; the old node is kept at {rollback}: bring it back with escadm upgrade rollback"
+        ) from None
+    return record
+
+
+def _install(venv: Path, wheel: Path, target: ReleaseNumber, run: Runner) -> str:
+    if not (venv / "bin" / "python").exists():
+        run(f"creating {venv}", [sys.executable, "-m", "venv", str(venv)])
+    python = venv / "bin" / "python"
+    run(
+        f"installing ESC {target} into {venv}",
+        [str(python), "-m", "pip", "install", "-q", str(wheel)],
+    )
+    return _escadm_of(python)
+
+
+def _build_new_home(
+    home: NodeHome,
+    staging: Path,
+    rollback: Path,
+    backup: Path,
+    new: str,
+    old: str,
+    target: ReleaseNumber,
+    run: Runner,
+) -> UpgradeRecord:
+    root = home.root
+    port = str(home.load().api.port)
+    run("a new node home", [new, "init", "--api-port", port, "--home", str(staging)])
+    shutil.copy2(root / "esc.toml", staging / "esc.toml")  # the same parameters
+    run(
+        "restore into the new node", [new, "restore", "--file", str(backup), "--home", str(staging)]
+    )
+    # The VMs' instances move with the node; their processes keep running throughout.
+    if (root / VIM_STATE).exists():
+        shutil.rmtree(staging / VIM_STATE, ignore_errors=True)
+        (root / VIM_STATE).rename(staging / VIM_STATE)
+    root.rename(rollback)
+    staging.rename(root)
+    record = UpgradeRecord(
+        old_version=str(CURRENT),
+        new_version=str(target),
+        old_home=str(rollback),
+        old_escadm=old,
+        new_escadm=new,
+        backup=str(rollback / backup.relative_to(root)),
+        upgraded_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    record.save(root)
+    return record
+
+
+def _undo_staging(root: Path, staging: Path, rollback: Path) -> None:
+    """Put the old home back where it was, with its VMs' instances."""
+    if rollback.exists() and not root.exists():
+        rollback.rename(root)
+    elif rollback.exists() and root.exists():
+        if (root / VIM_STATE).exists() and not (rollback / VIM_STATE).exists():
+            (root / VIM_STATE).rename(rollback / VIM_STATE)
+        root.rename(staging if not staging.exists() else _sibling(root, ".failed"))
+        rollback.rename(root)
+    if staging.exists() and (staging / VIM_STATE).exists() and not (root / VIM_STATE).exists():
+        (staging / VIM_STATE).rename(root / VIM_STATE)
+    if staging.exists():
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def rollback(home: NodeHome, report: Callable[[str], None]) -> UpgradeRecord:
+    """Stop the upgraded node and bring the old one back, its VMs with it."""
+    root = home.root
+    record = UpgradeRecord.load(root)
+    old_home = Path(record.old_home)
+    if not old_home.is_dir():
+        raise UpgradeError(f"the old node's home {old_home} is gone: nothing to roll back to")
+    run = Runner(report)
+    at = ["--home", str(root)]
+    run("stopping the new node", [record.new_escadm, "stop", *at])
+    failed = _sibling(root, f".failed-{record.new_version}")
+    if failed.exists():
+        shutil.rmtree(failed)
+    if (root / VIM_STATE).exists():
+        shutil.rmtree(old_home / VIM_STATE, ignore_errors=True)
+        (root / VIM_STATE).rename(old_home / VIM_STATE)
+    root.rename(failed)
+    old_home.rename(root)
+    run("starting the old node", [record.old_escadm, "start", *at])
+    run("health check", [record.old_escadm, "health", *at])
+    run("operation mode", [record.old_escadm, "op_mode", "set", "--mode=operation", *at])
+    return record
