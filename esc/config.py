@@ -56,6 +56,12 @@ class DatabaseSettings(_Section):
 
 class VimSettings(_Section):
     driver: str = Field("local", description="VIM driver: local (each VM an OS process).")
+    local_dir: str = Field(
+        "",
+        description="Where the local VIM keeps its instances; empty: data/vim in the node "
+        "home. Set it to another node's directory to take over its VMs (a restore on a new "
+        "node), since that is where the VMs are.",
+    )
 
 
 class EngineSettings(_Section):
@@ -162,6 +168,11 @@ class NodeHome:
     @property
     def vim_dir(self) -> Path:
         return self.data / "vim"
+
+    def vim_location(self, settings: Settings) -> Path:
+        """Where the VIM driver keeps its state: [vim] local_dir (relative: to the home),
+        else data/vim."""
+        return self.root / settings.vim.local_dir if settings.vim.local_dir else self.vim_dir
 
     def exists(self) -> bool:
         return self.config_file.is_file()

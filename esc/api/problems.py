@@ -85,7 +85,8 @@ _TITLES = {
 
 
 class BodySizeLimit:
-    """Refuse a body larger than `limit` bytes with 413, declared or streamed."""
+    """Refuse a body larger than `limit` bytes with 413, declared or streamed (and a URL
+    with a NUL character with 400: both before any route runs)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -94,6 +95,13 @@ class BodySizeLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        # No database takes a NUL in text (PostgreSQL refuses it): say so here, for every
+        # path and query parameter at once.
+        if b"%00" in scope.get("query_string", b"") or "\x00" in scope.get("path", ""):
+            await self._refuse(
+                scope, receive, send, 400, "the URL holds a NUL character (%00): remove it"
+            )
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None:

@@ -11,6 +11,7 @@ from esc.db.models import (
     Deployment,
     DeploymentStatus,
     Operation,
+    Severity,
     Transaction,
     TransactionState,
     Vm,
@@ -176,6 +177,7 @@ class EventView(BaseModel):
     event_id: int
     type: str
     status: str
+    severity: Severity = Field(description="INFO, ERROR, or CRITICAL (a person must act).")
     message: str
     tenant: str
     deployment: str

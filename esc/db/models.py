@@ -240,12 +240,22 @@ class Transaction(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
+class Severity(enum.StrEnum):
+    INFO = "INFO"
+    ERROR = "ERROR"  # something failed; ESC may still mend it
+    CRITICAL = "CRITICAL"  # ESC has given up: a person must act
+
+
 class Event(Base):
     __tablename__ = "events"
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
     type: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))  # SUCCESS / FAILURE
+    # Since schema 0005 (release 1.1): what an operator filters alarms on.
+    severity: Mapped[Severity] = mapped_column(
+        _enum(Severity), default=Severity.INFO, server_default=Severity.INFO.value, index=True
+    )
     message: Mapped[str] = mapped_column(Text)
     tenant: Mapped[str] = mapped_column(String(128))
     deployment_name: Mapped[str] = mapped_column(String(128))

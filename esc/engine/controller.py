@@ -38,7 +38,7 @@ class Controller:
         self.home = home
         self.settings = settings
         self.db = Database(home.database_url(settings))
-        self.vim = load_driver(settings.vim.driver, home.vim_dir)
+        self.vim = load_driver(settings.vim.driver, home.vim_location(settings))
         self.executor = Executor(
             self.db, self.vim, settings.engine.workers, settings.engine.max_resumes
         )

@@ -14,10 +14,27 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from esc.db.models import Delivery, DeliveryState, Deployment, Event, Subscription, Vm
+from esc.db.models import (
+    Delivery,
+    DeliveryState,
+    Deployment,
+    Event,
+    Severity,
+    Subscription,
+    Vm,
+)
 
 SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"
+# Events that mean ESC has stopped trying: a person must act.
+CRITICAL_TYPES = frozenset({"VM_MANUAL_RECOVERY_NEEDED"})
+
+
+def severity_of(type_: str, status: str) -> Severity:
+    if type_ in CRITICAL_TYPES:
+        return Severity.CRITICAL
+    return Severity.ERROR if status == FAILURE else Severity.INFO
+
 
 # Set after a commit that added deliveries, so the notifier wakes at once
 # instead of at its next poll.
@@ -44,6 +61,7 @@ def emit(
     event = Event(
         type=type_,
         status=status,
+        severity=severity_of(type_, status),
         message=message,
         tenant=tenant,
         deployment_name=deployment_name,
@@ -104,6 +122,7 @@ def event_payload(event: Event) -> dict[str, Any]:
         "event_id": event.id,
         "type": event.type,
         "status": event.status,
+        "severity": event.severity.value,
         "message": event.message,
         "tenant": event.tenant,
         "deployment": event.deployment_name,

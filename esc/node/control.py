@@ -82,7 +82,10 @@ def start_node(home: NodeHome, settings: Settings, timeout: float = 60.0) -> boo
     home.log.mkdir(mode=0o700, exist_ok=True)
     home.run.mkdir(mode=0o700, exist_ok=True)
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "esc.node.supervisor", "--home", str(home.root)],
+        # -P and the home as working directory: `-m` would otherwise import an `esc` from
+        # wherever escadm was typed (a source checkout of another release, say).
+        [sys.executable, "-P", "-m", "esc.node.supervisor", "--home", str(home.root)],
+        cwd=home.root,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

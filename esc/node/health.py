@@ -31,7 +31,10 @@ def _direct_checks(home: NodeHome, settings: Settings) -> list[CheckResult]:
 
     db = Database(home.database_url(settings))
     try:
-        return [check_database(db), check_vim(load_driver(settings.vim.driver, home.vim_dir))]
+        return [
+            check_database(db),
+            check_vim(load_driver(settings.vim.driver, home.vim_location(settings))),
+        ]
     finally:
         db.dispose()
 

@@ -49,7 +49,7 @@ class Service:
 
 def services(home: NodeHome) -> list[Service]:
     return [
-        Service(name, [sys.executable, "-m", module, "--home", str(home.root)])
+        Service(name, [sys.executable, "-P", "-m", module, "--home", str(home.root)])
         for name, module in SERVICE_MODULES.items()
     ]
 
@@ -68,6 +68,7 @@ class Supervisor:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group, shown by `status --v`
+            cwd=self.home.root,
         )
         output.close()
         write_record(self.home.run, ProcessRecord.of(service.name, service.process.pid))

@@ -136,3 +136,20 @@ def test_tenant_lifecycle(api: TestClient) -> None:
     assert_problem(api.post("/v0/tenants", json={"name": "acme"}), 409, "already exists")
     assert [t["name"] for t in api.get("/v0/tenants").json()] == ["acme"]
     assert api.delete("/v0/tenants/acme").status_code == 204
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/v0/events?transaction_id=%00",
+        "/v0/events?deployment=a%00b",
+        "/v0/tenants/t%00/deployments",
+        "/v0/scripts/x%00y",
+    ],
+)
+def test_a_nul_in_the_url_is_400_not_a_database_error(api: TestClient, url: str) -> None:
+    """PostgreSQL refuses NUL in text; the API says so before any query runs."""
+    answer = api.get(url)
+    assert answer.status_code == 400, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert "NUL" in answer.json()["detail"]

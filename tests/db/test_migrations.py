@@ -40,3 +40,40 @@ def test_history_is_linear() -> None:
     for revision in scripts.walk_revisions():
         assert not revision.is_merge_point, f"{revision.revision} merges branches"
         assert not revision.is_branch_point, f"{revision.revision} starts a branch"
+
+
+def test_0005_gives_past_events_their_severity(db_url: str) -> None:
+    """Release 1.1's migration carries data, not only columns: events written by 1.0
+    get the severity 1.1 would have given them."""
+    from alembic import command
+    from sqlalchemy import text
+
+    db = Database(db_url)
+    try:
+        config = alembic_config()
+        with db.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0004")
+        with db.engine.begin() as connection:
+            for type_, status in (
+                ("VM_ALIVE", "SUCCESS"),
+                ("VM_RECOVERY_FAILED", "FAILURE"),
+                ("VM_MANUAL_RECOVERY_NEEDED", "FAILURE"),
+            ):
+                connection.execute(
+                    text(
+                        "INSERT INTO events (type, status, message, tenant, deployment_name, "
+                        "created_at) VALUES (:t, :s, 'm', 'ten', 'dep', CURRENT_TIMESTAMP)"
+                    ),
+                    {"t": type_, "s": status},
+                )
+        upgrade_to_head(db.engine)
+        with db.engine.connect() as connection:
+            found = dict(connection.execute(text("SELECT type, severity FROM events")).all())
+        assert found == {
+            "VM_ALIVE": "INFO",
+            "VM_RECOVERY_FAILED": "ERROR",
+            "VM_MANUAL_RECOVERY_NEEDED": "CRITICAL",
+        }
+    finally:
+        db.dispose()

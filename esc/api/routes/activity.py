@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from esc.api.deps import ControllerDep, ReadSession, require_user
 from esc.api.schemas import EventView, SubscriptionIn, SubscriptionView, TransactionView
-from esc.db.models import Event, Subscription, Transaction, TransactionState
+from esc.db.models import Event, Severity, Subscription, Transaction, TransactionState
 from esc.engine.events import event_payload
 from esc.errors import NotFound
 from esc.monitor.mappings import (
@@ -63,9 +63,12 @@ def list_events(
     tenant: Annotated[str | None, Query(max_length=128)] = None,
     deployment: Annotated[str | None, Query(max_length=128)] = None,
     transaction_id: Annotated[str | None, Query(max_length=36)] = None,
+    severity: Severity | None = None,
     limit: Limit = 100,
 ) -> list[dict]:
     query = select(Event).where(Event.id > after).order_by(Event.id).limit(limit)
+    if severity is not None:
+        query = query.where(Event.severity == severity)
     if tenant is not None:
         query = query.where(Event.tenant == tenant)
     if deployment is not None:
