@@ -24,6 +24,7 @@ from esc.security import LOCAL_USER
 
 BATCH = 10_000
 STAGING = "esc_restore_rows"
+STAGE_ROWS = 50_000
 
 
 def reflected_tables(connection: Connection) -> dict[str, Table]:
@@ -161,46 +162,60 @@ def _copy_escape(line: bytes) -> bytes:
 def _load_postgresql(
     connection: Connection, table: Table, member: Member, skip: Callable[[list[Any]], bool]
 ) -> int:
-    raw = connection.connection.driver_connection
-    cursor = raw.cursor()
-    cursor.execute(f"TRUNCATE {STAGING}")
+    """Rows go through the staging table STAGE_ROWS at a time, so it stays small (in
+    temp buffers) whatever the archive holds."""
+    cursor = connection.connection.driver_connection.cursor()
+    width = len(member.entry.columns)
+    insert = _insert_from_staging(connection, table, member.entry.columns)
+    lines = iter(member.lines())
     users_filter = member.table == "users"
-    count = 0
-    with cursor.copy(f"COPY {STAGING} (d) FROM STDIN") as copy:
-        width = len(member.entry.columns)
-        for line in member.lines():
-            # Rows are checked here only for shape; the server parses them (jsonb).
-            if users_filter:
-                row = decode_row(line, member.table, width)
-                if skip(row):
-                    count += 1
+    count = loaded = 0
+    while True:
+        cursor.execute(f"TRUNCATE {STAGING}")
+        staged = 0
+        with cursor.copy(f"COPY {STAGING} (d) FROM STDIN") as copy:
+            for line in lines:
+                count += 1
+                # Only the users' rows are decoded here; the server parses the rest (jsonb).
+                if users_filter and skip(decode_row(line, member.table, width)):
                     continue
-            copy.write(_copy_escape(line) + b"\n")
-            count += 1
+                copy.write(_copy_escape(line) + b"\n")
+                staged += 1
+                if staged == STAGE_ROWS:
+                    break
+        if staged:
+            shape = cursor.execute(
+                f"SELECT count(*) FROM {STAGING} WHERE jsonb_typeof(d) <> 'array' "
+                "OR jsonb_array_length(d) <> %s",
+                (width,),
+            ).fetchone()[0]
+            if shape:
+                raise ArchiveError(
+                    f"{member.table}: {shape} rows are not arrays of the table's columns"
+                )
+            cursor.execute(insert)
+            loaded += cursor.rowcount
+        if staged < STAGE_ROWS:
+            break
     if count != member.entry.rows:
         raise ArchiveError(
             f"{member.table}: {count} rows in the archive, the manifest says {member.entry.rows}"
         )
-    shape = cursor.execute(
-        f"SELECT count(*) FROM {STAGING} WHERE jsonb_typeof(d) <> 'array' "
-        f"OR jsonb_array_length(d) <> %s",
-        (len(member.entry.columns),),
-    ).fetchone()[0]
-    if shape:
-        raise ArchiveError(f"{member.table}: {shape} rows are not arrays of the table's columns")
+    return loaded
+
+
+def _insert_from_staging(connection: Connection, table: Table, columns: list[str]) -> str:
     kinds = column_kinds(table)
-    dialect = connection.dialect
     values = []
-    for index, name in enumerate(member.entry.columns):
+    for index, name in enumerate(columns):
         if kinds[name] is Kind.JSON:
             values.append(f"(d->{index})::json")
         else:
-            values.append(f"(d->>{index})::{table.columns[name].type.compile(dialect=dialect)}")
-    cursor.execute(
-        f'INSERT INTO "{table.name}" ({quoted(member.entry.columns)}) '
-        f"SELECT {', '.join(values)} FROM {STAGING}"
+            sql_type = table.columns[name].type.compile(dialect=connection.dialect)
+            values.append(f"(d->>{index})::{sql_type}")
+    return (
+        f'INSERT INTO "{table.name}" ({quoted(columns)}) SELECT {", ".join(values)} FROM {STAGING}'
     )
-    return cursor.rowcount
 
 
 def _advance_sequences(connection: Connection, tables: dict[str, Table]) -> None:
