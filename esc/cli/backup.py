@@ -104,11 +104,13 @@ def restore_command(file: Path, home: NodeHome, as_json: bool) -> None:
     whether this release takes a backup of that one; builds the new database
     aside, migrates it to this release's schema, and only then swaps it in.
     Any failure leaves the node's database as it was. Exit 0 restored,
-    1 refused or failed (the reason is printed), 2 bad command line.
+    1 refused or failed (the reason is printed), 2 bad command line or no such file.
     """
     from esc.backup.restore import RestoreError, restore
 
     settings = load_settings(home)
+    if not file.is_file():
+        raise CliError(f"no backup file {file}: check the path", EXIT_USAGE)
     with _working(f"restoring {file}", as_json):
         result = _run(lambda: restore(home, settings, file), (RestoreError,), EXIT_FAILED)
     manifest = result.manifest

@@ -360,6 +360,8 @@ def test_restore_of_a_missing_file(node: Node, tmp_path: Path) -> None:
     before = DatabaseState.of(url)
     with pytest.raises(RestoreError, match="no backup file"):
         restore(node.home, node.settings, tmp_path / "nothing.tar.bz2")
+    result = escadm("restore", "--file", str(tmp_path / "nothing.tar.bz2"), home=node.home.root)
+    assert result.returncode == 2 and "no backup file" in result.stderr, result.stderr
     before.assert_unchanged(url)
 
 
