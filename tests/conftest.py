@@ -303,3 +303,42 @@ def events(api: TestClient, *types: str) -> list[dict]:
 def recoveries(api: TestClient) -> list[dict]:
     txs = api.get("/v0/transactions", params={"limit": 1000}).json()
     return [t for t in txs if t["operation"] == "VM_RECOVER"]
+
+
+def monitored_descriptor(
+    name: str,
+    actions: list[str] = ("FALSE recover autohealing",),  # type: ignore[assignment]
+    *,
+    image: str = "healthy",
+    metric: str = "ICMPPing",
+    poll: float = 0.4,
+    occurrences_false: int = 2,
+    policy: str = "REBOOT_THEN_REDEPLOY",
+    retries: int = 3,
+    wait: float = 2.0,
+    count: int = 1,
+) -> str:
+    """One vm_group (tenant `mon`) with a VM_ALIVE KPI and one rule of `actions`."""
+    import json
+
+    return f"""
+tenant: mon
+deployment:
+  name: {name}
+  vm_groups:
+    - name: g
+      image: "{image}"
+      flavor: m1.tiny
+      bootup_time: 10
+      recovery_wait_time: {wait}
+      recovery_policy: {{action_on_recovery: {policy}, max_retries: {retries}}}
+      scaling: {{min_active: {count}, max_active: {count}}}
+      kpis:
+        - event_name: VM_ALIVE
+          metric_collector: {{type: {json.dumps(metric)}, poll_frequency: {poll}}}
+          metric_occurrences_true: 1
+          metric_occurrences_false: {occurrences_false}
+      rules:
+        - event_name: VM_ALIVE
+          actions: {json.dumps(list(actions))}
+"""

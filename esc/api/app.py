@@ -39,6 +39,7 @@ def create_app(controller: Controller, *, manage_lifecycle: bool = True) -> Fast
     app.state.controller = controller
     problems.install(app)
     app.add_middleware(problems.BodySizeLimit, limit=controller.settings.api.max_body_bytes)
+    app.add_middleware(problems.NulInUrl)
     app.include_router(system.router)
     app.include_router(deployments.router)
     app.include_router(activity.router)

@@ -84,9 +84,25 @@ _TITLES = {
 }
 
 
+class NulInUrl:
+    """Refuse a URL holding a NUL character with 400, before any route runs: no
+    database takes a NUL in text (PostgreSQL refuses it), whichever parameter holds it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            b"%00" in scope.get("query_string", b"") or "\x00" in scope.get("path", "")
+        ):
+            detail = "the URL holds a NUL character (%00): remove it"
+            await problem(400, _TITLES.get(400, "Error"), detail)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 class BodySizeLimit:
-    """Refuse a body larger than `limit` bytes with 413, declared or streamed (and a URL
-    with a NUL character with 400: both before any route runs)."""
+    """Refuse a body larger than `limit` bytes with 413, declared or streamed."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -95,13 +111,6 @@ class BodySizeLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
-        # No database takes a NUL in text (PostgreSQL refuses it): say so here, for every
-        # path and query parameter at once.
-        if b"%00" in scope.get("query_string", b"") or "\x00" in scope.get("path", ""):
-            await self._refuse(
-                scope, receive, send, 400, "the URL holds a NUL character (%00): remove it"
-            )
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None:

@@ -51,6 +51,7 @@ from esc.backup.tables import (
 )
 from esc.db.migrate import head_revision
 from esc.db.session import Database
+from esc.files import fsync_dir
 
 NOTES = (
     "Holds the users' scrypt password hashes (not passwords) and callback URLs as "
@@ -238,11 +239,7 @@ def _write_archive(path: Path, workdir: Path, manifest: Manifest, compression: s
         raw.flush()
         os.fsync(raw.fileno())
     os.replace(partial, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a power cut
-    finally:
-        os.close(directory)
+    fsync_dir(path.parent)
 
 
 def _info(name: str, size: int, mtime: int) -> tarfile.TarInfo:

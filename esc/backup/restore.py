@@ -40,6 +40,7 @@ from esc.backup.load import copy_local_account, load_all
 from esc.config import NodeHome, Settings
 from esc.db.migrate import alembic_config
 from esc.db.session import Database
+from esc.files import fsync_dir
 from esc.node.processes import SERVICE_NAMES, SUPERVISOR, live_record
 from esc.release.catalog import load_catalog
 from esc.release.numbers import Change, ReleaseNumber, ReleaseNumberError
@@ -229,19 +230,11 @@ class _SqliteAside(_Aside):
         os.replace(self.aside, self.path)  # atomic: the node sees old or new, never a mix
         for stale in _sqlite_files(self.path)[1:]:
             stale.unlink(missing_ok=True)  # the old file's empty -wal/-shm
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
 
 def _sqlite_files(path: Path) -> list[Path]:
     return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _PostgresAside(_Aside):

@@ -29,6 +29,7 @@ from typing import Any
 
 from esc.config import MonitorSettings
 from esc.db.session import Database
+from esc.files import write_atomic
 from esc.monitor import scripts
 from esc.monitor.actions import POST_EVENTS, Firing, Outcome
 from esc.monitor.kpis import actions_for
@@ -319,10 +320,8 @@ class Mona:
             self._polls_rate = round((polls - before) / (now - then), 1)
         self._polls_before = (now, polls)
         path = self.run_dir / STATUS_FILE
-        tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps(self.status()))
-            os.replace(tmp, path)
+            write_atomic(path, json.dumps(self.status()).encode())
         except OSError as exc:
             self._warn_once(f"cannot write {path}: {exc}")
 

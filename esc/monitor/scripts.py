@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from esc.db.models import CustomScript
 from esc.errors import InvalidRequest, NotFound
+from esc.files import write_atomic
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 MAX_BYTES = 262_144
@@ -93,11 +94,7 @@ def materialise(directory: Path, name: str, content: str) -> Path:
     with contextlib.suppress(OSError):
         if hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest():
             return path
-    tmp = directory / f".{name}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=0o700)
     return path
 
 

@@ -1,6 +1,7 @@
 """The node's processes: which services it has, and their records under run/.
 
-A leaf module (no ESC imports), so any layer may ask which services run.
+Near a leaf (it imports only esc.files and the VNF program's standard-library
+helpers), so any layer may ask which services run.
 
 A record holds the pid, the process group and the process start time; a
 record whose pid now belongs to another process (pid reuse after a crash)
@@ -16,11 +17,8 @@ from pathlib import Path
 
 import psutil
 
-
-def start_ticks(pid: int) -> int:
-    """Start time of a process in clock ticks since boot (/proc/PID/stat field 22)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2 :].split()[19])
+from esc.files import write_atomic
+from esc.vim.vnf import process_start_ticks as start_ticks
 
 
 @dataclass(frozen=True)
@@ -49,10 +47,7 @@ def record_path(run_dir: Path, name: str) -> Path:
 
 
 def write_record(run_dir: Path, record: ProcessRecord) -> None:
-    path = record_path(run_dir, record.name)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(record)))
-    tmp.replace(path)
+    write_atomic(record_path(run_dir, record.name), json.dumps(asdict(record)).encode())
 
 
 def read_record(run_dir: Path, name: str) -> ProcessRecord | None:

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from esc.config import NodeHome, Settings
+from esc.files import write_atomic
 from esc.release.catalog import Catalog, CatalogError, parse_catalog
 from esc.release.numbers import ReleaseNumber, ReleaseNumberError
 from esc.release.planner import plan_upgrade
@@ -56,7 +57,7 @@ class UpgradeRecord:
     upgraded_at: str
 
     def save(self, home: Path) -> None:
-        (home / RECORD).write_text(json.dumps(asdict(self), indent=1))
+        write_atomic(home / RECORD, json.dumps(asdict(self), indent=1).encode())
 
     @classmethod
     def load(cls, home: Path) -> UpgradeRecord:

@@ -406,10 +406,10 @@ class LocalVim(VimDriver):
     @staticmethod
     def _signal(vm_id: str, proc: psutil.Process, sig: int) -> None:
         try:
-            # psutil refuses to signal a pid whose process changed since `proc` was made.
-            proc.send_signal(sig)
-        except psutil.NoSuchProcess:
-            pass  # gone already: what the signal was for
+            # psutil refuses to signal a pid whose process changed since `proc` was made;
+            # one already gone is what the signal was for.
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(sig)
         except psutil.AccessDenied as exc:
             raise VimError(
                 f"VM {vm_id} (pid {proc.pid}) runs as another user: stop it as that user"

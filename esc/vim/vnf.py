@@ -200,7 +200,7 @@ def make_handler(spec: dict[str, Any], kind: str, after: float, started: float) 
             self.wfile.write(payload)
 
         def log_message(self, format: str, *args: Any) -> None:
-            pass  # health is polled often: an access log would fill the console
+            """No access log: health is polled every second, it would fill the console."""
 
     return Handler
 

@@ -5,13 +5,12 @@ KPIs or rules name what the dynamic mappings lack, refused before anything start
 from __future__ import annotations
 
 import base64
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from conftest import MonaThread, Node, wait_for
+from conftest import MonaThread, Node, monitored_descriptor, wait_for
 from fastapi.testclient import TestClient
 
 from esc.api.app import create_app
@@ -151,26 +150,11 @@ def test_monitoring_needs_authentication(api: TestClient, node: Node) -> None:
 
 
 def descriptor(
-    name: str = "mon",
-    metric: str = "ICMPPing",
-    actions: list[str] | None = None,
+    name: str = "mon", metric: str = "ICMPPing", actions: list[str] | None = None
 ) -> str:
-    actions = ["FALSE recover autohealing"] if actions is None else actions
-    return f"""
-tenant: mon
-deployment:
-  name: {name}
-  vm_groups:
-    - name: g
-      image: healthy
-      flavor: m1.tiny
-      kpis:
-        - event_name: VM_ALIVE
-          metric_collector: {{type: {json.dumps(metric)}, poll_frequency: 1}}
-      rules:
-        - event_name: VM_ALIVE
-          actions: {json.dumps(actions)}
-"""
+    if actions is None:
+        return monitored_descriptor(name, metric=metric, poll=1)
+    return monitored_descriptor(name, actions, metric=metric, poll=1)
 
 
 def post(api: TestClient, text: str):

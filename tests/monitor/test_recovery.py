@@ -14,6 +14,7 @@ from conftest import (
     Node,
     events,
     live_vm_processes,
+    monitored_descriptor,
     recoveries,
     wait_for,
     wait_transaction,
@@ -26,34 +27,8 @@ POLL = 0.4
 OCCURRENCES = 2
 
 
-def descriptor(
-    name: str,
-    image: str = "healthy",
-    policy: str = "REBOOT_THEN_REDEPLOY",
-    retries: int = 3,
-    wait: float = 2.0,
-    actions: str = '"FALSE recover autohealing"',
-) -> str:
-    return f"""
-tenant: mon
-deployment:
-  name: {name}
-  vm_groups:
-    - name: g
-      image: "{image}"
-      flavor: m1.tiny
-      bootup_time: 10
-      recovery_wait_time: {wait}
-      recovery_policy: {{action_on_recovery: {policy}, max_retries: {retries}}}
-      kpis:
-        - event_name: VM_ALIVE
-          metric_collector: {{type: ICMPPing, poll_frequency: {POLL}}}
-          metric_occurrences_true: 1
-          metric_occurrences_false: {OCCURRENCES}
-      rules:
-        - event_name: VM_ALIVE
-          actions: [{actions}]
-"""
+def descriptor(name: str, **options: object) -> str:
+    return monitored_descriptor(name, poll=POLL, occurrences_false=OCCURRENCES, **options)
 
 
 def deploy(api: TestClient, text: str) -> dict:

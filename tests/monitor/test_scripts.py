@@ -15,7 +15,15 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import MonaThread, Node, events, live_vm_processes, recoveries, wait_for
+from conftest import (
+    MonaThread,
+    Node,
+    events,
+    live_vm_processes,
+    monitored_descriptor,
+    recoveries,
+    wait_for,
+)
 from fastapi.testclient import TestClient
 
 from esc.monitor import scripts
@@ -312,26 +320,7 @@ POLL = 0.4
 
 
 def descriptor(name: str, actions: list[str], count: int = 1) -> str:
-    return f"""
-tenant: mon
-deployment:
-  name: {name}
-  vm_groups:
-    - name: g
-      image: healthy
-      flavor: m1.tiny
-      bootup_time: 10
-      recovery_wait_time: 5
-      scaling: {{min_active: {count}, max_active: {count}}}
-      kpis:
-        - event_name: VM_ALIVE
-          metric_collector: {{type: ICMPPing, poll_frequency: {POLL}}}
-          metric_occurrences_true: 1
-          metric_occurrences_false: 2
-      rules:
-        - event_name: VM_ALIVE
-          actions: {json.dumps(actions)}
-"""
+    return monitored_descriptor(name, actions, poll=POLL, wait=5, count=count)
 
 
 def recording_script(log: Path) -> str:
