@@ -775,7 +775,9 @@ def write_report(outcome: Outcome, args: argparse.Namespace) -> None:
                 "the same database, from the same host over 127.0.0.1.",
                 "- ESC restore: `restore` (what `escadm restore` runs) of each archive into a "
                 "fresh stopped node (`init_node`) on a fresh database of the same server: "
-                "schema built aside by Alembic, rows loaded, migrated to head, swapped in. "
+                "schema built aside by Alembic, its keys and indexes dropped, each member's "
+                "rows copied in (COPY text format), keys and indexes rebuilt, migrated to "
+                "head, swapped in. "
                 "`pg_restore --exit-on-error -d` of the dump into a fresh empty database, one "
                 "job (its default, the fair single-stream comparison); `-j 2` for context.",
                 "- Every restored database is checked against the source before it counts: "

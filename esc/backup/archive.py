@@ -6,11 +6,14 @@ is recognised by content. Members, in this order:
 
   manifest.json          format, versions, source node, tables: columns,
                          row counts, sizes and sha256 of the data members
-  data/<table>.jsonl     one JSON array per row, values in manifest order
+  data/<table>.tsv       one row per line in PostgreSQL's COPY text format,
+                         values in manifest order (copytext.py)
 
-The data is backend-neutral: timestamps ISO 8601 in UTC, JSON columns as
-JSON, booleans as true/false; a backup from SQLite restores into
-PostgreSQL and back.
+The data is backend-neutral: each value has one canonical form (timestamps
+in UTC, JSON columns as JSON text, booleans t/f); a backup from SQLite
+restores into PostgreSQL and back. Format version 1 (ESC 1.0) held
+`data/<table>.jsonl`, one JSON array per row; it is still read, so a 1.0
+backup restores into this release.
 
 The reader trusts nothing: only the members above, only regular files, each
 no larger than its manifest says and than a hard bound, each checked
@@ -31,11 +34,14 @@ from typing import IO, Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 FORMAT = "esc-backup"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+JSON_ROWS_FORMAT = 1  # ESC 1.0's: data/<table>.jsonl, read but no longer written
+READABLE_FORMATS = (JSON_ROWS_FORMAT, FORMAT_VERSION)
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 1_048_576
 # A bound on any one member, whatever the manifest declares (a bomb is refused early).
 MAX_MEMBER_BYTES = 64 * 2**30
+MAX_ROW_BYTES = 256 * 2**20  # far above any row ESC writes; a line without end is refused
 IDENTIFIER = r"^[a-z][a-z0-9_]{0,62}$"  # a table or column name of ESC's schema
 TABLE = re.compile(IDENTIFIER)
 COMPRESSION_BY_SUFFIX = {
@@ -76,8 +82,8 @@ class Manifest(_Strict):
     notes: str = ""
 
 
-def member_name(table: str) -> str:
-    return f"data/{table}.jsonl"
+def member_name(table: str, format_version: int = FORMAT_VERSION) -> str:
+    return f"data/{table}.jsonl" if format_version == JSON_ROWS_FORMAT else f"data/{table}.tsv"
 
 
 def compression_for(path: str) -> str:
@@ -98,10 +104,11 @@ def parse_manifest(data: bytes) -> Manifest:
         ) from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise ArchiveError("manifest.json is not an ESC backup manifest: is this an ESC backup?")
-    if raw.get("format_version") != FORMAT_VERSION:
+    if raw.get("format_version") not in READABLE_FORMATS:
+        readable = " and ".join(str(v) for v in READABLE_FORMATS)
         raise ArchiveError(
             f"backup archive format version {raw.get('format_version')!r} is not one this "
-            f"release reads (it reads version {FORMAT_VERSION}); restore it with the ESC release "
+            f"release reads (it reads versions {readable}); restore it with the ESC release "
             f"that wrote it ({raw.get('product_version', 'unknown')}) or a newer one"
         )
     try:
@@ -114,34 +121,55 @@ def parse_manifest(data: bytes) -> Manifest:
 
 @dataclass
 class Member:
-    """A data member being read: its lines, with their checksum kept."""
+    """A data member being read: its bytes, checked as they go against the manifest."""
 
+    name: str
     table: str
     entry: TableEntry
     stream: IO[bytes]
-    read: int = 0
 
-    def lines(self) -> Iterator[bytes]:
+    def chunks(self) -> Iterator[bytes]:
+        """The member's bytes in pieces of whole rows; once the last is out, the size,
+        sha256 and row count are checked (ArchiveError), before the caller may commit."""
         digest = hashlib.sha256()
+        read = rows = 0
         rest = b""
         while chunk := self._chunk():
-            self.read += len(chunk)
-            if self.read > self.entry.bytes:
+            read += len(chunk)
+            if read > self.entry.bytes:
                 raise ArchiveError(
-                    f"{member_name(self.table)} is larger than the {self.entry.bytes} bytes "
-                    "the manifest declares: the archive is damaged or forged"
+                    f"{self.name} is larger than the {self.entry.bytes} bytes the manifest "
+                    "declares: the archive is damaged or forged"
                 )
             digest.update(chunk)
-            lines = (rest + chunk).split(b"\n")
-            rest = lines.pop()
-            yield from lines
-        if rest:
-            yield rest
-        if self.read != self.entry.bytes or digest.hexdigest() != self.entry.sha256:
+            rows += chunk.count(b"\n")
+            cut = chunk.rfind(b"\n") + 1
+            if cut:
+                yield rest + chunk[:cut]
+                rest = chunk[cut:]
+            else:
+                rest += chunk
+            if len(rest) > MAX_ROW_BYTES:
+                raise ArchiveError(
+                    f"{self.name}: a row longer than {MAX_ROW_BYTES} bytes: the archive is "
+                    "damaged or forged"
+                )
+        if read != self.entry.bytes or digest.hexdigest() != self.entry.sha256:
             raise ArchiveError(
-                f"{member_name(self.table)} does not match its sha256 in the manifest: the "
-                "archive is damaged (copy it again) or was altered"
+                f"{self.name} does not match its sha256 in the manifest: the archive is "
+                "damaged (copy it again) or was altered"
             )
+        if rest:
+            raise ArchiveError(f"{self.name}: the last row has no end of line")
+        if rows != self.entry.rows:
+            raise ArchiveError(
+                f"{self.name}: {rows} rows in the archive, the manifest says {self.entry.rows}"
+            )
+
+    def lines(self) -> Iterator[bytes]:
+        """The member's rows, without their end of line (checked as chunks() does)."""
+        for chunk in self.chunks():
+            yield from chunk.split(b"\n")[:-1]
 
     def _chunk(self) -> bytes:
         try:
@@ -200,17 +228,18 @@ class ArchiveReader:
     def members(self) -> Iterator[Member]:
         """Each table's member, in manifest order; then nothing else may follow."""
         for table, entry in self.manifest.tables.items():
+            name = member_name(table, self.manifest.format_version)
             info = self._next()
             if info is None:
-                raise ArchiveError(f"the archive ends before {member_name(table)}: it is truncated")
-            self._check(info, member_name(table), min(entry.bytes, MAX_MEMBER_BYTES))
+                raise ArchiveError(f"the archive ends before {name}: it is truncated")
+            self._check(info, name, min(entry.bytes, MAX_MEMBER_BYTES))
             if info.size != entry.bytes:
                 raise ArchiveError(
                     f"{info.name} holds {info.size} bytes, the manifest says {entry.bytes}"
                 )
             stream = self._tar.extractfile(info)
             assert stream is not None
-            yield Member(table, entry, stream)
+            yield Member(name, table, entry, stream)
         extra = self._next()
         if extra is not None:
             raise ArchiveError(f"unexpected member {extra.name!r} after the last table")
@@ -219,11 +248,13 @@ class ArchiveReader:
         self._tar.close()
 
 
-def decode_row(line: bytes, table: str, width: int) -> list[Any]:
+def decode_json_row(line: bytes, member: Member) -> list[Any]:
+    """A row of format version 1: a JSON array of the table's values."""
     try:
         row = json.loads(line)
     except ValueError:
-        raise ArchiveError(f"{member_name(table)}: a row is not valid JSON") from None
+        raise ArchiveError(f"{member.name}: a row is not valid JSON") from None
+    width = len(member.entry.columns)
     if not isinstance(row, list) or len(row) != width:
-        raise ArchiveError(f"{member_name(table)}: a row does not have {width} values")
+        raise ArchiveError(f"{member.name}: a row does not have {width} values")
     return row

@@ -3,9 +3,10 @@
 Consistent: every table is read inside one read-only transaction, so the
 archive is the database at one moment even while transactions run
 (PostgreSQL: REPEATABLE READ; SQLite: one read transaction under WAL).
-Fast where the data is large: PostgreSQL builds each row's JSON itself
-(COPY of json_build_array), SQLite rows are formatted without decoding
-their JSON columns; compression runs on every core (compress.py).
+Fast where the data is large: PostgreSQL writes the rows in the archive's
+format itself (COPY ... TO STDOUT, see copytext.py), SQLite rows are
+formatted without decoding their JSON columns; compression runs on every
+core (compress.py).
 
 Written beside the target as a hidden partial file, mode 0600, fsynced and
 renamed into place: a crash leaves no half archive under the asked name.
@@ -16,9 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import os
-import re
 import shutil
 import tarfile
 import tempfile
@@ -42,13 +41,8 @@ from esc.backup.archive import (
     member_name,
 )
 from esc.backup.compress import ParallelCompressedWriter
-from esc.backup.tables import (
-    Kind,
-    backed_up_tables,
-    column_kinds,
-    quoted,
-    sqlite_timestamp_to_iso,
-)
+from esc.backup.copytext import CANONICAL_SETTINGS, field_writer
+from esc.backup.tables import backed_up_tables, column_kinds, quoted
 from esc.db.migrate import head_revision
 from esc.db.session import Database
 from esc.files import fsync_dir
@@ -84,7 +78,9 @@ def snapshot(db: Database) -> Iterator[Connection]:
         transaction = connection.begin()
         try:
             if db.backend == "postgresql":
-                connection.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
+                # The canonical forms of copytext.py, whatever the server's defaults.
+                for setting in CANONICAL_SETTINGS:
+                    connection.exec_driver_sql(f"SET LOCAL {setting}")
             yield connection
         finally:
             transaction.rollback()
@@ -94,69 +90,47 @@ def _names(columns: Any) -> str:
     return quoted([c.name for c in columns])
 
 
-def _sqlite_rows(connection: Connection, table: Table) -> Iterator[bytes]:
-    kinds = column_kinds(table)
-    columns = [c.name for c in table.columns]
-    cursor = connection.exec_driver_sql(
+def _select(table: Table) -> str:
+    return (
         f'SELECT {_names(table.columns)} FROM "{table.name}" '
         f"ORDER BY {_names(table.primary_key.columns)}"
     )
-    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    converters = [_sqlite_converter(kinds[c], encode) for c in columns]
-    for row in cursor:
-        values = [convert(value) for convert, value in zip(converters, row, strict=True)]
-        yield ("[" + ",".join(values) + "]\n").encode()
 
 
-def _sqlite_converter(kind: Kind, encode: Any) -> Any:
-    if kind is Kind.DATETIME:
-        return lambda v: "null" if v is None else encode(sqlite_timestamp_to_iso(v))
-    if kind is Kind.BOOL:
-        return lambda v: "null" if v is None else ("true" if v else "false")
-    if kind is Kind.JSON:
-        # Stored as JSON text already: embedded as it is, re-encoded only if it spans lines.
-        return lambda v: (
-            "null" if v is None else (encode(json.loads(v)) if "\n" in v or "\r" in v else v)
-        )
-    return encode
+def _batched(pieces: Iterator[bytes]) -> Iterator[bytes]:
+    """Pieces of about a MiB: one checksum update and one write each, not one per row."""
+    buffer = bytearray()
+    for piece in pieces:
+        buffer += piece
+        if len(buffer) >= 1 << 20:
+            yield bytes(buffer)
+            buffer.clear()
+    if buffer:
+        yield bytes(buffer)
 
 
-_COPY_ESCAPE = re.compile(rb"\\(.)")
-_COPY_CODES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"f": b"\f", b"v": b"\v"}
-
-
-def _copy_unescape(line: bytes) -> bytes:
-    """A line of COPY's text format back to its value (here: one JSON document)."""
-    if b"\\" not in line:
-        return line
-    value = _COPY_ESCAPE.sub(lambda m: _COPY_CODES.get(m.group(1), m.group(1)), line)
-    if b"\n" in value or b"\r" in value:  # whitespace inside a JSON column: one line per row
-        value = json.dumps(json.loads(value), ensure_ascii=False, separators=(",", ":")).encode()
-    return value
+def _sqlite_rows(connection: Connection, table: Table) -> Iterator[bytes]:
+    kinds = column_kinds(table)
+    writers = [field_writer(kinds[c.name]) for c in table.columns]
+    for row in connection.exec_driver_sql(_select(table)):
+        fields = [write(value) for write, value in zip(writers, row, strict=True)]
+        yield ("\t".join(fields) + "\n").encode()
 
 
 def _postgresql_rows(connection: Connection, table: Table) -> Iterator[bytes]:
-    query = (
-        f'COPY (SELECT json_build_array({_names(table.columns)}) FROM "{table.name}" '
-        f"ORDER BY {_names(table.primary_key.columns)}) TO STDOUT"
-    )
-    raw = connection.connection.driver_connection
-    cursor = raw.cursor()
-    rest = b""
-    with cursor.copy(query) as copy:
-        for block in copy:
-            lines = (rest + bytes(block)).split(b"\n")
-            rest = lines.pop()
-            yield b"".join(_copy_unescape(line) + b"\n" for line in lines)
-    if rest:
-        yield _copy_unescape(rest) + b"\n"
+    """The server writes the rows in the archive's format itself (the session's
+    settings, set by snapshot(), make its values canonical)."""
+    cursor = connection.connection.driver_connection.cursor()
+    with cursor.copy(f"COPY ({_select(table)}) TO STDOUT") as copy:
+        for block in copy:  # a row per block
+            yield bytes(block)
 
 
 def _dump_table(connection: Connection, backend: str, table: Table, out: IO[bytes]) -> TableEntry:
     digest = hashlib.sha256()
     size = rows = 0
     produce = _postgresql_rows if backend == "postgresql" else _sqlite_rows
-    for data in produce(connection, table):
+    for data in _batched(produce(connection, table)):
         digest.update(data)
         out.write(data)
         size += len(data)
@@ -189,7 +163,7 @@ def _dump(db: Database, workdir: Path, node_name: str) -> Manifest:
     with snapshot(db) as connection:
         revision = _revision(connection)
         for table in backed_up_tables():
-            with open(workdir / f"{table.name}.jsonl", "wb", buffering=1 << 20) as out:
+            with open(workdir / f"{table.name}.rows", "wb", buffering=1 << 20) as out:
                 entries[table.name] = _dump_table(connection, db.backend, table, out)
     return Manifest(
         format=FORMAT,
@@ -228,7 +202,7 @@ def _write_archive(path: Path, workdir: Path, manifest: Manifest, compression: s
                 data = manifest.model_dump_json(indent=1).encode()
                 tar.addfile(_info(MANIFEST, len(data), now), io.BytesIO(data))
                 for table, entry in manifest.tables.items():
-                    with open(workdir / f"{table}.jsonl", "rb") as member:
+                    with open(workdir / f"{table}.rows", "rb") as member:
                         tar.addfile(_info(member_name(table), entry.bytes, now), member)
             writer.close()
         except BaseException:

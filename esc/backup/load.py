@@ -5,26 +5,32 @@ taken at, so its tables are exactly the archive's; the rows go in table by
 table (parents first); then Alembic brings it to this release's head, so a
 backup of an older release crosses the real migrations.
 
-PostgreSQL: rows are copied into a jsonb staging table with COPY and moved
-into place by one INSERT … SELECT per table, all in the server. SQLite: one
-executemany per batch.
+PostgreSQL: the keys and indexes are dropped for the load and rebuilt after
+it (pg_keys.py), and each member's bytes are copied straight into its table
+(COPY ... FROM STDIN: the archive's rows are in COPY's text format), so the
+server parses each value once, as pg_restore has it do. SQLite: values are
+checked and converted here (copytext.py) and inserted by executemany.
+Archives of format version 1 (JSON rows, ESC 1.0) go through load_json.py.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from sqlalchemy import Column, Connection, Float, Integer, MetaData, Numeric, Table, text
+import psycopg
+from sqlalchemy import Connection, MetaData, Table, text
 
-from esc.backup.archive import ArchiveError, ArchiveReader, Member, decode_row
-from esc.backup.tables import Kind, column_kinds, iso_to_sqlite_timestamp, quoted
+from esc.backup import load_json
+from esc.backup.archive import JSON_ROWS_FORMAT, ArchiveError, ArchiveReader, Member
+from esc.backup.copytext import CANONICAL_SETTINGS, RowFormatError, field_reader, split_row
+from esc.backup.load_json import Skip
+from esc.backup.pg_keys import drop_keys
+from esc.backup.tables import quoted
 from esc.security import LOCAL_USER
 
 BATCH = 10_000
-STAGING = "esc_restore_rows"
-STAGE_ROWS = 50_000
 
 
 def reflected_tables(connection: Connection) -> dict[str, Table]:
@@ -45,24 +51,10 @@ def _matching_table(tables: dict[str, Table], member: Member) -> Table:
     return table
 
 
-def _rows(member: Member, skip: Callable[[list[Any]], bool]) -> Iterator[list[Any]]:
-    width = len(member.entry.columns)
-    count = 0
-    for line in member.lines():
-        row = decode_row(line, member.table, width)
-        count += 1
-        if not skip(row):
-            yield row
-    if count != member.entry.rows:
-        raise ArchiveError(
-            f"{member.table}: {count} rows in the archive, the manifest says {member.entry.rows}"
-        )
-
-
-def _skip_for(member: Member) -> Callable[[list[Any]], bool]:
+def _skip_for(member: Member) -> Skip:
     """The node-local escadm account is the restoring node's own, never the archive's."""
     if member.table != "users":
-        return lambda row: False
+        return None
     index = member.entry.columns.index("name")
     return lambda row: row[index] == LOCAL_USER
 
@@ -74,72 +66,68 @@ def load_all(connection: Connection, reader: ArchiveReader) -> dict[str, int]:
     for name in reversed(list(tables)):
         if name != "alembic_version":
             connection.exec_driver_sql(f'DELETE FROM "{name}"')
-    loader = _load_postgresql if connection.dialect.name == "postgresql" else _load_sqlite
-    if connection.dialect.name == "postgresql":
-        connection.exec_driver_sql(f"CREATE TEMP TABLE {STAGING} (d jsonb)")
+    postgresql = connection.dialect.name == "postgresql"
+    json_rows = reader.manifest.format_version == JSON_ROWS_FORMAT
+    if postgresql:
+        for setting in CANONICAL_SETTINGS:
+            connection.exec_driver_sql(f"SET LOCAL {setting}")
+        keys = drop_keys(connection)
     loaded = {}
     for member in reader.members():
         table = _matching_table(tables, member)
-        loaded[member.table] = loader(connection, table, member, _skip_for(member))
-    if connection.dialect.name == "postgresql":
-        connection.exec_driver_sql(f"DROP TABLE {STAGING}")
+        skip = _skip_for(member)
+        if postgresql and json_rows:
+            count = load_json.load_postgresql(connection, table, member, skip)
+        elif postgresql:
+            count = _copy_postgresql(connection, table, member, skip)
+        elif json_rows:
+            count = _insert_sqlite(
+                connection, table, member, load_json.sqlite_rows(table, member, skip)
+            )
+        else:
+            count = _insert_sqlite(connection, table, member, _sqlite_rows(table, member, skip))
+        loaded[member.table] = count
+    if postgresql:
+        keys.rebuild(connection)
         _advance_sequences(connection, tables)
     return loaded
 
 
-def _sqlite_converter(table: str, column: Column[Any]) -> Callable[[Any], Any]:
-    """Checks a value against its column and converts it for SQLite, which would store
-    any type in any column: a forged value is refused here, as PostgreSQL's casts do."""
-    kind = column_kinds(column.table)[column.name]
-    if kind is Kind.DATETIME:
-        return _checked(table, column.name, str, iso_to_sqlite_timestamp)
-    if kind is Kind.JSON:
-        return lambda v: None if v is None else json.dumps(v)
-    if kind is Kind.BOOL:
-        return _checked(table, column.name, bool, int)
-    if isinstance(column.type, Integer):
-        return _checked(table, column.name, int, lambda v: v)
-    if isinstance(column.type, Float | Numeric):
-        return _checked(table, column.name, int | float, lambda v: v)
-    return _checked(table, column.name, str, lambda v: v)
+def _sqlite_rows(table: Table, member: Member, skip: Skip) -> Iterator[list[Any]]:
+    columns = member.entry.columns
+    readers = [field_reader(table.name, table.columns[c]) for c in columns]
+    with _named_after(member):
+        for line in member.lines():
+            fields = split_row(line, len(columns))
+            if skip is None or not skip(fields):
+                yield [read(v) for read, v in zip(readers, fields, strict=True)]
 
 
-def _checked(
-    table: str, column: str, wanted: Any, convert: Callable[[Any], Any]
-) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        if value is None:
-            return None
-        # bool is an int in Python, never in the archive.
-        if not isinstance(value, wanted) or (isinstance(value, bool) and wanted is not bool):
-            raise ArchiveError(
-                f"{table}.{column}: value {str(value)[:40]!r} has the wrong type: the archive "
-                "is damaged or altered"
-            )
-        try:
-            return convert(value)
-        except (ValueError, TypeError):
-            raise ArchiveError(
-                f"{table}.{column}: {str(value)[:40]!r} is not an ISO 8601 timestamp: the "
-                "archive is damaged or altered"
-            ) from None
-
-    return check
+@contextlib.contextmanager
+def _named_after(member: Member) -> Iterator[None]:
+    """A row that does not fit its table is reported with the member it is in."""
+    try:
+        yield
+    except RowFormatError as exc:
+        raise ArchiveError(f"{member.name}: {exc}: the archive is damaged or altered") from None
+    except psycopg.Error as exc:  # PostgreSQL refused a value (COPY checks every one)
+        where = (exc.diag.context or "").splitlines()[:1]
+        detail = f"{exc.diag.message_primary or exc}" + (f" ({where[0][:200]})" if where else "")
+        raise ArchiveError(f"{member.name}: {detail}: the archive is damaged or altered") from None
 
 
-def _load_sqlite(
-    connection: Connection, table: Table, member: Member, skip: Callable[[list[Any]], bool]
+def _insert_sqlite(
+    connection: Connection, table: Table, member: Member, rows: Iterable[list[Any]]
 ) -> int:
     columns = member.entry.columns
-    converters = [_sqlite_converter(table.name, table.columns[c]) for c in columns]
     sql = (
         f'INSERT INTO "{table.name}" ({quoted(columns)}) VALUES ({", ".join("?" for _ in columns)})'
     )
     cursor = connection.connection.driver_connection.cursor()
     batch: list[Any] = []
     total = 0
-    for row in _rows(member, skip):
-        batch.append([f(v) for f, v in zip(converters, row, strict=True)])
+    for row in rows:
+        batch.append(row)
         if len(batch) >= BATCH:
             cursor.executemany(sql, batch)
             total += len(batch)
@@ -150,72 +138,31 @@ def _load_sqlite(
     return total
 
 
-def _copy_escape(line: bytes) -> bytes:
-    """One JSON document as a line of COPY's text format."""
-    if b"\\" in line:
-        line = line.replace(b"\\", b"\\\\")
-    if b"\t" in line or b"\r" in line:
-        line = line.replace(b"\t", b"\\t").replace(b"\r", b"\\r")
-    return line
-
-
-def _load_postgresql(
-    connection: Connection, table: Table, member: Member, skip: Callable[[list[Any]], bool]
-) -> int:
-    """Rows go through the staging table STAGE_ROWS at a time, so it stays small (in
-    temp buffers) whatever the archive holds."""
+def _copy_postgresql(connection: Connection, table: Table, member: Member, skip: Skip) -> int:
+    """The member's bytes go to the server as they are read; it parses and checks them."""
     cursor = connection.connection.driver_connection.cursor()
-    width = len(member.entry.columns)
-    insert = _insert_from_staging(connection, table, member.entry.columns)
-    lines = iter(member.lines())
-    users_filter = member.table == "users"
-    count = loaded = 0
-    while True:
-        cursor.execute(f"TRUNCATE {STAGING}")
-        staged = 0
-        with cursor.copy(f"COPY {STAGING} (d) FROM STDIN") as copy:
-            for line in lines:
-                count += 1
-                # Only the users' rows are decoded here; the server parses the rest (jsonb).
-                if users_filter and skip(decode_row(line, member.table, width)):
-                    continue
-                copy.write(_copy_escape(line) + b"\n")
-                staged += 1
-                if staged == STAGE_ROWS:
-                    break
-        if staged:
-            shape = cursor.execute(
-                f"SELECT count(*) FROM {STAGING} WHERE jsonb_typeof(d) <> 'array' "
-                "OR jsonb_array_length(d) <> %s",
-                (width,),
-            ).fetchone()[0]
-            if shape:
-                raise ArchiveError(
-                    f"{member.table}: {shape} rows are not arrays of the table's columns"
-                )
-            cursor.execute(insert)
-            loaded += cursor.rowcount
-        if staged < STAGE_ROWS:
-            break
-    if count != member.entry.rows:
+    columns = member.entry.columns
+    sent = 0
+    with (
+        _named_after(member),
+        cursor.copy(f'COPY "{table.name}" ({quoted(columns)}) FROM STDIN') as copy,
+    ):
+        if skip is None:
+            for chunk in member.chunks():
+                copy.write(chunk)
+                sent += chunk.count(b"\n")
+        else:  # a small table (users): each row looked at
+            for line in member.lines():
+                if not skip(split_row(line, len(columns))):
+                    copy.write(line + b"\n")
+                    sent += 1
+    if cursor.rowcount != sent:
+        # A line "\." ends COPY's data early: the rows after it would be lost unseen.
         raise ArchiveError(
-            f"{member.table}: {count} rows in the archive, the manifest says {member.entry.rows}"
+            f"{member.name}: the server took {cursor.rowcount} of its {sent} rows: the archive "
+            "is damaged or altered"
         )
-    return loaded
-
-
-def _insert_from_staging(connection: Connection, table: Table, columns: list[str]) -> str:
-    kinds = column_kinds(table)
-    values = []
-    for index, name in enumerate(columns):
-        if kinds[name] is Kind.JSON:
-            values.append(f"(d->{index})::json")
-        else:
-            sql_type = table.columns[name].type.compile(dialect=connection.dialect)
-            values.append(f"(d->>{index})::{sql_type}")
-    return (
-        f'INSERT INTO "{table.name}" ({quoted(columns)}) SELECT {", ".join(values)} FROM {STAGING}'
-    )
+    return sent
 
 
 def _advance_sequences(connection: Connection, tables: dict[str, Table]) -> None:

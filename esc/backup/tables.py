@@ -1,8 +1,8 @@
 """Which tables a backup holds, in which order, and how their values are written.
 
 Parents before children (the models' foreign-key order), so a restore can
-insert table by table. Values are written backend-neutral: a timestamp as
-ISO 8601 in UTC, a JSON column as JSON, a boolean as true/false.
+insert table by table; and the kinds of column whose values an archive
+writes in a backend-neutral form (copytext.py).
 """
 
 from __future__ import annotations
@@ -45,11 +45,6 @@ def column_kinds(table: Table) -> dict[str, Kind]:
 def quoted(names: list[str]) -> str:
     """Column names for SQL, quoted (names come from the models or a checked manifest)."""
     return ", ".join(f'"{name}"' for name in names)
-
-
-def sqlite_timestamp_to_iso(value: str) -> str:
-    """SQLAlchemy keeps SQLite timestamps as naive UTC text; the archive says UTC."""
-    return datetime.fromisoformat(value).replace(tzinfo=UTC).isoformat()
 
 
 def iso_to_sqlite_timestamp(value: str) -> str:

@@ -21,6 +21,7 @@ from conftest import ESCADM, Node, fast_settings
 from sqlalchemy import DateTime, MetaData, create_engine, select, text
 from sqlalchemy.engine import make_url
 
+from esc.backup.archive import member_name
 from esc.backup.restore import ASIDE_SCHEMA, ASIDE_SUFFIX
 from esc.config import NodeHome
 from esc.db.session import Database
@@ -238,7 +239,7 @@ class Archive:
         return cls(manifest, members)
 
     def content(self, table: str) -> bytes:
-        return dict(self.members)[f"data/{table}.jsonl"]
+        return dict(self.members)[member_name(table)]
 
     def manifest_bytes(self) -> bytes:
         return json.dumps(self.manifest, indent=1).encode()
@@ -252,7 +253,7 @@ class Archive:
     def replaced(self, table: str, data: bytes, recompute: bool) -> Archive:
         """This archive with one table's member replaced; its manifest entry recomputed
         (a forger's archive) or not (a damaged one)."""
-        name = f"data/{table}.jsonl"
+        name = member_name(table)
         manifest = json.loads(json.dumps(self.manifest))
         if recompute:
             entry = manifest["tables"][table]

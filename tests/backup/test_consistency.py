@@ -14,8 +14,9 @@ from backup_helpers import open_database
 from conftest import Node
 from sqlalchemy import insert
 
-from esc.backup.archive import ArchiveReader, decode_row
+from esc.backup.archive import ArchiveReader
 from esc.backup.compress import open_decompressed
+from esc.backup.copytext import split_row
 from esc.backup.dump import write_backup
 from esc.db.models import (
     Delivery,
@@ -147,7 +148,7 @@ def read_archive(path: Path) -> tuple[dict[str, int], dict[str, list[dict]]]:
             for member in reader.members():
                 columns = member.entry.columns
                 rows[member.table] = [
-                    dict(zip(columns, decode_row(line, member.table, len(columns)), strict=True))
+                    dict(zip(columns, split_row(line, len(columns)), strict=True))
                     for line in member.lines()
                 ]
         finally:

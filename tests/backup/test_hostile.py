@@ -80,14 +80,14 @@ def cut_in_half(good: Good) -> Path:
 
 def cut_mid_member(good: Good) -> Path:
     with tarfile.open(good.tar) as tar:
-        users = tar.getmember("data/users.jsonl")
+        users = tar.getmember("data/users.tsv")
         cut = users.offset_data + users.size // 2
     return _write(good.path("cut.tar"), good.tar.read_bytes()[:cut])
 
 
 def flip_data_bit(good: Good) -> Path:
     data = bytearray(good.archive.content("users"))
-    at = data.index(b'"admin"') + 2
+    at = data.index(b"admin\t") + 1
     data[at] ^= 0x01  # "admin" -> "aemin": still a valid row, not the same bytes
     altered = good.archive.replaced("users", bytes(data), recompute=False)
     return write_tar(good.path("flipped.tar"), altered.entries())
@@ -120,7 +120,7 @@ def first_member_as(replacement: Callable[[str, bytes], tuple]) -> Build:
 
     def build(good: Good) -> Path:
         entries = good.archive.entries()
-        entries[1] = replacement(f"data/{FIRST}.jsonl", good.archive.content(FIRST))
+        entries[1] = replacement(f"data/{FIRST}.tsv", good.archive.content(FIRST))
         return write_tar(good.path("replaced.tar"), entries)
 
     return build
@@ -133,7 +133,7 @@ def renamed(name: str) -> Build:
 def larger_than_manifest(good: Good) -> Path:
     entries = good.archive.entries()
     data = good.archive.content(FIRST)
-    entries[1] = regular(f"data/{FIRST}.jsonl", data + b'["x","y","2024-01-01T00:00:00"]\n')
+    entries[1] = regular(f"data/{FIRST}.tsv", data + b"x\ty\t2024-01-01 00:00:00+00\n")
     return write_tar(good.path("larger.tar"), entries)
 
 
@@ -149,7 +149,7 @@ def huge_member(manifest_allows: bool) -> Build:
             tables[FIRST]["bytes"] = MAX_MEMBER_BYTES
             archive.manifest["tables"] = tables
         head = tar_bytes(archive.entries()[:1])
-        header = huge_header(f"data/{FIRST}.jsonl", MAX_MEMBER_BYTES + 1)
+        header = huge_header(f"data/{FIRST}.tsv", MAX_MEMBER_BYTES + 1)
         body = padded(archive.content(FIRST))
         return _write(good.path("huge.tar"), head + header + body + end_of_archive())
 
@@ -163,7 +163,7 @@ def huge_manifest(good: Good) -> Path:
 
 
 def extra_member(good: Good) -> Path:
-    entries = [*good.archive.entries(), regular("data/zz_extra.jsonl", b'["x"]\n')]
+    entries = [*good.archive.entries(), regular("data/zz_extra.tsv", b"x\n")]
     return write_tar(good.path("extra.tar.xz"), entries, "xz")
 
 
@@ -178,8 +178,18 @@ def changed_rows(table: str, change: Callable[[bytes], bytes], name: str) -> Bui
     return build
 
 
-def not_an_array(data: bytes) -> bytes:
-    return data + b'{"name": "x", "value": "y", "updated_at": "2024-01-01T00:00:00+00:00"}\n'
+def one_value_short(data: bytes) -> bytes:
+    return data + b"x\ty\n"
+
+
+def end_of_copy_marker(data: bytes) -> bytes:
+    """COPY's end-of-data line before the last row: a server would stop reading there."""
+    lines = data.splitlines(keepends=True)
+    return b"".join([*lines[:-1], b"\\.\n", lines[-1]])
+
+
+def not_utf8(data: bytes) -> bytes:
+    return data + b"\xff\xfe\tvalue\t2024-01-01 00:00:00+00\n"
 
 
 def duplicated_first_row(data: bytes) -> bytes:
@@ -189,19 +199,19 @@ def duplicated_first_row(data: bytes) -> bytes:
 def bad_timestamp(value: bytes) -> Callable[[bytes], bytes]:
     def change(data: bytes) -> bytes:
         # tenants: [id, name, created_at]
-        return data + b'["00000000-0000-0000-0000-000000000001","forged",' + value + b"]\n"
+        return data + b"00000000-0000-0000-0000-000000000001\tforged\t" + value + b"\n"
 
     return change
 
 
 def script_with_text_timeout(data: bytes) -> bytes:
     # custom_scripts: [name, content, timeout, updated_at]; timeout is a float column.
-    return data + b'["x.sh","#!/bin/sh\\n","not a number","2026-01-01T00:00:00+00:00"]\n'
+    return data + b"x.sh\t#!/bin/sh\\n\tnot a number\t2026-01-01 00:00:00+00\n"
 
 
 def unknown_table(good: Good) -> Path:
     manifest = dict(good.archive.manifest)
-    data = b'["x"]\n'
+    data = b"x\n"
     manifest["tables"] = {
         **manifest["tables"],
         "evil": {
@@ -211,7 +221,7 @@ def unknown_table(good: Good) -> Path:
             "sha256": hashlib.sha256(data).hexdigest(),
         },
     }
-    forged = Archive(manifest, [*good.archive.members, ("data/evil.jsonl", data)])
+    forged = Archive(manifest, [*good.archive.members, ("data/evil.tsv", data)])
     return write_tar(good.path("unknowntable.tar"), forged.entries())
 
 
@@ -228,13 +238,13 @@ CASES: dict[str, tuple[Build, list[str]]] = {
         lambda g: _write(g.path("junk.tar.gz"), b"PK\x03\x04" + os.urandom(3000)),
         ["not a readable tar"],
     ),
-    "flipped-data-bit": (flip_data_bit, ["data/users.jsonl", "sha256"]),
+    "flipped-data-bit": (flip_data_bit, ["data/users.tsv", "sha256"]),
     "flipped-compressed-bit": (flip_compressed_bit, ["damaged"]),
     "missing-manifest": (no_manifest, ["unexpected member", "manifest.json"]),
     "manifest-not-json": (manifest_not_json, ["manifest.json", "not valid JSON"]),
     "unknown-format-version": (
         lambda g: with_manifest(g, "v99.tar.bz2", format_version=99),
-        ["format version 99", "reads version 1"],
+        ["format version 99", "reads versions 1 and 2"],
     ),
     "not-an-esc-manifest": (
         lambda g: with_manifest(g, "other.tar.bz2", format="other"),
@@ -259,24 +269,32 @@ CASES: dict[str, tuple[Build, list[str]]] = {
         first_member_as(lambda name, _: special(name, tarfile.FIFOTYPE)),
         ["is not a file", "only regular files"],
     ),
-    "larger-than-manifest": (larger_than_manifest, [f"data/{FIRST}.jsonl", "declares"]),
+    "larger-than-manifest": (larger_than_manifest, [f"data/{FIRST}.tsv", "declares"]),
     "huge-member": (huge_member(manifest_allows=False), ["declares", str(MAX_MEMBER_BYTES + 1)]),
     "huge-member-at-the-bound": (
         huge_member(manifest_allows=True),
         ["declares", f"more than the {MAX_MEMBER_BYTES} allowed"],
     ),
     "huge-manifest": (huge_manifest, ["manifest.json", "declares"]),
-    "extra-member": (extra_member, ["data/zz_extra.jsonl", "after the last table"]),
-    "row-not-an-array": (
-        changed_rows(FIRST, not_an_array, "notarray.tar.gz"),
-        [FIRST, "row"],
+    "extra-member": (extra_member, ["data/zz_extra.tsv", "after the last table"]),
+    "row-one-value-short": (
+        changed_rows(FIRST, one_value_short, "short.tar.gz"),
+        [f"data/{FIRST}.tsv", "altered"],
+    ),
+    "end-of-copy-marker": (
+        changed_rows(FIRST, end_of_copy_marker, "endmarker.tar.gz"),
+        [f"data/{FIRST}.tsv", "altered"],
+    ),
+    "not-utf8": (
+        changed_rows(FIRST, not_utf8, "notutf8.tar.gz"),
+        [f"data/{FIRST}.tsv", "altered"],
     ),
     "duplicate-row": (
         changed_rows("users", duplicated_first_row, "duplicate.tar.gz"),
         ["does not load"],
     ),
     "timestamp-not-a-timestamp": (
-        changed_rows("tenants", bad_timestamp(b'"not a timestamp"'), "badtime.tar.gz"),
+        changed_rows("tenants", bad_timestamp(b"not a timestamp"), "badtime.tar.gz"),
         ["altered"],
     ),
     "timestamp-a-number": (

@@ -153,20 +153,21 @@ def check_with_tar(archive: Path, suffix: str, tmp_path: Path) -> None:
         ["tar", "-tf", str(archive)], capture_output=True, text=True, timeout=30, check=True
     ).stdout.split()
     tables = [t.name for t in backed_up_tables()]
-    assert listed == ["manifest.json", *[f"data/{t}.jsonl" for t in tables]]
+    assert listed == ["manifest.json", *[f"data/{t}.tsv" for t in tables]]
 
     into = tmp_path / f"extracted{suffix}"
     into.mkdir()
     subprocess.run(["tar", EXTRACT[suffix], str(archive), "-C", str(into)], check=True, timeout=30)
     manifest = json.loads((into / "manifest.json").read_text())
-    assert manifest["format"] == "esc-backup" and manifest["format_version"] == 1
+    assert manifest["format"] == "esc-backup" and manifest["format_version"] == 2
     assert list(manifest["tables"]) == tables
     for table, entry in manifest["tables"].items():
-        data = (into / "data" / f"{table}.jsonl").read_bytes()
+        data = (into / "data" / f"{table}.tsv").read_bytes()
         assert len(data) == entry["bytes"]
         assert hashlib.sha256(data).hexdigest() == entry["sha256"]
         assert data.count(b"\n") == entry["rows"]
-        assert all(isinstance(json.loads(line), list) for line in data.splitlines())
+        width = len(entry["columns"])
+        assert all(len(line.split(b"\t")) == width for line in data.splitlines())
 
 
 def test_round_trip_every_compression(
