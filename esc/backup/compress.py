@@ -4,7 +4,8 @@ bzip2, gzip and xz all allow a file to be several compressed streams one
 after the other (`tar xjf`, `bunzip2`, `gunzip` read them whole). A writer
 cuts its data into chunks and compresses them in threads (the compressors
 release the GIL), so a backup is not bound to one core's bzip2 speed.
-The reader recognises the compression by content, not by file name.
+The reader recognises the compression by content, not by file name, and
+reads the streams of a multi-stream bzip2 file on every core too.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import bz2
 import collections
 import gzip
 import lzma
+import mmap
 import os
+import re
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO
@@ -68,6 +71,9 @@ class ParallelCompressedWriter:
 
 
 MAGIC = {b"BZh": "bz2", b"\x1f\x8b": "gz", b"\xfd7zXZ\x00": "xz"}
+# A bzip2 stream's header and its first block's magic: byte-aligned only where a stream
+# starts (blocks inside a stream are bit-aligned), so it finds the streams to read apart.
+BZ2_STREAM = re.compile(rb"BZh[1-9]1AY&SY")
 
 
 def open_decompressed(path: str) -> IO[bytes]:
@@ -76,9 +82,71 @@ def open_decompressed(path: str) -> IO[bytes]:
         head = probe.read(6)
     kind = next((k for magic, k in MAGIC.items() if head.startswith(magic)), "")
     if kind == "bz2":
+        starts = _bz2_streams(path)
+        if len(starts) > 1 and starts[0] == 0:
+            return ParallelBz2Reader(path, starts)  # type: ignore[return-value]
         return bz2.open(path, "rb")
     if kind == "gz":
         return gzip.open(path, "rb")
     if kind == "xz":
         return lzma.open(path, "rb")
     return open(path, "rb")
+
+
+def _bz2_streams(path: str) -> list[int]:
+    with open(path, "rb") as file:
+        if os.fstat(file.fileno()).st_size == 0:
+            return []
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return [match.start() for match in BZ2_STREAM.finditer(data)]
+
+
+def _decompress_stream(piece: bytes) -> bytes:
+    decompressor = bz2.BZ2Decompressor()
+    data = decompressor.decompress(piece)
+    if not decompressor.eof:
+        raise EOFError("the bzip2 data is truncated")
+    if decompressor.unused_data:
+        raise OSError("the bzip2 data is damaged (garbage after a stream)")
+    return data
+
+
+class ParallelBz2Reader:
+    """A multi-stream bzip2 file (as ParallelCompressedWriter writes it) read on every
+    core: bzip2 decompresses at about 30 MB/s a core, the slowest part of a restore.
+    A read-only binary file-like object; read() returns at most `size` bytes."""
+
+    def __init__(self, path: str, starts: list[int], workers: int | None = None) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        size = os.fstat(self._file.fileno()).st_size
+        self._pieces = collections.deque(zip(starts, [*starts[1:], size], strict=True))
+        self._workers = workers or max(1, min(4, os.cpu_count() or 1))
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="decompress")
+        self._pending: collections.deque[Future[bytes]] = collections.deque()
+        self._buffer = memoryview(b"")
+
+    def _submit(self) -> None:
+        # Bounded memory: at most two decompressed streams per worker ahead of the reader.
+        while self._pieces and len(self._pending) < 2 * self._workers:
+            start, end = self._pieces.popleft()
+            self._file.seek(start)
+            self._pending.append(
+                self._pool.submit(_decompress_stream, self._file.read(end - start))
+            )
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._buffer:
+            self._submit()
+            if not self._pending:
+                return b""
+            self._buffer = memoryview(self._pending.popleft().result())
+        if size < 0 or size >= len(self._buffer):
+            size = len(self._buffer)
+        chunk, self._buffer = self._buffer[:size], self._buffer[size:]
+        return bytes(chunk)
+
+    def close(self) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._pool.shutdown(cancel_futures=True)
+        self._file.close()
