@@ -188,6 +188,10 @@ def end_of_copy_marker(data: bytes) -> bytes:
     return b"".join([*lines[:-1], b"\\.\n", lines[-1]])
 
 
+def last_row_unended(data: bytes) -> bytes:
+    return data + b"x\ty\t2024-01-01 00:00:00+00"
+
+
 def not_utf8(data: bytes) -> bytes:
     return data + b"\xff\xfe\tvalue\t2024-01-01 00:00:00+00\n"
 
@@ -284,6 +288,10 @@ CASES: dict[str, tuple[Build, list[str]]] = {
     "end-of-copy-marker": (
         changed_rows(FIRST, end_of_copy_marker, "endmarker.tar.gz"),
         [f"data/{FIRST}.tsv", "altered"],
+    ),
+    "last-row-without-end-of-line": (
+        changed_rows(FIRST, last_row_unended, "unended.tar.gz"),
+        [f"data/{FIRST}.tsv", "no end of line"],
     ),
     "not-utf8": (
         changed_rows(FIRST, not_utf8, "notutf8.tar.gz"),
