@@ -36,6 +36,25 @@ BACKENDS = ["sqlite", "postgresql"]
 ESCADM = str(Path(sys.executable).with_name("escadm"))
 
 
+def escadm(
+    *args: str, home: Path, timeout: float = 120, check: bool = False
+) -> subprocess.CompletedProcess:
+    """`escadm ARGS --home HOME` as an operator runs it; check: it must succeed."""
+    result = subprocess.run(
+        [ESCADM, *args, "--home", str(home)], capture_output=True, text=True, timeout=timeout
+    )
+    if check:
+        assert result.returncode == 0, (
+            f"escadm {' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
+        )
+    return result
+
+
+def escadm_ok(*args: str, home: Path, timeout: float = 120) -> str:
+    """The output of an escadm command that must succeed."""
+    return escadm(*args, home=home, timeout=timeout, check=True).stdout
+
+
 def need(reason: str | None) -> None:
     """Skip outside CI when a real component is missing; in CI that is a failure."""
     if reason is None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import subprocess
 import tarfile
 import uuid
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ESCADM, Node, fast_settings
+from conftest import Node, fast_settings
 from sqlalchemy import DateTime, MetaData, create_engine, select, text
 from sqlalchemy.engine import make_url
 
@@ -37,12 +36,6 @@ def backend_of(node: Node) -> str:
 
 def url_of(node: Node) -> str:
     return node.home.database_url(node.settings)
-
-
-def escadm(*args: str, home: Path, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [ESCADM, *args, "--home", str(home)], capture_output=True, text=True, timeout=timeout
-    )
 
 
 # More nodes -----------------------------------------------------------------------

@@ -17,7 +17,6 @@ from backup_helpers import (
     Archive,
     DatabaseState,
     end_of_archive,
-    escadm,
     huge_header,
     open_database,
     padded,
@@ -27,7 +26,7 @@ from backup_helpers import (
     url_of,
     write_tar,
 )
-from conftest import Node
+from conftest import Node, escadm
 
 from esc.backup.archive import MAX_MANIFEST_BYTES, MAX_MEMBER_BYTES
 from esc.backup.dump import write_backup

@@ -17,7 +17,6 @@ from backup_helpers import (
     aside_tables,
     backend_of,
     checkpoint,
-    escadm,
     make_node_fixture,  # noqa: F401 - the make_node fixture
     open_database,
     schemas,
@@ -27,7 +26,7 @@ from backup_helpers import (
     user_hash,
     without_local_account,
 )
-from conftest import ESCADM, Node
+from conftest import ESCADM, Node, escadm
 from sqlalchemy.engine import make_url
 
 from esc.backup.dump import write_backup

@@ -4,19 +4,12 @@ real CLI against a real node, and the mode surviving a restart."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ESCADM, free_port, kill_vms, slow_boot_descriptor
+from conftest import escadm, free_port, kill_vms, slow_boot_descriptor
 
 from esc.config import NodeHome
-
-
-def escadm(*args: str, home: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [ESCADM, *args, "--home", str(home)], capture_output=True, text=True, timeout=120
-    )
 
 
 @pytest.fixture

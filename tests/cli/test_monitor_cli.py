@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,23 +16,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import BACKENDS, ESCADM, free_port, kill_vms, live_vm_processes, wait_for
+from conftest import (
+    BACKENDS,
+    escadm,
+    escadm_ok,
+    free_port,
+    kill_vms,
+    live_vm_processes,
+    wait_for,
+)
 
 from esc.config import NodeHome
 
 MONA_LINE = re.compile(r"mona \(pgid (\d+)\) is running")
-
-
-def escadm(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [ESCADM, *args, "--home", str(home)], capture_output=True, text=True, timeout=timeout
-    )
-
-
-def ok(*args: str, home: Path) -> str:
-    result = escadm(*args, home=home)
-    assert result.returncode == 0, f"escadm {args}: {result.stdout}{result.stderr}"
-    return result.stdout
 
 
 @dataclass
@@ -73,7 +68,7 @@ def running(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningN
             if postgres is not None:
                 databases.append(f"esc_{uuid.uuid4().hex[:12]}")
                 options += ["--db-url", postgres.create_database(databases[-1])]
-            init = json.loads(ok("init", *options, home=home))
+            init = json.loads(escadm_ok("init", *options, home=home))
             started = escadm("start", home=home)
             if started.returncode == 0:
                 assert started.stdout == "ESC started\n"
@@ -103,67 +98,69 @@ def services(home: Path) -> dict[str, dict]:
 @pytest.mark.slow
 def test_status_lists_mona_and_monitor_start_stop(running: RunningNode) -> None:
     home = running.home
-    verbose = ok("status", "--v", home=home).splitlines()
+    verbose = escadm_ok("status", "--v", home=home).splitlines()
     assert re.fullmatch(r"escmanager \(pgid \d+\) is running", verbose[0]), verbose
     (mona_pgid,) = [int(m.group(1)) for line in verbose if (m := MONA_LINE.fullmatch(line))]
     assert verbose[-1] == "ESC status=0 ESC Standalone Healthy"
     assert services(home)["mona"]["pgid"] == mona_pgid
 
-    shown = ok("monitor", "status", home=home).splitlines()
+    shown = escadm_ok("monitor", "status", home=home).splitlines()
     assert shown[:2] == ["Monitor = RUNNING", f"mona (pgid {mona_pgid}) is running"]
-    view = json.loads(ok("monitor", "status", "--json", home=home))
+    view = json.loads(escadm_ok("monitor", "status", "--json", home=home))
     assert view["mode"] == "RUNNING" and view["op_mode"] == "OPERATION"
     assert view["service"]["running"] and view["service"]["pgid"] == mona_pgid
 
-    stopped = ok("monitor", "stop", home=home)
+    stopped = escadm_ok("monitor", "stop", home=home)
     assert stopped.startswith("Set monitor to STOPPED\nMonitor = STOPPED\n"), stopped
-    assert ok("monitor", "status", home=home).startswith("Monitor = STOPPED\n")
+    assert escadm_ok("monitor", "status", home=home).startswith("Monitor = STOPPED\n")
     # MONA itself sees the stop at its next refresh and says it is paused.
     wait_for(
-        lambda: "paused: monitoring is stopped" in ok("monitor", "status", home=home),
+        lambda: "paused: monitoring is stopped" in escadm_ok("monitor", "status", home=home),
         10,
         "mona reports the pause",
     )
-    assert json.loads(ok("monitor", "stop", "--json", home=home))["mode"] == "STOPPED"
+    assert json.loads(escadm_ok("monitor", "stop", "--json", home=home))["mode"] == "STOPPED"
 
     # The stop outlives a restart of the node.
-    assert ok("restart", home=home) == "ESC restarted\n"
-    assert ok("monitor", "status", home=home).startswith("Monitor = STOPPED\n")
+    assert escadm_ok("restart", home=home) == "ESC restarted\n"
+    assert escadm_ok("monitor", "status", home=home).startswith("Monitor = STOPPED\n")
 
-    started = ok("monitor", "start", home=home)
+    started = escadm_ok("monitor", "start", home=home)
     assert started.startswith("Set monitor to RUNNING\nMonitor = RUNNING\n"), started
     assert MONA_LINE.fullmatch(started.splitlines()[2])
-    wait_for(lambda: "paused:" not in ok("monitor", "status", home=home), 10, "mona watches again")
+    wait_for(
+        lambda: "paused:" not in escadm_ok("monitor", "status", home=home), 10, "mona watches again"
+    )
 
 
 @pytest.mark.slow
 def test_script_import_list_show_remove(running: RunningNode, tmp_path: Path) -> None:
     home = running.home
-    assert ok("script", "list", home=home) == "No custom scripts\n"
+    assert escadm_ok("script", "list", home=home) == "No custom scripts\n"
     content = '#!/bin/sh\n# café ✓\necho "$ESC_VM_ID booted" >> /tmp/booted.log\n\n'
     file = tmp_path / "servicebooted.sh"
     file.write_text(content)
 
-    imported = ok("script", "import", str(file), "--timeout", "5", home=home)
+    imported = escadm_ok("script", "import", str(file), "--timeout", "5", home=home)
     size = len(content.encode())
     assert imported == f"script servicebooted.sh stored ({size} bytes, timeout 5 s)\n"
-    listed = ok("script", "list", home=home)
+    listed = escadm_ok("script", "list", home=home)
     assert re.fullmatch(rf"servicebooted\.sh +{size} bytes  timeout 5 s\n", listed), listed
-    assert ok("script", "show", "servicebooted.sh", home=home) == content
-    shown = json.loads(ok("script", "show", "servicebooted.sh", "--json", home=home))
+    assert escadm_ok("script", "show", "servicebooted.sh", home=home) == content
+    shown = json.loads(escadm_ok("script", "show", "servicebooted.sh", "--json", home=home))
     assert (shown["content"], shown["timeout"], shown["size"]) == (content, 5, size)
 
     # Imported under another name, with the default timeout; a new import replaces it.
-    ok("script", "import", str(file), "--name", "other.sh", home=home)
-    assert json.loads(ok("script", "list", "--json", home=home))[0]["name"] == "other.sh"
+    escadm_ok("script", "import", str(file), "--name", "other.sh", home=home)
+    assert json.loads(escadm_ok("script", "list", "--json", home=home))[0]["name"] == "other.sh"
     file.write_text("#!/bin/sh\nexit 0")
-    ok("script", "import", str(file), "--name", "other.sh", "--timeout", "60", home=home)
-    assert ok("script", "show", "other.sh", home=home) == "#!/bin/sh\nexit 0"
+    escadm_ok("script", "import", str(file), "--name", "other.sh", "--timeout", "60", home=home)
+    assert escadm_ok("script", "show", "other.sh", home=home) == "#!/bin/sh\nexit 0"
 
-    assert ok("script", "remove", "servicebooted.sh", home=home) == (
+    assert escadm_ok("script", "remove", "servicebooted.sh", home=home) == (
         "script servicebooted.sh removed\n"
     )
-    assert [r["name"] for r in json.loads(ok("script", "list", "--json", home=home))] == [
+    assert [r["name"] for r in json.loads(escadm_ok("script", "list", "--json", home=home))] == [
         "other.sh"
     ]
     gone = escadm("script", "show", "servicebooted.sh", home=home)
@@ -196,7 +193,7 @@ def test_bad_scripts_are_refused_with_the_reason(running: RunningNode, tmp_path:
     missing = escadm("script", "import", str(tmp_path / "nope.sh"), home=home)
     assert missing.returncode != 0 and "nope.sh" in missing.stderr
 
-    assert ok("script", "list", home=home) == "No custom scripts\n"
+    assert escadm_ok("script", "list", home=home) == "No custom scripts\n"
 
 
 @pytest.mark.slow
@@ -210,7 +207,7 @@ def test_a_timeout_that_is_not_a_number_is_refused_with_a_message(
         assert refused.returncode != 0
         assert "Traceback" not in refused.stderr, refused.stderr
         assert "timeout" in refused.stderr, refused.stderr
-    assert ok("script", "list", home=running.home) == "No custom scripts\n"
+    assert escadm_ok("script", "list", home=running.home) == "No custom scripts\n"
 
 
 # recovery across a node restart ----------------------------------------------------
@@ -252,9 +249,9 @@ def test_a_restart_mid_recovery_does_not_recover_twice(
     home = running.home
     file = tmp_path / "once.yaml"
     file.write_text(ONCE)
-    deployed = ok("deployment", "deploy", str(file), home=home)
+    deployed = escadm_ok("deployment", "deploy", str(file), home=home)
     assert deployed.rstrip().endswith("DEPLOY ops/once: SUCCESS"), deployed
-    shown = json.loads(ok("deployment", "show", "once", "--json", home=home))
+    shown = json.loads(escadm_ok("deployment", "show", "once", "--json", home=home))
     (vm,) = shown["vm_groups"][0]["vms"]
     wait_for(
         lambda: (
@@ -270,7 +267,7 @@ def test_a_restart_mid_recovery_does_not_recover_twice(
     (tx,) = wait_for(lambda: recover_txs(running), 15, "a VM_RECOVER transaction")
     # The rebooted VM answers only after 2 s: the restart comes while the recovery runs.
     assert tx["automatic"] and tx["state"] in ("QUEUED", "IN_PROGRESS"), tx
-    assert ok("restart", home=home) == "ESC restarted\n"
+    assert escadm_ok("restart", home=home) == "ESC restarted\n"
 
     wait_for(
         lambda: [t["state"] for t in recover_txs(running)] in (["SUCCESS"], ["FAILED"]),
@@ -285,9 +282,9 @@ def test_a_restart_mid_recovery_does_not_recover_twice(
     assert len(inits) == 1 and inits[0]["vm_id"] == vm["id"], inits
     assert len([e for e in events if e["type"] == "VM_RECOVERY_COMPLETE"]) == 1
     assert len(vm_processes(home, vm["id"])) == 1
-    again = json.loads(ok("deployment", "show", "once", "--json", home=home))
+    again = json.loads(escadm_ok("deployment", "show", "once", "--json", home=home))
     assert again["status"] == "ACTIVE" and again["vm_groups"][0]["vms"][0]["state"] == "ALIVE"
-    assert ok("ip_trans", home=home) == "No in-progress transactions\n"
+    assert escadm_ok("ip_trans", home=home) == "No in-progress transactions\n"
 
 
 @pytest.mark.slow
@@ -305,7 +302,7 @@ def test_supervisor_restarts_a_killed_mona(running: RunningNode) -> None:
         "a new mona",
     )
     assert after["pgid"] == after["pid"] != before["pgid"]
-    shown = ok("monitor", "status", home=home).splitlines()
+    shown = escadm_ok("monitor", "status", home=home).splitlines()
     assert shown[:2] == ["Monitor = RUNNING", f"mona (pgid {after['pgid']}) is running"]
     # The new mona reports in its own name.
     wait_for(
@@ -315,4 +312,4 @@ def test_supervisor_restarts_a_killed_mona(running: RunningNode) -> None:
         10,
         "the new mona's status",
     )
-    assert ok("status", home=home) == "ESC status=0 ESC Standalone Healthy\n"
+    assert escadm_ok("status", home=home) == "ESC status=0 ESC Standalone Healthy\n"

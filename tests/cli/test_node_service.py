@@ -13,19 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ESCADM, free_port
+from conftest import ESCADM, escadm, free_port
 
 from esc import __version__
 from esc.config import NodeHome
 from esc.node.control import live_record
 
 ESC_VERSION = str(Path(ESCADM).with_name("esc_version"))
-
-
-def escadm(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [ESCADM, *args, "--home", str(home)], capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.fixture

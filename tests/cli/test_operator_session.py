@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import tarfile
 import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ESCADM, free_port, kill_vms, live_vm_processes
+from conftest import escadm, escadm_ok, free_port, kill_vms, live_vm_processes
 from pg_server import PostgresServer
 
 from esc.config import NodeHome
@@ -20,39 +19,29 @@ from esc.db.migrate import head_revision
 ROOT = Path(__file__).parents[2]
 
 
-def escadm(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [ESCADM, *args, "--home", str(home)], capture_output=True, text=True, timeout=timeout
-    )
-
-
-def ok(*args: str, home: Path) -> str:
-    result = escadm(*args, home=home)
-    assert result.returncode == 0, f"escadm {args}: {result.stdout}{result.stderr}"
-    return result.stdout
-
-
 @pytest.mark.slow
 def test_newcomer_session(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    init = ok("init", "--api-port", str(free_port()), home=home)
+    init = escadm_ok("init", "--api-port", str(free_port()), home=home)
     assert "admin password (shown only this once):" in init
     try:
-        assert ok("start", home=home) == "ESC started\n"
-        assert ok("status", home=home) == "ESC status=0 ESC Standalone Healthy\n"
-        verbose = ok("status", "--v", home=home).splitlines()
+        assert escadm_ok("start", home=home) == "ESC started\n"
+        assert escadm_ok("status", home=home) == "ESC status=0 ESC Standalone Healthy\n"
+        verbose = escadm_ok("status", "--v", home=home).splitlines()
         assert re.fullmatch(r"escmanager \(pgid \d+\) is running", verbose[0])
         assert re.fullmatch(r"mona \(pgid \d+\) is running", verbose[1])
         assert verbose[2] == "ESC status=0 ESC Standalone Healthy"
-        deployed = ok("deployment", "deploy", str(ROOT / "examples" / "deployment.yaml"), home=home)
+        deployed = escadm_ok(
+            "deployment", "deploy", str(ROOT / "examples" / "deployment.yaml"), home=home
+        )
         assert deployed.rstrip().endswith("DEPLOY demo/web: SUCCESS")
         assert len(live_vm_processes(NodeHome(home))) == 3
-        assert ok("health", home=home) == "ESC HEALTH PASSED\n"
-        assert ok("op_mode", "set", "--mode=maintenance", home=home) == (
+        assert escadm_ok("health", home=home) == "ESC HEALTH PASSED\n"
+        assert escadm_ok("op_mode", "set", "--mode=maintenance", home=home) == (
             "Set mode to MAINTENANCE\nOperation Mode = MAINTENANCE\n"
         )
-        assert ok("ip_trans", home=home) == "No in-progress transactions\n"
-        assert ok("stop", home=home) == "ESC stopped\n"
+        assert escadm_ok("ip_trans", home=home) == "No in-progress transactions\n"
+        assert escadm_ok("stop", home=home) == "ESC stopped\n"
         stopped = escadm("status", home=home)
         assert (stopped.returncode, stopped.stdout) == (3, "ESC status=0 ESC is stopped\n")
         assert len(live_vm_processes(NodeHome(home))) == 3  # VMs outlive the controller
@@ -70,7 +59,7 @@ def test_log_collect_archive_has_logs_and_no_secret(
     url = postgres.create_database(name).replace("postgres@", f"postgres:{db_password}@")
     home = tmp_path / "home"
     init = json.loads(
-        ok("init", "--api-port", str(free_port()), "--db-url", url, "--json", home=home)
+        escadm_ok("init", "--api-port", str(free_port()), "--db-url", url, "--json", home=home)
     )
     secrets = [
         db_password,
@@ -78,11 +67,11 @@ def test_log_collect_archive_has_logs_and_no_secret(
         (home / "data" / "escadm.credential").read_text().strip(),
     ]
     try:
-        ok("start", home=home)
-        ok("deployment", "deploy", str(ROOT / "examples" / "deployment.yaml"), home=home)
+        escadm_ok("start", home=home)
+        escadm_ok("deployment", "deploy", str(ROOT / "examples" / "deployment.yaml"), home=home)
         out_dir = tmp_path / "collected"
         out_dir.mkdir()
-        path = Path(ok("log", "collect", "--dir", str(out_dir), home=home).strip())
+        path = Path(escadm_ok("log", "collect", "--dir", str(out_dir), home=home).strip())
         assert re.fullmatch(r"esc_log-\d{14}\.tar\.bz2", path.name)
         assert path.parent == out_dir and (path.stat().st_mode & 0o777) == 0o600
         with tarfile.open(path) as archive:
@@ -114,7 +103,7 @@ def test_log_collect_archive_has_logs_and_no_secret(
 
 def test_log_collect_into_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    ok("init", home=home)
+    escadm_ok("init", home=home)
     result = escadm("log", "collect", "--dir", str(tmp_path / "nope"), home=home)
     assert result.returncode == 2 and "is not a directory" in result.stderr
 
@@ -122,7 +111,7 @@ def test_log_collect_into_a_missing_directory_is_a_clear_error(tmp_path: Path) -
 @pytest.mark.slow
 def test_stop_during_a_transaction_then_start(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    ok("init", "--api-port", str(free_port()), home=home)
+    escadm_ok("init", "--api-port", str(free_port()), home=home)
     descriptor = tmp_path / "slow.yaml"
     descriptor.write_text("""
 tenant: ops
@@ -133,17 +122,17 @@ deployment:
        scaling: {min_active: 3, max_active: 3}}
 """)
     try:
-        ok("start", home=home)
+        escadm_ok("start", home=home)
         accepted = json.loads(
-            ok("deployment", "deploy", str(descriptor), "--no-wait", "--json", home=home)
+            escadm_ok("deployment", "deploy", str(descriptor), "--no-wait", "--json", home=home)
         )
-        assert accepted["transaction_id"] in ok("ip_trans", home=home)
-        assert ok("stop", home=home) == "ESC stopped\n"
-        ok("start", home=home)
-        assert ok("ip_trans", "--wait", "--timeout", "60", home=home) == (
+        assert accepted["transaction_id"] in escadm_ok("ip_trans", home=home)
+        assert escadm_ok("stop", home=home) == "ESC stopped\n"
+        escadm_ok("start", home=home)
+        assert escadm_ok("ip_trans", "--wait", "--timeout", "60", home=home) == (
             "No in-progress transactions\n"
         )
-        shown = json.loads(ok("deployment", "show", "slow", "--json", home=home))
+        shown = json.loads(escadm_ok("deployment", "show", "slow", "--json", home=home))
         assert shown["status"] == "ACTIVE"
         vm_ids = {vm["id"] for group in shown["vm_groups"] for vm in group["vms"]}
         running = [
