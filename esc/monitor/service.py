@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import signal
 import threading
 
-from esc.config import NodeHome
 from esc.db.session import Database
 from esc.monitor.mona import run_mona
-from esc.node.logs import setup_service_logging
+from esc.node.logs import service_home
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="ESC mona service (monitoring and recovery)")
-    parser.add_argument("--home", required=True)
-    home = NodeHome.resolve(parser.parse_args().home)
+    home = service_home("mona", "ESC mona service (monitoring and recovery)")
     settings = home.load()
-    setup_service_logging(home, "mona", to_stderr=False, tagged=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

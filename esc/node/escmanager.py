@@ -54,16 +54,10 @@ def serve(home: NodeHome, settings: Settings, *, with_mona: bool = False) -> Non
 
 def main() -> int:
     """`python -m esc.node.escmanager --home H`: how the supervisor runs the service."""
-    import argparse
+    from esc.node.logs import service_home
 
-    from esc.node.logs import setup_service_logging
-
-    parser = argparse.ArgumentParser(description="ESC escmanager service")
-    parser.add_argument("--home", required=True)
-    home = NodeHome.resolve(parser.parse_args().home)
-    settings = home.load()
-    setup_service_logging(home, "escmanager", to_stderr=False, tagged=True)
-    serve(home, settings)
+    home = service_home("escmanager", "ESC escmanager service")
+    serve(home, home.load())
     return 0
 
 

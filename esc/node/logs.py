@@ -1,7 +1,8 @@
-"""Logging of a node's service to log/<service>.log, rotated."""
+"""Logging of a node's service to log/<service>.log, rotated; a service's start."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import logging.handlers
 import sys
@@ -33,3 +34,13 @@ def setup_service_logging(
     # Alembic announces its context at every revision lookup (each health check);
     # the controller logs what a migration changed itself.
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+
+
+def service_home(service: str, description: str, *, tagged: bool = True) -> NodeHome:
+    """How a service process starts (`python -m … --home H`, as the supervisor runs it):
+    its home from the command line, its log set up."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--home", required=True)
+    home = NodeHome.resolve(parser.parse_args().home)
+    setup_service_logging(home, service, to_stderr=False, tagged=tagged)
+    return home

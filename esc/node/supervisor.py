@@ -10,7 +10,6 @@ join in later releases.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -22,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from esc.config import NodeHome
-from esc.node.logs import setup_service_logging
+from esc.node.logs import service_home
 from esc.node.processes import (
     SERVICE_MODULES,
     SUPERVISOR,
@@ -131,10 +130,7 @@ class Supervisor:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="ESC node supervisor (started by escadm start)")
-    parser.add_argument("--home", required=True)
-    home = NodeHome.resolve(parser.parse_args().home)
-    setup_service_logging(home, SUPERVISOR, to_stderr=False)
+    home = service_home(SUPERVISOR, "ESC node supervisor (started by escadm start)", tagged=False)
     return Supervisor(home).run()
 
 
