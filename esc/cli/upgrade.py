@@ -135,7 +135,7 @@ def backup_restore_command(wheel: Path, venv: Path | None, home: NodeHome, as_js
     with the same esc.toml, restore, move the VMs' instances over (the VMs keep
     running), start, check health and version, operation mode. The old home is
     kept as HOME.rollback for `escadm upgrade rollback`. Exit 0 upgraded,
-    1 refused or a step failed (what to do is printed).
+    1 refused or a step failed (what to do is printed), 2 no such WHEEL.
     """
     from esc.upgrade.backup_restore import UpgradeError, upgrade
 
