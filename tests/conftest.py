@@ -14,12 +14,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import DateTime, MetaData, create_engine, select
 
 from esc.api.app import create_app
 from esc.config import MonitorSettings, NodeHome, Settings
@@ -27,6 +30,7 @@ from esc.engine.controller import Controller
 from esc.monitor.mona import run_mona
 from esc.node.processes import ProcessRecord, remove_record, write_record
 from esc.node.setup import init_node
+from esc.security import LOCAL_USER
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pg_server import PostgresServer, availability
@@ -361,3 +365,45 @@ deployment:
         - event_name: VM_ALIVE
           actions: {json.dumps(list(actions))}
 """
+
+
+# Every row of every table ---------------------------------------------------------
+
+Rows = dict[str, list[dict[str, Any]]]
+
+
+def _plain(value: Any) -> Any:
+    """Backend-neutral: timestamps as aware UTC (SQLite keeps them naive)."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value
+
+
+def all_rows(url: str) -> Rows:
+    """Every table as the database has it (reflected), rows ordered by primary key."""
+    engine = create_engine(url)
+    try:
+        metadata = MetaData()
+        metadata.reflect(engine)
+        found: Rows = {}
+        with engine.connect() as connection:
+            for table in metadata.sorted_tables:
+                names = [c.name for c in table.columns]
+                moments = [i for i, c in enumerate(table.columns) if isinstance(c.type, DateTime)]
+                rows = []
+                for row in connection.execute(select(table)):
+                    values = list(row)
+                    for i in moments:
+                        values[i] = _plain(values[i])
+                    rows.append(dict(zip(names, values, strict=True)))
+                keys = [c.name for c in (table.primary_key.columns or table.columns)]
+                found[table.name] = sorted(rows, key=lambda r, k=keys: [r[c] for c in k])
+        return found
+    finally:
+        engine.dispose()
+
+
+def without_local_account(rows: Rows) -> Rows:
+    copy = dict(rows)
+    copy["users"] = [r for r in rows["users"] if r["name"] != LOCAL_USER]
+    return copy

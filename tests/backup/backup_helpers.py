@@ -11,13 +11,12 @@ import tarfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Node, fast_settings
-from sqlalchemy import DateTime, MetaData, create_engine, select, text
+from conftest import Node, Rows, all_rows, fast_settings
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from esc.backup.archive import member_name
@@ -25,9 +24,6 @@ from esc.backup.restore import ASIDE_SCHEMA, ASIDE_SUFFIX
 from esc.config import NodeHome
 from esc.db.session import Database
 from esc.node.setup import init_node
-from esc.security import LOCAL_USER
-
-Rows = dict[str, list[dict[str, Any]]]
 
 
 def backend_of(node: Node) -> str:
@@ -75,46 +71,6 @@ def make_node_fixture(tmp_path: Path, request: pytest.FixtureRequest) -> Iterato
     maker = NodeMaker(tmp_path, request)
     yield maker
     maker.cleanup()
-
-
-# Every row of every table -----------------------------------------------------------
-
-
-def _plain(value: Any) -> Any:
-    """Backend-neutral: timestamps as aware UTC (SQLite keeps them naive)."""
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return value
-
-
-def all_rows(url: str) -> Rows:
-    """Every table as the database has it (reflected), rows ordered by primary key."""
-    engine = create_engine(url)
-    try:
-        metadata = MetaData()
-        metadata.reflect(engine)
-        found: Rows = {}
-        with engine.connect() as connection:
-            for table in metadata.sorted_tables:
-                names = [c.name for c in table.columns]
-                moments = [i for i, c in enumerate(table.columns) if isinstance(c.type, DateTime)]
-                rows = []
-                for row in connection.execute(select(table)):
-                    values = list(row)
-                    for i in moments:
-                        values[i] = _plain(values[i])
-                    rows.append(dict(zip(names, values, strict=True)))
-                keys = [c.name for c in (table.primary_key.columns or table.columns)]
-                found[table.name] = sorted(rows, key=lambda r, k=keys: [r[c] for c in k])
-        return found
-    finally:
-        engine.dispose()
-
-
-def without_local_account(rows: Rows) -> Rows:
-    copy = dict(rows)
-    copy["users"] = [r for r in rows["users"] if r["name"] != LOCAL_USER]
-    return copy
 
 
 def user_hash(url: str, name: str) -> str:

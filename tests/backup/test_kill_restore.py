@@ -13,7 +13,6 @@ from pathlib import Path
 
 import psycopg
 from backup_helpers import (
-    all_rows,
     aside_tables,
     backend_of,
     checkpoint,
@@ -24,9 +23,8 @@ from backup_helpers import (
     sqlite_path,
     url_of,
     user_hash,
-    without_local_account,
 )
-from conftest import ESCADM, Node, escadm
+from conftest import ESCADM, Node, all_rows, escadm, without_local_account
 from sqlalchemy.engine import make_url
 
 from esc.backup.dump import write_backup

@@ -11,16 +11,14 @@ import subprocess
 from pathlib import Path
 
 from backup_helpers import (
-    all_rows,
     backend_of,
     make_node_fixture,  # noqa: F401 - the make_node fixture
     schemas,
     sqlite_aside,
     url_of,
     user_hash,
-    without_local_account,
 )
-from conftest import Node, wait_transaction
+from conftest import Node, all_rows, wait_transaction, without_local_account
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
