@@ -40,7 +40,11 @@ class Controller:
         self.db = Database(home.database_url(settings))
         self.vim = load_driver(settings.vim.driver, home.vim_location(settings))
         self.executor = Executor(
-            self.db, self.vim, settings.engine.workers, settings.engine.max_resumes
+            self.db,
+            self.vim,
+            settings.engine.workers,
+            settings.engine.max_resumes,
+            node=settings.node.name,
         )
         self.notifier = Notifier(self.db, settings.notifications)
         self.stage = STAGE_INIT
