@@ -17,7 +17,8 @@ timeout). Taking one over counts as a resume.
 Every engine write made for a claim is fenced (`fenced_write`): it checks,
 in the same database transaction, that the transaction is still held by
 this owner at this epoch, and raises NotOwner otherwise; VIM calls are
-checked the same way before they are made (`check`). So an executor that
+checked the same way before they are made (`check_current`, by
+esc.engine.step_vim). So an executor that
 was presumed dead and then woke up changes nothing.
 
 High availability builds its leadership on this module: an owner's role
@@ -42,7 +43,6 @@ from sqlalchemy.orm import Session
 
 from esc.db.models import ExecutorOwner, Transaction, TransactionState, new_id, utcnow
 from esc.db.session import Database
-from esc.vim.base import InstanceStatus, VimDriver, VmSpec
 
 log = logging.getLogger(__name__)
 
@@ -234,49 +234,3 @@ def fenced_write(db: Database, claim: Claim) -> Iterator[Session]:
     with db.write() as session:
         check(session, claim)
         yield session
-
-
-class FencedVim(VimDriver):
-    """A driver whose changing calls are made only while `claim` is current."""
-
-    def __init__(self, vim: VimDriver, db: Database, claim: Claim) -> None:
-        self.inner, self.db, self.claim = vim, db, claim
-        self.name = vim.name  # type: ignore[misc]
-
-    def _checked(self) -> VimDriver:
-        check_current(self.db, self.claim)
-        return self.inner
-
-    def create_vm(self, spec: VmSpec) -> InstanceStatus:
-        return self._checked().create_vm(spec)
-
-    def start_vm(self, vm_id: str) -> InstanceStatus:
-        return self._checked().start_vm(vm_id)
-
-    def stop_vm(self, vm_id: str) -> InstanceStatus:
-        return self._checked().stop_vm(vm_id)
-
-    def reboot_vm(self, vm_id: str) -> InstanceStatus:
-        return self._checked().reboot_vm(vm_id)
-
-    def delete_vm(self, vm_id: str) -> None:
-        self._checked().delete_vm(vm_id)
-
-    # Queries change nothing: not fenced.
-    def validate_image(self, image: str) -> None:
-        self.inner.validate_image(image)
-
-    def validate_flavor(self, flavor: str) -> None:
-        self.inner.validate_flavor(flavor)
-
-    def status(self, vm_id: str) -> InstanceStatus:
-        return self.inner.status(vm_id)
-
-    def is_alive(self, vm_id: str) -> bool:
-        return self.inner.is_alive(vm_id)
-
-    def list_instances(self) -> list[str]:
-        return self.inner.list_instances()
-
-    def check(self) -> None:
-        self.inner.check()

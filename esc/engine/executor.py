@@ -23,12 +23,14 @@ import time
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from esc.config import EngineSettings
 from esc.db.models import Transaction, TransactionState, Vm, utcnow
 from esc.db.session import Database
-from esc.engine.claims import HEARTBEAT_INTERVAL, Claim, Claimant, FencedVim, NotOwner, fenced_write
+from esc.engine.claims import HEARTBEAT_INTERVAL, Claim, Claimant, NotOwner, fenced_write
 from esc.engine.operations import OPERATIONS, Interrupted, OperationFailed, StepContext
+from esc.engine.step_vim import RetryPolicy, StepVim
 from esc.logtags import transaction_context
-from esc.vim.base import VimDriver
+from esc.vim.base import VimDriver, VimError
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,17 @@ PICKUP_INTERVAL = 0.2
 
 class Executor:
     def __init__(
-        self, db: Database, vim: VimDriver, workers: int, max_resumes: int, node: str = ""
+        self,
+        db: Database,
+        vim: VimDriver,
+        workers: int,
+        max_resumes: int,
+        node: str = "",
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.db = db
         self.vim = vim
+        self.retry = retry or RetryPolicy.of(EngineSettings())
         self.claimant = Claimant(db, node)
         # Claimed by reconciliation, waiting in the queue for a worker.
         self._claims: dict[str, Claim] = {}
@@ -196,7 +205,7 @@ class Executor:
         with self.db.read() as session:
             operation = session.get(Transaction, tx_id).operation
         handler = OPERATIONS[operation]
-        vim = FencedVim(self.vim, self.db, claim)
+        vim = StepVim(self.vim, self.db, claim, self.retry, self.stopping)
         context = StepContext(self.db, vim, claim, self.stopping)
         try:
             handler.process(context)
@@ -210,6 +219,9 @@ class Executor:
             return
         except OperationFailed as exc:
             self._end(claim, str(exc))
+            return
+        except VimError as exc:  # a refusal: the VIM's own words are the reason
+            self._end(claim, f"the VIM refused: {exc}")
             return
         except Exception as exc:
             log.exception("transaction %s failed", tx_id)

@@ -28,8 +28,9 @@ from esc.db.models import (
 from esc.db.session import Database
 from esc.descriptor import parse_descriptor
 from esc.engine import claims
-from esc.engine.claims import Claimant, FencedVim, NotOwner, fenced_write
+from esc.engine.claims import Claimant, NotOwner, fenced_write
 from esc.engine.controller import Controller
+from esc.engine.step_vim import RetryPolicy, StepVim
 from esc.vim.base import VimDriver, VmSpec
 from esc.vim.local import LocalVim
 
@@ -226,7 +227,9 @@ def test_a_superseded_claim_writes_nothing_and_calls_no_vim(database: Database) 
     with pytest.raises(NotOwner), fenced_write(database, stale) as session:
         session.get(Transaction, "taken").progress = {"written": True}
     with pytest.raises(NotOwner):
-        FencedVim(inner, database, stale).create_vm(VmSpec("x", "x", "healthy", "m1.tiny"))
+        StepVim(inner, database, stale, RetryPolicy(1, 1.0), threading.Event()).create_vm(
+            VmSpec("x", "x", "healthy", "m1.tiny")
+        )
     inner.create_vm.assert_not_called()
     with fenced_write(database, current) as session:
         session.get(Transaction, "taken").progress = {"written": True}
