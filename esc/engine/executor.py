@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,7 +28,13 @@ from esc.config import EngineSettings
 from esc.db.models import Transaction, TransactionState, Vm, utcnow
 from esc.db.session import Database
 from esc.engine.claims import HEARTBEAT_INTERVAL, Claim, Claimant, NotOwner, fenced_write
-from esc.engine.operations import OPERATIONS, Interrupted, OperationFailed, StepContext
+from esc.engine.operations import (
+    OPERATIONS,
+    ROLLBACK,
+    Interrupted,
+    OperationFailed,
+    StepContext,
+)
 from esc.engine.step_vim import RetryPolicy, StepVim
 from esc.logtags import transaction_context
 from esc.vim.base import VimDriver, VimError
@@ -35,6 +42,8 @@ from esc.vim.base import VimDriver, VimError
 log = logging.getLogger(__name__)
 
 _STOP = object()
+# What _steps answers when this executor must leave the transaction as it is.
+_LEFT = object()
 # How often QUEUED transactions written by other processes are looked for.
 PICKUP_INTERVAL = 0.2
 
@@ -207,27 +216,61 @@ class Executor:
         handler = OPERATIONS[operation]
         vim = StepVim(self.vim, self.db, claim, self.retry, self.stopping)
         context = StepContext(self.db, vim, claim, self.stopping)
+        with self.db.read() as session:
+            failure = session.get(Transaction, tx_id).progress.get(ROLLBACK)
+        if failure is None:  # else: failed already, resumed in the middle of its rollback
+            failure = self._steps(tx_id, lambda: handler.process(context))
+            if failure is None:
+                self._end(claim, None)
+                return
+        if failure is _LEFT:
+            return
+        if handler.rollback is not None:
+            failure = self._roll_back(context, handler.rollback, failure)
+            if failure is _LEFT:
+                return
+        self._end(claim, failure)
+
+    def _steps(self, tx_id: str, steps: Callable[[], None]) -> str | object | None:
+        """Run `steps`: None when they succeed, the reason when they fail, _LEFT when
+        this executor must leave the transaction (the node stops, or it lost the claim)."""
         try:
-            handler.process(context)
+            steps()
         except NotOwner as exc:
             log.warning("%s; this executor stops running it", exc)
-            return
+            return _LEFT
         except Interrupted:
             log.info("transaction %s left in progress: the node is stopping", tx_id)
             with self._lock:
                 self._interrupted.add(tx_id)
-            return
+            return _LEFT
         except OperationFailed as exc:
-            self._end(claim, str(exc))
-            return
+            return str(exc)
         except VimError as exc:  # a refusal: the VIM's own words are the reason
-            self._end(claim, f"the VIM refused: {exc}")
-            return
+            return f"the VIM refused: {exc}"
         except Exception as exc:
             log.exception("transaction %s failed", tx_id)
-            self._end(claim, f"internal error: {exc.__class__.__name__}: {exc}")
-            return
-        self._end(claim, None)
+            return f"internal error: {exc.__class__.__name__}: {exc}"
+        return None
+
+    def _roll_back(
+        self, context: StepContext, rollback: Callable[[StepContext], None], failure: str
+    ) -> str | object:
+        """Undo what the failed transaction did; the reason to end it with (or _LEFT)."""
+
+        def steps() -> None:
+            with context.write() as session:
+                tx = session.get(Transaction, context.tx_id)
+                tx.progress = {**tx.progress, ROLLBACK: failure}
+            log.info("transaction %s failed (%s): rolling back", context.tx_id, failure)
+            rollback(context)
+
+        problem = self._steps(context.tx_id, steps)
+        if problem is _LEFT:
+            return _LEFT
+        if problem is not None:
+            return f"{failure}; rolling back failed too, undeploy to clean up: {problem}"
+        return failure
 
     def _end(self, claim: Claim, reason: str | None) -> None:
         tx_id = claim.tx_id

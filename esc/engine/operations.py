@@ -1,8 +1,10 @@
 """What each transaction does, as steps that are safe to run again.
 
 Dispatched by name as in Tacker: each Operation has a `process` (the
-steps) and `succeed` / `fail` (the final model change and event, written
-in the same database transaction as the transaction's end state).
+steps), `succeed` / `fail` (the final model change and event, written
+in the same database transaction as the transaction's end state) and an
+optional `rollback`: steps run after `process` failed, before `fail`, to
+undo what it did (a failed deploy removes the VMs it created).
 
 Resuming after a crash relies on two things: the VIM driver's operations
 are idempotent by VM id, and a VM's state changes (with its event) only
@@ -20,12 +22,13 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from esc.db.models import (
     Deployment,
     DeploymentStatus,
+    Event,
     Operation,
     RecoveryPolicy,
     Transaction,
@@ -244,7 +247,7 @@ def deployment_outcome(event: str, done: str, failed: str) -> tuple[Succeed, Fai
     return succeed, fail
 
 
-deploy_succeed, deploy_fail = deployment_outcome(
+deploy_succeed, _deploy_failed = deployment_outcome(
     "SERVICE_ALIVE", "deployment {name} is alive", "deployment failed: {reason}"
 )
 _updated, _update_failed = deployment_outcome(
@@ -292,6 +295,39 @@ def deploy_process(ctx: StepContext) -> None:
     with ctx.db.read() as session:
         deployment_id = session.get(Transaction, ctx.tx_id).deployment_id
     converge(ctx, deployment_id)
+
+
+# Progress key set when a failed transaction's rollback begins (its value: the
+# failure), so a rollback cut short by a stop or crash is resumed, not the process.
+ROLLBACK = "rollback"
+
+
+def deploy_rollback(ctx: StepContext) -> None:
+    """Remove every VM the failed deploy created (on the VIM and its row).
+
+    The deployment row stays, in ERROR with its vm_groups and no VM: what was
+    asked and why it failed stay visible; undeploy removes it, an update retries.
+    """
+    with ctx.db.read() as session:
+        deployment_id = session.get(Transaction, ctx.tx_id).deployment_id
+    for vm_id in _vm_ids(ctx, deployment_id, *VmState):
+        with ctx.db.read() as session:
+            created = session.get(Vm, vm_id).state is not VmState.PENDING
+        if created:
+            _remove_vm(ctx, vm_id)
+        else:  # never created, or its creation did not return: nothing to announce
+            ctx.vim.delete_vm(vm_id)
+            with ctx.write() as session:
+                session.delete(session.get(Vm, vm_id))
+
+
+def deploy_fail(session: Session, tx: Transaction, reason: str) -> None:
+    if ROLLBACK in tx.progress:
+        removed = session.scalar(
+            select(func.count()).where(Event.transaction_id == tx.id, Event.type == "VM_UNDEPLOYED")
+        )
+        reason += f"; rolled back: {removed} VM{'' if removed == 1 else 's'} it created removed"
+    _deploy_failed(session, tx, reason)
 
 
 # UNDEPLOY -------------------------------------------------------------------
@@ -544,10 +580,14 @@ class OperationHandler:
     process: Callable[[StepContext], None]
     succeed: Succeed
     fail: Fail
+    # Undoes what a failed `process` did; steps safe to run again, like process's.
+    rollback: Callable[[StepContext], None] | None = None
 
 
 OPERATIONS: dict[Operation, OperationHandler] = {
-    Operation.DEPLOY: OperationHandler(deploy_process, deploy_succeed, deploy_fail),
+    Operation.DEPLOY: OperationHandler(
+        deploy_process, deploy_succeed, deploy_fail, rollback=deploy_rollback
+    ),
     Operation.UNDEPLOY: OperationHandler(undeploy_process, undeploy_succeed, undeploy_fail),
     Operation.UPDATE: OperationHandler(update_process, update_succeed, update_fail),
     Operation.VM_START: OperationHandler(vm_start_process, _nothing, _vm_failed),

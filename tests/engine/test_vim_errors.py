@@ -4,24 +4,17 @@ transient error is retried with backoff within a bound, then FAILED with a reaso
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 from conftest import Node, wait_for
+from faulty_vim import FaultyVim, faulty_controller
 
 from esc.db.models import Transaction, TransactionState
 from esc.descriptor import parse_descriptor
 from esc.engine.controller import Controller
-from esc.vim.base import (
-    InstanceStatus,
-    PermanentVimError,
-    TransientVimError,
-    VimDriver,
-    VimError,
-    VmSpec,
-)
+from esc.vim.base import PermanentVimError, TransientVimError, VimError
 
 ONE_VM = """
 tenant: faults
@@ -32,73 +25,18 @@ deployment:
 """
 
 
-class FaultyVim(VimDriver):
-    """The local VIM, with create_vm failing as `fault(call number)` says (None: no fault)."""
-
-    name = "faulty"
-
-    def __init__(self, inner: VimDriver, fault: Callable[[int], VimError | None]) -> None:
-        self.inner, self.fault = inner, fault
-        self.creates = 0
-        self._guard = threading.Lock()
-
-    def create_vm(self, spec: VmSpec) -> InstanceStatus:
-        with self._guard:
-            self.creates += 1
-            error = self.fault(self.creates)
-        if error is not None:
-            raise error
-        return self.inner.create_vm(spec)
-
-    def start_vm(self, vm_id: str) -> InstanceStatus:
-        return self.inner.start_vm(vm_id)
-
-    def stop_vm(self, vm_id: str) -> InstanceStatus:
-        return self.inner.stop_vm(vm_id)
-
-    def reboot_vm(self, vm_id: str) -> InstanceStatus:
-        return self.inner.reboot_vm(vm_id)
-
-    def delete_vm(self, vm_id: str) -> None:
-        self.inner.delete_vm(vm_id)
-
-    def status(self, vm_id: str) -> InstanceStatus:
-        return self.inner.status(vm_id)
-
-    def is_alive(self, vm_id: str) -> bool:
-        return self.inner.is_alive(vm_id)
-
-    def validate_image(self, image: str) -> None:
-        self.inner.validate_image(image)
-
-    def validate_flavor(self, flavor: str) -> None:
-        self.inner.validate_flavor(flavor)
-
-    def list_instances(self) -> list[str]:
-        return self.inner.list_instances()
-
-    def check(self) -> None:
-        self.inner.check()
-
-
 ATTEMPTS = 3
 
 
 @pytest.fixture
 def faulty(node: Node) -> Iterator[Callable[..., tuple[Controller, FaultyVim]]]:
-    """A controller whose VIM fails as asked; quick retries, ATTEMPTS of them."""
+    """Controllers whose VIM fails as asked, ATTEMPTS tries; stopped at teardown."""
     started: list[Controller] = []
 
     def make(
         fault: Callable[[int], VimError | None], backoff: float = 0.05
     ) -> tuple[Controller, FaultyVim]:
-        settings = node.settings.model_copy(deep=True)
-        settings.engine.vim_attempts = ATTEMPTS
-        settings.engine.vim_backoff = backoff
-        controller = Controller(node.home, settings)
-        vim = FaultyVim(controller.vim, fault)
-        controller.vim = controller.executor.vim = vim
-        controller.start()
+        controller, vim = faulty_controller(node, fault, attempts=ATTEMPTS, backoff=backoff)
         started.append(controller)
         return controller, vim
 
