@@ -73,6 +73,16 @@ class EngineSettings(_Section):
         description="How many controller restarts a transaction is resumed across before it "
         "is closed FAILED, so a transaction that crashes the controller cannot loop.",
     )
+    vim_attempts: Annotated[int, Field(ge=1, le=20)] = Field(
+        5,
+        description="How many times a VIM call that fails transiently (timeout, 5xx, "
+        "connection refused) is made before its transaction ends FAILED; 1: no retry.",
+    )
+    vim_backoff: Annotated[float, Field(gt=0, le=60)] = Field(
+        1.0,
+        description="Seconds before the first retry of a transient VIM error; doubled at "
+        "each further retry.",
+    )
 
 
 class LimitSettings(_Section):

@@ -234,10 +234,36 @@ class Transaction(Base):
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     automatic: Mapped[bool] = mapped_column(Boolean, default=False)
     resumes: Mapped[int] = mapped_column(Integer, default=0)
+    # Since schema 0006: the executor that claimed it (owners.id, no foreign key: an
+    # owner's row may be pruned while its transactions stay) and how many claims it has
+    # had; every engine write checks both, so a superseded executor writes nothing.
+    owner: Mapped[str | None] = mapped_column(String(36), default=None)
+    epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class ExecutorOwner(Base):
+    """One transaction executor, from its process start to its stop (esc.engine.claims).
+
+    Its heartbeat says it is alive; a transaction it claimed is taken over only
+    once it is not (heartbeat too old, row gone, or its process gone on this host).
+    """
+
+    __tablename__ = "owners"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    node: Mapped[str] = mapped_column(String(128))  # [node] name
+    host: Mapped[str] = mapped_column(String(256))  # where `pid` means something
+    pid: Mapped[int] = mapped_column(Integer)
+    # The process's start time (psutil): a reused pid is not mistaken for the owner.
+    process_started: Mapped[float] = mapped_column(Float)
+    # ACTIVE: may claim transactions; a standalone node always is.
+    role: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Severity(enum.StrEnum):

@@ -21,6 +21,7 @@ from esc.descriptor import Descriptor
 from esc.engine import op_mode, submit
 from esc.engine.executor import Executor
 from esc.engine.notifier import Notifier
+from esc.engine.step_vim import RetryPolicy
 from esc.health import CheckResult, check_database, check_services, check_vim
 from esc.logtags import transaction_context
 from esc.monitor.mappings import install_defaults_if_empty
@@ -40,7 +41,12 @@ class Controller:
         self.db = Database(home.database_url(settings))
         self.vim = load_driver(settings.vim.driver, home.vim_location(settings))
         self.executor = Executor(
-            self.db, self.vim, settings.engine.workers, settings.engine.max_resumes
+            self.db,
+            self.vim,
+            settings.engine.workers,
+            settings.engine.max_resumes,
+            node=settings.node.name,
+            retry=RetryPolicy.of(settings.engine),
         )
         self.notifier = Notifier(self.db, settings.notifications)
         self.stage = STAGE_INIT

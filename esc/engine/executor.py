@@ -1,8 +1,11 @@
 """Runs transactions to their end, and reconciles the ones a stop left behind.
 
-Workers take transaction ids from a queue. The one-in-flight-per-deployment
-rule is enforced by the database (Transaction.lock_key), so two workers
-never drive the same deployment.
+Workers take transaction ids from a queue and run one only once they have
+claimed it (esc.engine.claims decides who runs a transaction, also between
+controllers sharing a database); every write and VIM call of its steps is
+fenced by that claim. The one-in-flight-per-deployment rule is enforced by
+the database (Transaction.lock_key), so two workers never drive the same
+deployment.
 
 Transactions reach the queue two ways: the API enqueues what it accepted at
 once, and a poller picks up QUEUED rows written by other processes (MONA's
@@ -16,27 +19,51 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from esc.config import EngineSettings
 from esc.db.models import Transaction, TransactionState, Vm, utcnow
 from esc.db.session import Database
-from esc.engine.operations import OPERATIONS, Interrupted, OperationFailed, StepContext
+from esc.engine.claims import HEARTBEAT_INTERVAL, Claim, Claimant, NotOwner, fenced_write
+from esc.engine.operations import (
+    OPERATIONS,
+    ROLLBACK,
+    Interrupted,
+    OperationFailed,
+    StepContext,
+)
+from esc.engine.step_vim import RetryPolicy, StepVim
 from esc.logtags import transaction_context
-from esc.vim.base import VimDriver
+from esc.vim.base import VimDriver, VimError
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
+# What _steps answers when this executor must leave the transaction as it is.
+_LEFT = object()
 # How often QUEUED transactions written by other processes are looked for.
 PICKUP_INTERVAL = 0.2
 
 
 class Executor:
-    def __init__(self, db: Database, vim: VimDriver, workers: int, max_resumes: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        vim: VimDriver,
+        workers: int,
+        max_resumes: int,
+        node: str = "",
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self.db = db
         self.vim = vim
+        self.retry = retry or RetryPolicy.of(EngineSettings())
+        self.claimant = Claimant(db, node)
+        # Claimed by reconciliation, waiting in the queue for a worker.
+        self._claims: dict[str, Claim] = {}
         self.workers = workers
         self.max_resumes = max_resumes
         self.stopping = threading.Event()
@@ -51,6 +78,7 @@ class Executor:
     # life cycle ---------------------------------------------------------------
 
     def start(self) -> None:
+        self.claimant.register()
         self.reconcile()
         for index in range(self.workers):
             thread = threading.Thread(target=self._work, name=f"tx-worker-{index}", daemon=True)
@@ -71,6 +99,12 @@ class Executor:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self._pickup is not None:
+            self._pickup.join(max(PICKUP_INTERVAL * 5, deadline - time.monotonic()))
+        try:
+            self.claimant.retire()
+        except Exception:  # its heartbeat stops anyway: it is seen dead after OWNER_TIMEOUT
+            log.warning("could not retire transaction executor %s", self.claimant.id, exc_info=True)
         with self._lock:
             return sorted(self._running | self._interrupted)
 
@@ -86,7 +120,15 @@ class Executor:
         self._queue.put(tx_id)
 
     def _pick_up(self) -> None:
+        """Find QUEUED transactions, and keep this executor's heartbeat."""
+        last_beat = time.monotonic()
         while not self.stopping.wait(PICKUP_INTERVAL):
+            if time.monotonic() - last_beat >= HEARTBEAT_INTERVAL:
+                try:
+                    self.claimant.beat()
+                    last_beat = time.monotonic()
+                except Exception:
+                    log.warning("refreshing the executor's heartbeat failed", exc_info=True)
             try:
                 with self.db.read() as session:
                     queued = session.scalars(
@@ -106,32 +148,31 @@ class Executor:
     # reconciliation -------------------------------------------------------------
 
     def reconcile(self) -> None:
-        """At start-up: remove orphan VMs, then resume or close every open transaction."""
+        """At start-up: remove orphan VMs, then resume or close every open transaction
+        that no live executor holds."""
         self._remove_orphans()
-        with self.db.write() as session:
-            open_txs = session.scalars(
-                select(Transaction)
-                .where(
-                    Transaction.state.in_([TransactionState.QUEUED, TransactionState.IN_PROGRESS])
-                )
-                .order_by(Transaction.created_at)
-            ).all()
-            resume = []
-            for tx in open_txs:
-                if tx.state is TransactionState.IN_PROGRESS:
-                    tx.resumes += 1
-                if tx.resumes > self.max_resumes:
-                    reason = (
-                        f"abandoned after {tx.resumes - 1} controller restarts in the middle of "
-                        "it ([engine] max_resumes); check the log, then retry the request"
-                    )
-                    self._finish(session, tx, reason)
-                    log.error("transaction %s %s", tx.id, reason)
-                else:
-                    resume.append(tx.id)
-                    log.info("transaction %s (%s) resumed after restart", tx.id, tx.operation.value)
-        for tx_id in resume:
-            self.enqueue(tx_id)
+        for tx_id in self.claimant.claimable():
+            claim = self.claimant.claim(tx_id)
+            if claim is None:
+                continue  # another executor claimed it meanwhile
+            if claim.resumed:
+                log.info("transaction %s resumed after restart", tx_id)
+            if self._within_resumes(claim):
+                with self._lock:
+                    self._claims[tx_id] = claim
+                self.enqueue(tx_id)
+
+    def _within_resumes(self, claim: Claim) -> bool:
+        """Close the transaction FAILED when it has been resumed too often (False)."""
+        if claim.resumes <= self.max_resumes:
+            return True
+        reason = (
+            f"abandoned after {claim.resumes - 1} controller restarts in the middle of "
+            "it ([engine] max_resumes); check the log, then retry the request"
+        )
+        log.error("transaction %s %s", claim.tx_id, reason)
+        self._end(claim, reason)
+        return False
 
     def _remove_orphans(self) -> None:
         """A VIM instance with no VM row is an orphan: the controller no longer manages it."""
@@ -163,41 +204,88 @@ class Executor:
                     self._running.discard(item)
 
     def run(self, tx_id: str) -> None:
-        with self.db.write() as session:
-            tx = session.get(Transaction, tx_id)
-            if tx is None or tx.state.is_final:
-                return
-            tx.state = TransactionState.IN_PROGRESS
-            tx.started_at = tx.started_at or utcnow()
-            operation = tx.operation
+        with self._lock:
+            claim = self._claims.pop(tx_id, None)
+        claim = claim or self.claimant.claim(tx_id)
+        if claim is None:
+            return  # final, or run by another executor
+        if not self._within_resumes(claim):
+            return
+        with self.db.read() as session:
+            operation = session.get(Transaction, tx_id).operation
         handler = OPERATIONS[operation]
-        context = StepContext(self.db, self.vim, tx_id, self.stopping)
+        vim = StepVim(self.vim, self.db, claim, self.retry, self.stopping)
+        context = StepContext(self.db, vim, claim, self.stopping)
+        with self.db.read() as session:
+            failure = session.get(Transaction, tx_id).progress.get(ROLLBACK)
+        if failure is None:  # else: failed already, resumed in the middle of its rollback
+            failure = self._steps(tx_id, lambda: handler.process(context))
+            if failure is None:
+                self._end(claim, None)
+                return
+        if failure is _LEFT:
+            return
+        if handler.rollback is not None:
+            failure = self._roll_back(context, handler.rollback, failure)
+            if failure is _LEFT:
+                return
+        self._end(claim, failure)
+
+    def _steps(self, tx_id: str, steps: Callable[[], None]) -> str | object | None:
+        """Run `steps`: None when they succeed, the reason when they fail, _LEFT when
+        this executor must leave the transaction (the node stops, or it lost the claim)."""
         try:
-            handler.process(context)
+            steps()
+        except NotOwner as exc:
+            log.warning("%s; this executor stops running it", exc)
+            return _LEFT
         except Interrupted:
             log.info("transaction %s left in progress: the node is stopping", tx_id)
             with self._lock:
                 self._interrupted.add(tx_id)
-            return
+            return _LEFT
         except OperationFailed as exc:
-            self._end(tx_id, str(exc))
-            return
+            return str(exc)
+        except VimError as exc:  # a refusal: the VIM's own words are the reason
+            return f"the VIM refused: {exc}"
         except Exception as exc:
             log.exception("transaction %s failed", tx_id)
-            self._end(tx_id, f"internal error: {exc.__class__.__name__}: {exc}")
-            return
-        self._end(tx_id, None)
+            return f"internal error: {exc.__class__.__name__}: {exc}"
+        return None
 
-    def _end(self, tx_id: str, reason: str | None) -> None:
+    def _roll_back(
+        self, context: StepContext, rollback: Callable[[StepContext], None], failure: str
+    ) -> str | object:
+        """Undo what the failed transaction did; the reason to end it with (or _LEFT)."""
+
+        def steps() -> None:
+            with context.write() as session:
+                tx = session.get(Transaction, context.tx_id)
+                tx.progress = {**tx.progress, ROLLBACK: failure}
+            log.info("transaction %s failed (%s): rolling back", context.tx_id, failure)
+            rollback(context)
+
+        problem = self._steps(context.tx_id, steps)
+        if problem is _LEFT:
+            return _LEFT
+        if problem is not None:
+            return f"{failure}; rolling back failed too, undeploy to clean up: {problem}"
+        return failure
+
+    def _end(self, claim: Claim, reason: str | None) -> None:
+        tx_id = claim.tx_id
         try:
-            with self.db.write() as session:
+            with fenced_write(self.db, claim) as session:
                 self._finish(session, session.get(Transaction, tx_id), reason)
+        except NotOwner as exc:
+            log.warning("%s; its end is left to its holder", exc)
+            return
         except Exception as exc:
             # The model change of the end failed; still end the transaction, so
             # the deployment is not locked forever.
             log.exception("transaction %s: recording its end failed", tx_id)
             reason = f"internal error while ending the transaction: {exc}"
-            with self.db.write() as session:
+            with fenced_write(self.db, claim) as session:
                 tx = session.get(Transaction, tx_id)
                 tx.state, tx.error = TransactionState.FAILED, reason
                 tx.finished_at, tx.lock_key = utcnow(), None

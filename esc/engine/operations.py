@@ -1,8 +1,10 @@
 """What each transaction does, as steps that are safe to run again.
 
 Dispatched by name as in Tacker: each Operation has a `process` (the
-steps) and `succeed` / `fail` (the final model change and event, written
-in the same database transaction as the transaction's end state).
+steps), `succeed` / `fail` (the final model change and event, written
+in the same database transaction as the transaction's end state) and an
+optional `rollback`: steps run after `process` failed, before `fail`, to
+undo what it did (a failed deploy removes the VMs it created).
 
 Resuming after a crash relies on two things: the VIM driver's operations
 are idempotent by VM id, and a VM's state changes (with its event) only
@@ -16,15 +18,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from esc.db.models import (
     Deployment,
     DeploymentStatus,
+    Event,
     Operation,
     RecoveryPolicy,
     Transaction,
@@ -34,6 +38,7 @@ from esc.db.models import (
 )
 from esc.db.session import Database
 from esc.descriptor import validate_descriptor
+from esc.engine.claims import Claim, fenced_write
 from esc.engine.events import FAILURE, emit_for
 from esc.engine.submit import apply_group_spec, ensure_vm_rows, new_group
 from esc.vim.base import VimDriver, VimError, VmSpec
@@ -60,10 +65,20 @@ class Interrupted(Exception):
 
 @dataclass
 class StepContext:
+    """What a step works with. `vim` is fenced by the executor (no VIM call once the
+    claim is lost) and `write()` commits only while the claim is current."""
+
     db: Database
     vim: VimDriver
-    tx_id: str
+    claim: Claim
     stopping: threading.Event
+
+    @property
+    def tx_id(self) -> str:
+        return self.claim.tx_id
+
+    def write(self) -> AbstractContextManager[Session]:
+        return fenced_write(self.db, self.claim)
 
     def pause(self, seconds: float) -> None:
         if self.stopping.wait(seconds):
@@ -107,7 +122,7 @@ def _vm_ids(ctx: StepContext, deployment_id: str, *states: VmState) -> list[str]
 
 def _remove_vm(ctx: StepContext, vm_id: str) -> None:
     ctx.vim.delete_vm(vm_id)
-    with ctx.db.write() as session:
+    with ctx.write() as session:
         vm = session.get(Vm, vm_id)
         if vm is not None:
             deployment = vm.vm_group.deployment
@@ -126,7 +141,7 @@ def _create_vm(ctx: StepContext, vm_id: str) -> None:
     with ctx.db.read() as session:
         spec = _spec(session.get(Vm, vm_id))
     status = ctx.vim.create_vm(spec)
-    with ctx.db.write() as session:
+    with ctx.write() as session:
         vm = session.get(Vm, vm_id)
         vm.state = VmState.DEPLOYED
         vm.address = status.address
@@ -155,7 +170,7 @@ def _wait_alive(
         for vm_id in sorted(waiting):
             if ctx.vim.is_alive(vm_id):
                 waiting.discard(vm_id)
-                with ctx.db.write() as session:
+                with ctx.write() as session:
                     vm = session.get(Vm, vm_id)
                     vm.state = VmState.ALIVE
                     vm.address = ctx.vim.status(vm_id).address
@@ -168,7 +183,7 @@ def _wait_alive(
                         vm=vm,
                     )
             elif time.monotonic() > deadlines[vm_id]:
-                with ctx.db.write() as session:
+                with ctx.write() as session:
                     vm = session.get(Vm, vm_id)
                     vm.state = VmState.ERROR
                     name, limit = vm.name, timeout_of(vm.vm_group)
@@ -183,7 +198,7 @@ def _wait_alive(
 
 def converge(ctx: StepContext, deployment_id: str) -> None:
     """Bring the deployment's VMs to what its vm_groups ask for."""
-    with ctx.db.write() as session:
+    with ctx.write() as session:
         deployment = session.get(Deployment, deployment_id)
         for group in deployment.vm_groups:
             ensure_vm_rows(group, deployment.name)
@@ -232,7 +247,7 @@ def deployment_outcome(event: str, done: str, failed: str) -> tuple[Succeed, Fai
     return succeed, fail
 
 
-deploy_succeed, deploy_fail = deployment_outcome(
+deploy_succeed, _deploy_failed = deployment_outcome(
     "SERVICE_ALIVE", "deployment {name} is alive", "deployment failed: {reason}"
 )
 _updated, _update_failed = deployment_outcome(
@@ -282,11 +297,44 @@ def deploy_process(ctx: StepContext) -> None:
     converge(ctx, deployment_id)
 
 
+# Progress key set when a failed transaction's rollback begins (its value: the
+# failure), so a rollback cut short by a stop or crash is resumed, not the process.
+ROLLBACK = "rollback"
+
+
+def deploy_rollback(ctx: StepContext) -> None:
+    """Remove every VM the failed deploy created (on the VIM and its row).
+
+    The deployment row stays, in ERROR with its vm_groups and no VM: what was
+    asked and why it failed stay visible; undeploy removes it, an update retries.
+    """
+    with ctx.db.read() as session:
+        deployment_id = session.get(Transaction, ctx.tx_id).deployment_id
+    for vm_id in _vm_ids(ctx, deployment_id, *VmState):
+        with ctx.db.read() as session:
+            created = session.get(Vm, vm_id).state is not VmState.PENDING
+        if created:
+            _remove_vm(ctx, vm_id)
+        else:  # never created, or its creation did not return: nothing to announce
+            ctx.vim.delete_vm(vm_id)
+            with ctx.write() as session:
+                session.delete(session.get(Vm, vm_id))
+
+
+def deploy_fail(session: Session, tx: Transaction, reason: str) -> None:
+    if ROLLBACK in tx.progress:
+        removed = session.scalar(
+            select(func.count()).where(Event.transaction_id == tx.id, Event.type == "VM_UNDEPLOYED")
+        )
+        reason += f"; rolled back: {removed} VM{'' if removed == 1 else 's'} it created removed"
+    _deploy_failed(session, tx, reason)
+
+
 # UNDEPLOY -------------------------------------------------------------------
 
 
 def undeploy_process(ctx: StepContext) -> None:
-    with ctx.db.write() as session:
+    with ctx.write() as session:
         deployment = _deployment_of(session, ctx.tx_id)
         for group in deployment.vm_groups:
             for vm in group.vms:
@@ -336,13 +384,13 @@ def _apply_update(session: Session, deployment: Deployment, request: dict[str, A
 def update_process(ctx: StepContext) -> None:
     if not ctx.step_done("model_applied"):
         request = ctx.request()
-        with ctx.db.write() as session:
+        with ctx.write() as session:
             _apply_update(session, _deployment_of(session, ctx.tx_id), request)
             ctx.mark_step(session, "model_applied")
     with ctx.db.read() as session:
         deployment_id = session.get(Transaction, ctx.tx_id).deployment_id
     converge(ctx, deployment_id)
-    with ctx.db.write() as session:
+    with ctx.write() as session:
         deployment = session.get(Deployment, deployment_id)
         kept = {g["name"] for g in deployment.descriptor["deployment"]["vm_groups"]}
         for group in list(deployment.vm_groups):
@@ -364,7 +412,7 @@ def _require_vm(ctx: StepContext) -> str:
 def _set_vm_state(
     ctx: StepContext, vm_id: str, state: VmState, event: str, message: str, status: str = "SUCCESS"
 ) -> None:
-    with ctx.db.write() as session:
+    with ctx.write() as session:
         vm = session.get(Vm, vm_id)
         vm.state = state
         vm.address = ctx.vim.status(vm_id).address
@@ -396,7 +444,7 @@ def vm_reboot_process(ctx: StepContext) -> None:
     vm_id = _require_vm(ctx)
     if not ctx.step_done("rebooted"):
         ctx.vim.reboot_vm(vm_id)
-        with ctx.db.write() as session:
+        with ctx.write() as session:
             ctx.mark_step(session, "rebooted")
     _wait_alive(ctx, [vm_id], lambda g: g.bootup_time, "bootup_time")
     _set_vm_state(ctx, vm_id, VmState.ALIVE, "VM_REBOOTED", "VM {vm} rebooted")
@@ -411,7 +459,7 @@ def vm_recover_process(ctx: StepContext) -> None:
     """Recover one VM following its vm_group's recovery policy."""
     vm_id = _require_vm(ctx)
     if not ctx.step_done("recovery_started"):
-        with ctx.db.write() as session:
+        with ctx.write() as session:
             vm = session.get(Vm, vm_id)
             emit_for(
                 session,
@@ -427,7 +475,7 @@ def vm_recover_process(ctx: StepContext) -> None:
         try:
             if not ctx.step_done("rebooted"):
                 ctx.vim.reboot_vm(vm_id)
-                with ctx.db.write() as session:
+                with ctx.write() as session:
                     ctx.mark_step(session, "rebooted")
             _wait_alive(ctx, [vm_id], lambda g: g.recovery_wait_time, "recovery_wait_time")
             return
@@ -442,7 +490,7 @@ def vm_recover_process(ctx: StepContext) -> None:
         with ctx.db.read() as session:
             spec = _spec(session.get(Vm, vm_id))
         ctx.vim.create_vm(spec)
-        with ctx.db.write() as session:
+        with ctx.write() as session:
             ctx.mark_step(session, "redeployed")
     _wait_alive(ctx, [vm_id], lambda g: g.bootup_time, "bootup_time")
 
@@ -532,10 +580,14 @@ class OperationHandler:
     process: Callable[[StepContext], None]
     succeed: Succeed
     fail: Fail
+    # Undoes what a failed `process` did; steps safe to run again, like process's.
+    rollback: Callable[[StepContext], None] | None = None
 
 
 OPERATIONS: dict[Operation, OperationHandler] = {
-    Operation.DEPLOY: OperationHandler(deploy_process, deploy_succeed, deploy_fail),
+    Operation.DEPLOY: OperationHandler(
+        deploy_process, deploy_succeed, deploy_fail, rollback=deploy_rollback
+    ),
     Operation.UNDEPLOY: OperationHandler(undeploy_process, undeploy_succeed, undeploy_fail),
     Operation.UPDATE: OperationHandler(update_process, update_succeed, update_fail),
     Operation.VM_START: OperationHandler(vm_start_process, _nothing, _vm_failed),

@@ -3,8 +3,9 @@
 As in Patroni's DCS backends: one abstract class, one module per backend
 (`esc.vim.<name>`), the concrete class found by the name in esc.toml.
 Every operation is idempotent and keyed by the controller's VM id, so a
-transaction step can be run again after a crash without creating a
-duplicate or failing on what is already done.
+transaction step can be run again after a crash, or a call retried after a
+transient error, without creating a duplicate or failing on what is already
+done.
 """
 
 from __future__ import annotations
@@ -18,14 +19,32 @@ from typing import Any, ClassVar
 
 
 class VimError(Exception):
-    """A VIM refused or failed an operation; the message says what to do."""
+    """A VIM refused or failed an operation; the message says what to do.
+
+    Drivers raise one of its two kinds, so the engine knows whether asking
+    again can help; a driver maps its SDK's errors onto them (OpenStack:
+    HTTP 4xx such as quota exceeded, image or flavor not found, bad request
+    → permanent; 5xx, timeouts, connection refused or reset → transient;
+    libvirt, VMware and CSP drivers alike). A plain VimError counts as
+    permanent: an error not known to pass is not retried.
+    """
 
 
-class UnknownImage(VimError):
+class PermanentVimError(VimError):
+    """The VIM refused: asking again the same thing gets the same answer (quota, unknown
+    image or flavor, bad request). The transaction ends FAILED with this message."""
+
+
+class TransientVimError(VimError):
+    """The VIM could not answer now (timeout, 5xx, connection refused, busy): the engine
+    asks again with backoff ([engine] vim_attempts, vim_backoff), then gives up."""
+
+
+class UnknownImage(PermanentVimError):
     pass
 
 
-class UnknownFlavor(VimError):
+class UnknownFlavor(PermanentVimError):
     pass
 
 

@@ -15,6 +15,7 @@ directory; a reused pid is never mistaken for a VM.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import http.client
 import json
@@ -39,10 +40,11 @@ from esc.vim import vnf
 from esc.vim.base import (
     InstanceState,
     InstanceStatus,
+    PermanentVimError,
+    TransientVimError,
     UnknownFlavor,
     UnknownImage,
     VimDriver,
-    VimError,
     VmSpec,
 )
 
@@ -100,13 +102,19 @@ class _VmLocks:
                     del self._locks[vm_id]
 
 
+# File-system errors that pass by themselves (a busy or overloaded host): worth a retry.
+TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIMEDOUT})
+
+
 @contextlib.contextmanager
 def _os_errors(action: str) -> Iterator[None]:
-    """File-system failures reach the controller as VimError, saying what failed."""
+    """File-system failures reach the controller as VimError, saying what failed: transient
+    for a busy host, permanent for what a person must fix (permissions, a full disk)."""
     try:
         yield
     except OSError as exc:
-        raise VimError(f"local VIM could not {action}: {exc}") from exc
+        kind = TransientVimError if exc.errno in TRANSIENT_ERRNOS else PermanentVimError
+        raise kind(f"local VIM could not {action}: {exc}") from exc
 
 
 class LocalVim(VimDriver):
@@ -244,7 +252,7 @@ class LocalVim(VimDriver):
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
-            raise VimError(
+            raise PermanentVimError(
                 f"local VIM directory {self.instances_dir} is not usable: {exc.strerror}; "
                 "create it, writable by the user ESC runs as"
             ) from exc
@@ -253,7 +261,7 @@ class LocalVim(VimDriver):
 
     def _dir(self, vm_id: str) -> Path:
         if not isinstance(vm_id, str) or not VM_ID.match(vm_id):
-            raise VimError(
+            raise PermanentVimError(
                 f"invalid VM id {vm_id!r}: use letters, digits, '.', '_' and '-' (at most 128)"
             )
         return self.instances_dir / vm_id
@@ -283,7 +291,7 @@ class LocalVim(VimDriver):
 
     def _require_defined(self, vm_id: str, directory: Path) -> None:
         if self._read_spec(directory) is None:
-            raise VimError(f"VM {vm_id} does not exist on the local VIM; create it again")
+            raise PermanentVimError(f"VM {vm_id} does not exist on the local VIM; create it again")
 
     @staticmethod
     def _running(directory: Path) -> bool:
@@ -367,16 +375,17 @@ class LocalVim(VimDriver):
                 cwd="/",
             )
         except subprocess.TimeoutExpired:
-            # Leave no half-started VM behind an error that says it did not start.
+            # Leave no half-started VM behind an error that says it did not start;
+            # a loaded host may start it next time.
             self._kill_all(directory)
-            raise VimError(
+            raise TransientVimError(
                 f"VM {vm_id} did not start within {LAUNCH_TIMEOUT:g} s; "
                 f"console: {self._console_tail(directory)}"
             ) from None
         if result.returncode == vnf.EXIT_ALREADY_RUNNING:
             return self._status(vm_id, directory)  # started meanwhile: not a duplicate
         if result.returncode != 0:
-            raise VimError(
+            raise PermanentVimError(
                 f"VM {vm_id} failed to start: {result.stderr.strip()[-500:]}; "
                 f"console: {self._console_tail(directory)}"
             )
@@ -384,7 +393,9 @@ class LocalVim(VimDriver):
             ready = json.loads(result.stdout)
             port = int(ready["port"])
         except (ValueError, KeyError, TypeError):
-            raise VimError(f"VM {vm_id}: unexpected launcher output {result.stdout!r}") from None
+            raise PermanentVimError(
+                f"VM {vm_id}: unexpected launcher output {result.stdout!r}"
+            ) from None
         log.info("VM %s started (pid %s)", vm_id, ready["pid"], extra={"tags": "start_vm"})
         return InstanceStatus(vm_id, InstanceState.RUNNING, f"http://127.0.0.1:{port}")
 
@@ -398,7 +409,8 @@ class LocalVim(VimDriver):
             if self._wait_released(directory, STOP_GRACE):
                 log.info("VM %s stopped", vm_id, extra={"tags": "stop_vm"})
                 return
-        raise VimError(
+        # A process stuck in the kernel (uninterruptible I/O) usually comes out of it.
+        raise TransientVimError(
             f"VM {vm_id} still holds {directory / 'instance.lock'} after SIGKILL; "
             "the process may be stuck in the kernel (check with ps)"
         )
@@ -411,7 +423,7 @@ class LocalVim(VimDriver):
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.send_signal(sig)
         except psutil.AccessDenied as exc:
-            raise VimError(
+            raise PermanentVimError(
                 f"VM {vm_id} (pid {proc.pid}) runs as another user: stop it as that user"
             ) from exc
 
@@ -428,7 +440,7 @@ class LocalVim(VimDriver):
             if found:
                 return found
             if time.monotonic() >= deadline:
-                raise VimError(
+                raise PermanentVimError(
                     f"VM {vm_id}: {directory / 'instance.lock'} is held by a process that is "
                     "not a VNF of this instance; find it with `fuser` and stop it"
                 )

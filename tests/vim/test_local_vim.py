@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import http.client
 import json
@@ -24,6 +25,8 @@ import pytest
 from esc.vim import local
 from esc.vim.base import (
     InstanceState,
+    PermanentVimError,
+    TransientVimError,
     UnknownFlavor,
     UnknownImage,
     VimError,
@@ -313,9 +316,9 @@ def test_operations_on_an_absent_vm(vim: LocalVim) -> None:
     assert vim.status("vm-x").state is InstanceState.ABSENT
     assert vim.stop_vm("vm-x").state is InstanceState.ABSENT
     assert not vim.is_alive("vm-x")
-    with pytest.raises(VimError, match="does not exist"):
+    with pytest.raises(PermanentVimError, match="does not exist"):
         vim.start_vm("vm-x")
-    with pytest.raises(VimError, match="does not exist"):
+    with pytest.raises(PermanentVimError, match="does not exist"):
         vim.reboot_vm("vm-x")
     assert vim.list_instances() == []
 
@@ -444,7 +447,7 @@ def test_a_vnf_that_fails_to_start_is_reported_with_its_console(vim: LocalVim) -
     vim.stop_vm("vm-1")
     spec_file = vim.instances_dir / "vm-1" / "spec.json"
     spec_file.write_text(json.dumps({**json.loads(spec_file.read_text()), "image": "bogus"}))
-    with pytest.raises(VimError, match=r"failed to start.*unknown image 'bogus'"):
+    with pytest.raises(PermanentVimError, match=r"failed to start.*unknown image 'bogus'"):
         vim.start_vm("vm-1")
     assert vim.status("vm-1").state is InstanceState.STOPPED
 
@@ -453,7 +456,7 @@ def test_a_launch_that_times_out_leaves_no_process(
     vim: LocalVim, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(local, "LAUNCH_TIMEOUT", 0.005)
-    with pytest.raises(VimError, match="did not start within"):
+    with pytest.raises(TransientVimError, match="did not start within"):
         vim.create_vm(spec())
     # A VNF that was too late finds its launcher gone and does not run.
     time.sleep(1)
@@ -571,18 +574,38 @@ def test_check_reports_an_unusable_directory(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     unusable = LocalVim(blocker / "vim")  # constructing does not fail: check() says why
-    with pytest.raises(VimError, match="is not usable"):
+    with pytest.raises(PermanentVimError, match="is not usable"):
         unusable.check()
 
 
 def test_hostile_vm_ids_are_refused(vim: LocalVim) -> None:
     for bad in ("../escape", ".hidden", "", "a/b", "x" * 200):
-        with pytest.raises(VimError, match="invalid VM id"):
+        with pytest.raises(PermanentVimError, match="invalid VM id"):
             vim.status(bad)
-    with pytest.raises(VimError, match="invalid VM id"):
+    with pytest.raises(PermanentVimError, match="invalid VM id"):
         vim.create_vm(spec("../../etc"))
 
 
 def test_unknown_driver_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(VimError, match="unknown VIM driver 'vcloud'"):
         load_driver("vcloud", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (errno.EAGAIN, TransientVimError),
+        (errno.EBUSY, TransientVimError),
+        (errno.EACCES, PermanentVimError),
+        (errno.ENOSPC, PermanentVimError),
+    ],
+)
+def test_file_system_errors_are_transient_only_when_they_pass_by_themselves(
+    vim: LocalVim, monkeypatch: pytest.MonkeyPatch, error: int, kind: type
+) -> None:
+    def failing(*args: object, **kwargs: object) -> None:
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(local.vnf, "write_atomic", failing)
+    with pytest.raises(kind, match="local VIM could not create VM vm-1"):
+        vim.create_vm(spec())
