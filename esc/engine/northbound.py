@@ -28,7 +28,7 @@ from esc.config import Settings
 from esc.db.models import CustomScript, Subscription, Tenant, Transaction
 from esc.db.session import Database
 from esc.descriptor import Descriptor
-from esc.engine import op_mode, submit
+from esc.engine import callbacks, op_mode, submit
 from esc.errors import Conflict, NotFound
 from esc.logtags import transaction_context
 from esc.monitor import mode, scripts
@@ -127,6 +127,8 @@ class Northbound:
     # event subscriptions ---------------------------------------------------------
 
     def subscribe(self, callback_url: str, tenant: str | None) -> Subscription:
+        # Before the write: resolving the callback's host name may wait on DNS.
+        callbacks.check_callback(callback_url, self.settings.notifications)
         with self._write() as session:
             sub = Subscription(callback_url=callback_url, tenant=tenant)
             session.add(sub)
