@@ -6,7 +6,9 @@ so two nodes or two versions can sit side by side on one host.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass
@@ -18,6 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 HOME_ENV = "ESC_HOME"
 CONFIG_FILE = "esc.toml"
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}\.?\Z)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*\.?\Z",
+    re.I,
+)
 
 
 class ConfigError(Exception):
@@ -101,6 +107,25 @@ class NotificationSettings(_Section):
     max_backoff: Annotated[float, Field(gt=0, le=3600)] = Field(
         30.0, description="Upper bound of the exponential retry delay."
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Where subscriptions may send events: host names and CIDR networks "
+        '(e.g. ["receiver.example.com", "10.0.0.0/8"]). Empty: any host. Link-local '
+        "and cloud metadata addresses and names are refused either way.",
+    )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_or_networks(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                if not _HOST_NAME.match(entry):
+                    raise ValueError(
+                        f"{entry!r} is neither a host name nor a CIDR network (10.0.0.0/8)"
+                    ) from None
+        return entries
 
 
 class MonitorSettings(_Section):

@@ -8,6 +8,7 @@ concurrency into errors. Readers stay deferred and, under WAL, never block.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -58,6 +59,7 @@ class Database:
         writer = self.engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
         self._writer = sessionmaker(writer, expire_on_commit=False)
+        self._local = threading.local()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -68,8 +70,18 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A session whose work commits as one transaction, or rolls back on error."""
-        with self._writer() as session, session.begin():
-            yield session
+        depth = getattr(self._local, "writes", 0)
+        self._local.writes = depth + 1
+        try:
+            with self._writer() as session, session.begin():
+                yield session
+        finally:
+            self._local.writes = depth
+
+    def in_write(self) -> bool:
+        """Whether the calling thread has a write open: what must not wait on the
+        network (a VIM call) can assert it does not."""
+        return getattr(self._local, "writes", 0) > 0
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -1,29 +1,26 @@
 """The controller: database, VIM, transaction executor and notifier of one node.
 
-The REST API and the CLI's `escadm run` hold one Controller; every
-northbound write goes through it, so a request is validated, persisted as
-a transaction and queued in one place.
+The REST API and the CLI's `escadm run` hold one Controller. It owns the
+node's parts and their life (start, stop, health, authentication); every
+northbound write goes through its service layer, `controller.northbound`
+(esc.engine.northbound), which holds the writes' rules.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from esc.config import NodeHome, Settings
 from esc.db.migrate import upgrade_to_head
-from esc.db.models import Transaction, User
+from esc.db.models import User
 from esc.db.session import Database
-from esc.descriptor import Descriptor
-from esc.engine import op_mode, submit
 from esc.engine.executor import Executor
+from esc.engine.northbound import Northbound
 from esc.engine.notifier import Notifier
 from esc.engine.step_vim import RetryPolicy
 from esc.health import CheckResult, check_database, check_services, check_vim
-from esc.logtags import transaction_context
 from esc.monitor.mappings import install_defaults_if_empty
 from esc.security import VerifiedCache
 from esc.vim.base import load_driver
@@ -49,6 +46,7 @@ class Controller:
             retry=RetryPolicy.of(settings.engine),
         )
         self.notifier = Notifier(self.db, settings.notifications)
+        self.northbound = Northbound(self.db, self.vim, settings, self.executor.enqueue)
         self.stage = STAGE_INIT
         self._credentials = VerifiedCache()
 
@@ -94,39 +92,3 @@ class Controller:
     def _password_hash(self, user: str) -> str | None:
         with self.db.read() as session:
             return session.scalar(select(User.password_hash).where(User.name == user))
-
-    # northbound writes ---------------------------------------------------------
-
-    def _submit(self, make: Callable[[Session], Transaction]) -> Transaction:
-        with self.db.write() as session:
-            op_mode.require_operation(session)
-            tx = make(session)
-        with transaction_context(tx.id):
-            log.info(
-                "accepted %s %s/%s",
-                tx.operation.value,
-                tx.tenant,
-                tx.deployment_name,
-                extra={"tags": tx.operation.value.lower()},
-            )
-        self.executor.enqueue(tx.id)
-        return tx
-
-    def deploy(self, descriptor: Descriptor) -> Transaction:
-        limit = self.settings.limits.max_vms_per_deployment
-        return self._submit(lambda s: submit.submit_deploy(s, self.vim, descriptor, limit))
-
-    def undeploy(self, tenant: str, name: str) -> Transaction:
-        return self._submit(lambda s: submit.submit_undeploy(s, tenant, name))
-
-    def update(self, tenant: str, name: str, descriptor: Descriptor) -> Transaction:
-        limit = self.settings.limits.max_vms_per_deployment
-        return self._submit(
-            lambda s: submit.submit_update(s, self.vim, tenant, name, descriptor, limit)
-        )
-
-    def scale(self, tenant: str, name: str, vm_group: str, count: int) -> Transaction:
-        return self._submit(lambda s: submit.submit_scale(s, tenant, name, vm_group, count))
-
-    def vm_action(self, vm_id: str, action: str) -> Transaction:
-        return self._submit(lambda s: submit.submit_vm_action(s, vm_id, action))

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from esc.config import NotificationSettings
 from esc.db.models import Delivery, DeliveryState, Event, Subscription, utcnow
 from esc.db.session import Database
+from esc.engine import callbacks
 from esc.engine.events import event_payload, outbox_changed
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,12 @@ class Notifier:
         for delivery_id, url, event_id in heads:
             if self._stop.is_set():
                 break
+            try:  # again at each delivery: what the host name resolves to may have changed
+                callbacks.check_callback(url, self.settings)
+            except callbacks.CallbackRefused as exc:
+                log.warning("delivery %s to %s not sent: %s", delivery_id, url, exc)
+                self._record(delivery_id, f"not sent: {exc}")
+                continue
             with self.db.read() as session:
                 payload = event_payload(session.get(Event, event_id))
             error = self._post(client, url, payload)

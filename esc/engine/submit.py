@@ -2,7 +2,9 @@
 
 Each function validates the request, writes the model change and the
 transaction row in the caller's database transaction, and returns the
-transaction. Nothing runs yet: the executor picks it up after the commit,
+transaction. What needs the VIM (do the images and flavors exist) is
+checked before, outside the write: `validate_on_vim`, so no write waits
+on the VIM's network round trips. Nothing runs yet: the executor picks it up after the commit,
 so a request is durable before it is acknowledged (202).
 """
 
@@ -86,14 +88,9 @@ def _open_transaction(
     return tx
 
 
-def validate_groups(session: Session, vim: VimDriver, groups: list[VmGroupSpec]) -> None:
-    """What the descriptor names exists: images and flavors on the VIM, metrics and
-    actions in the dynamic mappings."""
-    validate_on_vim(vim, groups)
-    check_references(session, groups)
-
-
 def validate_on_vim(vim: VimDriver, groups: list[VmGroupSpec]) -> None:
+    """The images and flavors the descriptor names exist on the VIM. Call it with no
+    database write open: it may wait on the VIM's network."""
     problems = []
     for group in groups:
         for check, value in (
@@ -181,16 +178,14 @@ def _get_or_create_tenant(session: Session, name: str) -> Tenant:
         return session.scalars(select(Tenant).where(Tenant.name == name)).one()
 
 
-def submit_deploy(
-    session: Session, vim: VimDriver, descriptor: Descriptor, max_vms: int
-) -> Transaction:
+def submit_deploy(session: Session, descriptor: Descriptor, max_vms: int) -> Transaction:
     spec = descriptor.deployment
     if descriptor.initial_vm_count() > max_vms:
         raise InvalidRequest(
             f"deployment {spec.name} asks for {descriptor.initial_vm_count()} VMs at start; this "
             f"controller allows {max_vms} per deployment ([limits] max_vms_per_deployment)"
         )
-    validate_groups(session, vim, spec.vm_groups)
+    check_references(session, spec.vm_groups)
     tx = _open_transaction(
         session,
         Operation.DEPLOY,
@@ -235,7 +230,7 @@ def submit_undeploy(session: Session, tenant: str, name: str) -> Transaction:
 
 
 def submit_update(
-    session: Session, vim: VimDriver, tenant: str, name: str, descriptor: Descriptor, max_vms: int
+    session: Session, tenant: str, name: str, descriptor: Descriptor, max_vms: int
 ) -> Transaction:
     if (descriptor.tenant, descriptor.deployment.name) != (tenant, name):
         raise InvalidRequest(
@@ -257,7 +252,7 @@ def submit_update(
                 f"vm_group {group_spec.name}: image and flavor of an existing vm_group cannot be "
                 "changed by an update; add a new vm_group, or undeploy and redeploy"
             )
-    validate_groups(session, vim, descriptor.deployment.vm_groups)
+    check_references(session, descriptor.deployment.vm_groups)
     tx = _open_transaction(
         session,
         Operation.UPDATE,

@@ -67,8 +67,9 @@ def populate(api: TestClient) -> None:
     assert wait_transaction(api, accepted.json()["transaction_id"])["state"] == "SUCCESS"
     for name, body in (("hello.sh", SCRIPT), ("odd.sh", ODD_SCRIPT)):
         assert api.put(f"/v0/scripts/{name}", json=body).status_code == 200
-    assert api.put("/esc/op_mode", json={"mode": "MAINTENANCE"}).status_code == 200
+    # Monitoring first: in MAINTENANCE every write but the op_mode is refused.
     assert api.put("/esc/monitoring", json={"mode": "STOPPED"}).status_code == 200
+    assert api.put("/esc/op_mode", json={"mode": "MAINTENANCE"}).status_code == 200
 
 
 def check_content(rows: dict) -> None:

@@ -26,7 +26,7 @@ deployment:
 
 
 def deploy_and_wait(controller: Controller, text: str) -> Transaction:
-    tx = controller.deploy(parse_descriptor(text))
+    tx = controller.northbound.deploy(parse_descriptor(text))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with controller.db.read() as session:
@@ -106,7 +106,7 @@ def test_stop_mid_transaction_then_start_ends_it(node: Node) -> None:
     )
     first = Controller(node.home, node.settings)
     first.start()
-    tx = first.deploy(parse_descriptor(slow))
+    tx = first.northbound.deploy(parse_descriptor(slow))
     time.sleep(1.0)  # VMs created, the engine waits for them to answer
     left = first.stop(timeout=5)
     assert left == [tx.id]

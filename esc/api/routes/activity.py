@@ -13,12 +13,7 @@ from esc.api.schemas import EventView, SubscriptionIn, SubscriptionView, Transac
 from esc.db.models import Event, Severity, Subscription, Transaction, TransactionState
 from esc.engine.events import event_payload
 from esc.errors import NotFound
-from esc.monitor.mappings import (
-    mappings_in_force,
-    parse_mappings,
-    render_mappings,
-    replace_mappings,
-)
+from esc.monitor.mappings import mappings_in_force, render_mappings
 
 router = APIRouter(prefix="/v0", tags=["activity"], dependencies=[Depends(require_user)])
 
@@ -92,20 +87,12 @@ def list_subscriptions(session: ReadSession) -> list[SubscriptionView]:
 
 @router.post("/subscriptions", response_model=SubscriptionView, status_code=201)
 def create_subscription(body: SubscriptionIn, controller: ControllerDep) -> SubscriptionView:
-    with controller.db.write() as session:
-        sub = Subscription(callback_url=str(body.callback_url), tenant=body.tenant)
-        session.add(sub)
-        session.flush()
-        return _subscription_view(sub)
+    return _subscription_view(controller.northbound.subscribe(str(body.callback_url), body.tenant))
 
 
 @router.delete("/subscriptions/{sub_id}", status_code=204)
 def delete_subscription(sub_id: str, controller: ControllerDep) -> Response:
-    with controller.db.write() as session:
-        sub = session.get(Subscription, sub_id)
-        if sub is None:
-            raise NotFound(f"no subscription {sub_id}")
-        session.delete(sub)
+    controller.northbound.unsubscribe(sub_id)
     return Response(status_code=204)
 
 
@@ -124,14 +111,6 @@ def export_dynamic_mappings(session: ReadSession) -> Response:
     },
 )
 async def import_dynamic_mappings(request: Request, controller: ControllerDep) -> dict:
-    mappings = parse_mappings(await request.body())  # refused before anything changes
-
-    def store() -> None:
-        with controller.db.write() as session:
-            replace_mappings(session, mappings)
-
-    await run_in_threadpool(store)
-    return {
-        "actions": sum(m.kind == "action" for m in mappings),
-        "metrics": sum(m.kind == "metric" for m in mappings),
-    }
+    document = await request.body()
+    # The write may wait for the database's lock: never on the event loop.
+    return await run_in_threadpool(controller.northbound.import_mappings, document)

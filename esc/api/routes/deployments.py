@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import contains_eager
 
 from esc.api.deps import ControllerDep, ReadSession, require_user
@@ -23,7 +22,6 @@ from esc.api.schemas import (
 from esc.db.models import Deployment, Tenant, Transaction
 from esc.descriptor import Descriptor, parse_descriptor
 from esc.engine.submit import WITH_GROUPS_AND_VMS, find_deployment
-from esc.errors import Conflict, NotFound
 
 router = APIRouter(prefix="/v0", tags=["deployments"], dependencies=[Depends(require_user)])
 
@@ -60,28 +58,13 @@ def list_tenants(session: ReadSession) -> list[TenantView]:
 
 @router.post("/tenants", response_model=TenantView, status_code=201)
 def create_tenant(body: TenantIn, controller: ControllerDep) -> TenantView:
-    try:
-        with controller.db.write() as session:
-            tenant = Tenant(name=body.name)
-            session.add(tenant)
-            session.flush()
-            return TenantView(id=tenant.id, name=tenant.name, created_at=tenant.created_at)
-    except IntegrityError:
-        raise Conflict(f"tenant {body.name!r} already exists") from None
+    tenant = controller.northbound.create_tenant(body.name)
+    return TenantView(id=tenant.id, name=tenant.name, created_at=tenant.created_at)
 
 
 @router.delete("/tenants/{tenant}", status_code=204)
 def delete_tenant(tenant: str, controller: ControllerDep) -> Response:
-    with controller.db.write() as session:
-        row = session.scalar(select(Tenant).where(Tenant.name == tenant))
-        if row is None:
-            raise NotFound(f"no tenant {tenant!r}")
-        if row.deployments:
-            raise Conflict(
-                f"tenant {tenant!r} still has {len(row.deployments)} deployment(s); "
-                "undeploy them first"
-            )
-        session.delete(row)
+    controller.northbound.delete_tenant(tenant)
     return Response(status_code=204)
 
 
@@ -94,7 +77,7 @@ def delete_tenant(tenant: str, controller: ControllerDep) -> Response:
 async def deploy(request: Request, response: Response, controller: ControllerDep) -> Accepted:
     descriptor = await _descriptor(request)
     # The write may wait for the database's lock: never on the event loop.
-    return accepted(await run_in_threadpool(controller.deploy, descriptor), response)
+    return accepted(await run_in_threadpool(controller.northbound.deploy, descriptor), response)
 
 
 @router.get("/deployments", response_model=list[DeploymentSummary])
@@ -131,7 +114,7 @@ async def update_deployment(
     tenant: str, name: str, request: Request, response: Response, controller: ControllerDep
 ) -> Accepted:
     descriptor = await _descriptor(request)
-    tx = await run_in_threadpool(controller.update, tenant, name, descriptor)
+    tx = await run_in_threadpool(controller.northbound.update, tenant, name, descriptor)
     return accepted(tx, response)
 
 
@@ -148,16 +131,16 @@ def scale_vm_group(
     response: Response,
     controller: ControllerDep,
 ) -> Accepted:
-    return accepted(controller.scale(tenant, name, vm_group, body.count), response)
+    return accepted(controller.northbound.scale(tenant, name, vm_group, body.count), response)
 
 
 @router.delete("/tenants/{tenant}/deployments/{name}", response_model=Accepted, status_code=202)
 def undeploy(tenant: str, name: str, response: Response, controller: ControllerDep) -> Accepted:
-    return accepted(controller.undeploy(tenant, name), response)
+    return accepted(controller.northbound.undeploy(tenant, name), response)
 
 
 @router.post("/vms/{vm_id}/actions", response_model=Accepted, status_code=202)
 def vm_action(
     vm_id: str, body: VmActionIn, response: Response, controller: ControllerDep
 ) -> Accepted:
-    return accepted(controller.vm_action(vm_id, body.action), response)
+    return accepted(controller.northbound.vm_action(vm_id, body.action), response)

@@ -48,9 +48,7 @@ def get_monitoring(session: ReadSession, controller: ControllerDep) -> Monitorin
 
 @router.put("/esc/monitoring", response_model=MonitoringView)
 def set_monitoring(body: MonitorModeIn, controller: ControllerDep) -> MonitoringView:
-    with controller.db.write() as session:
-        mode.set_mode(session, body.mode)
-    return _monitoring(controller, body.mode)
+    return _monitoring(controller, controller.northbound.set_monitoring(body.mode))
 
 
 def _view(row: CustomScript, *, content: bool) -> ScriptView:
@@ -75,13 +73,11 @@ def show_script(name: ScriptName, session: ReadSession) -> ScriptView:
 
 @router.put("/v0/scripts/{name}", response_model=ScriptView)
 def put_script(name: ScriptName, body: ScriptIn, controller: ControllerDep) -> ScriptView:
-    with controller.db.write() as session:
-        row = scripts.put_script(session, name, body.content, body.timeout)
-        return _view(row, content=False)
+    row = controller.northbound.put_script(name, body.content, body.timeout)
+    return _view(row, content=False)
 
 
 @router.delete("/v0/scripts/{name}", status_code=204)
 def delete_script(name: ScriptName, controller: ControllerDep) -> Response:
-    with controller.db.write() as session:
-        scripts.delete_script(session, name)
+    controller.northbound.delete_script(name)
     return Response(status_code=204)

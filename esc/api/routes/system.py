@@ -42,9 +42,7 @@ def get_op_mode(session: ReadSession) -> OpModeView:
 
 @router.put("/op_mode", response_model=OpModeView, dependencies=[Depends(require_user)])
 def set_op_mode(body: OpModeIn, controller: ControllerDep) -> OpModeView:
-    with controller.db.write() as session:
-        mode = op_mode.set_mode(session, body.mode, ipt_check=body.ipt_check)
-    return OpModeView(mode=mode)
+    return OpModeView(mode=controller.northbound.set_op_mode(body.mode, ipt_check=body.ipt_check))
 
 
 @router.get("/version", response_model=VersionView, dependencies=[Depends(require_user)])

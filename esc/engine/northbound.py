@@ -1,0 +1,174 @@
+"""The northbound service layer: every write a client can ask for, and its rules.
+
+The REST API's write handlers only translate HTTP to a call here and the
+result back; each method here opens one database write, checks first that
+the node takes writes (`require_writable`, inside that same transaction so
+a switch to MAINTENANCE cannot slip in between the check and the write),
+applies the request's rules and commits. A new kind of write added here
+gets the check by using `_write`; one that forgets it fails the test that
+tries every write route in MAINTENANCE.
+
+Work that may wait on the network (the VIM's image and flavor checks) or
+burns CPU (parsing an upload) runs before the write opens: on SQLite a
+write holds the database's one write lock, so every other write would
+queue behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from esc.config import Settings
+from esc.db.models import CustomScript, Subscription, Tenant, Transaction
+from esc.db.session import Database
+from esc.descriptor import Descriptor
+from esc.engine import callbacks, op_mode, submit
+from esc.errors import Conflict, NotFound
+from esc.logtags import transaction_context
+from esc.monitor import mode, scripts
+from esc.monitor.mappings import parse_mappings, replace_mappings
+from esc.vim.base import VimDriver
+
+log = logging.getLogger(__name__)
+
+
+def require_writable(session: Session) -> None:
+    """Refuse a northbound write this node must not take now: in MAINTENANCE (503).
+
+    The one place that decides whether this node accepts writes; the HA
+    release adds the node's role (only the active node writes) here.
+    """
+    op_mode.require_operation(session)
+
+
+class Northbound:
+    """The writes of one controller: tenants, deployments, VM actions, subscriptions,
+    dynamic mappings, custom scripts, the monitoring mode and the op_mode."""
+
+    def __init__(
+        self, db: Database, vim: VimDriver, settings: Settings, enqueue: Callable[[str], None]
+    ) -> None:
+        self.db = db
+        self.vim = vim
+        self.settings = settings
+        self._enqueue = enqueue
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with self.db.write() as session:
+            require_writable(session)
+            yield session
+
+    # tenants ---------------------------------------------------------------------
+
+    def create_tenant(self, name: str) -> Tenant:
+        try:
+            with self._write() as session:
+                tenant = Tenant(name=name)
+                session.add(tenant)
+                session.flush()
+                return tenant
+        except IntegrityError:
+            raise Conflict(f"tenant {name!r} already exists") from None
+
+    def delete_tenant(self, name: str) -> None:
+        with self._write() as session:
+            tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+            if tenant is None:
+                raise NotFound(f"no tenant {name!r}")
+            if tenant.deployments:
+                raise Conflict(
+                    f"tenant {name!r} still has {len(tenant.deployments)} deployment(s); "
+                    "undeploy them first"
+                )
+            session.delete(tenant)
+
+    # deployments and VMs: each a transaction the executor runs after the commit ---
+
+    def _submit(self, make: Callable[[Session], Transaction]) -> Transaction:
+        with self._write() as session:
+            tx = make(session)
+        with transaction_context(tx.id):
+            log.info(
+                "accepted %s %s/%s",
+                tx.operation.value,
+                tx.tenant,
+                tx.deployment_name,
+                extra={"tags": tx.operation.value.lower()},
+            )
+        self._enqueue(tx.id)
+        return tx
+
+    def deploy(self, descriptor: Descriptor) -> Transaction:
+        limit = self.settings.limits.max_vms_per_deployment
+        submit.validate_on_vim(self.vim, descriptor.deployment.vm_groups)
+        return self._submit(lambda s: submit.submit_deploy(s, descriptor, limit))
+
+    def update(self, tenant: str, name: str, descriptor: Descriptor) -> Transaction:
+        limit = self.settings.limits.max_vms_per_deployment
+        submit.validate_on_vim(self.vim, descriptor.deployment.vm_groups)
+        return self._submit(lambda s: submit.submit_update(s, tenant, name, descriptor, limit))
+
+    def undeploy(self, tenant: str, name: str) -> Transaction:
+        return self._submit(lambda s: submit.submit_undeploy(s, tenant, name))
+
+    def scale(self, tenant: str, name: str, vm_group: str, count: int) -> Transaction:
+        return self._submit(lambda s: submit.submit_scale(s, tenant, name, vm_group, count))
+
+    def vm_action(self, vm_id: str, action: str) -> Transaction:
+        return self._submit(lambda s: submit.submit_vm_action(s, vm_id, action))
+
+    # event subscriptions ---------------------------------------------------------
+
+    def subscribe(self, callback_url: str, tenant: str | None) -> Subscription:
+        # Before the write: resolving the callback's host name may wait on DNS.
+        callbacks.check_callback(callback_url, self.settings.notifications)
+        with self._write() as session:
+            sub = Subscription(callback_url=callback_url, tenant=tenant)
+            session.add(sub)
+            session.flush()
+            return sub
+
+    def unsubscribe(self, sub_id: str) -> None:
+        with self._write() as session:
+            sub = session.get(Subscription, sub_id)
+            if sub is None:
+                raise NotFound(f"no subscription {sub_id}")
+            session.delete(sub)
+
+    # monitoring ------------------------------------------------------------------
+
+    def import_mappings(self, document: bytes) -> dict[str, int]:
+        """Replace the dynamic mappings with an XML document's; refused whole if invalid."""
+        mappings = parse_mappings(document)
+        with self._write() as session:
+            replace_mappings(session, mappings)
+        return {
+            "actions": sum(m.kind == "action" for m in mappings),
+            "metrics": sum(m.kind == "metric" for m in mappings),
+        }
+
+    def set_monitoring(self, wanted: mode.MonitorMode) -> mode.MonitorMode:
+        with self._write() as session:
+            return mode.set_mode(session, wanted)
+
+    def put_script(self, name: str, content: str, timeout: float) -> CustomScript:
+        with self._write() as session:
+            return scripts.put_script(session, name, content, timeout)
+
+    def delete_script(self, name: str) -> None:
+        with self._write() as session:
+            scripts.delete_script(session, name)
+
+    # the op_mode -------------------------------------------------------------------
+
+    def set_op_mode(self, wanted: op_mode.OpMode, *, ipt_check: bool = False) -> op_mode.OpMode:
+        """The one write taken in MAINTENANCE: without it an operator could not leave it."""
+        with self.db.write() as session:
+            return op_mode.set_mode(session, wanted, ipt_check=ipt_check)
