@@ -77,7 +77,7 @@ def test_second_controller_on_the_database_does_not_run_the_first_ones_deploy(
     first.start()
     second = Controller(node.home, node.settings)
     try:
-        tx = first.deploy(parse_descriptor(THREE_VMS))
+        tx = first.northbound.deploy(parse_descriptor(THREE_VMS))
         wait_for(lambda: created, 10, "the first create_vm")
         second.start()
         ended = _final(first, tx.id)
@@ -118,7 +118,7 @@ def test_transaction_of_a_dead_owner_is_resumed_by_the_next_start(
     )
     first = Controller(node.home, node.settings)
     first.start()
-    tx = first.deploy(parse_descriptor(slow))
+    tx = first.northbound.deploy(parse_descriptor(slow))
     wait_for(lambda: _count(first.db, tx.id, "VM_DEPLOYED") == 3, 20, "VMs created")
     assert first.stop(timeout=5) == [tx.id]
 

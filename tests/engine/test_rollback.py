@@ -57,7 +57,7 @@ def test_deploy_whose_third_vm_is_refused_is_rolled_back(node: Node) -> None:
 
     controller, _ = faulty_controller(node, third_refused)
     try:
-        tx = controller.deploy(parse_descriptor(THREE_VMS))
+        tx = controller.northbound.deploy(parse_descriptor(THREE_VMS))
         ended = _ended(controller, tx.id)
         assert ended.state is TransactionState.FAILED
         assert ended.error == f"the VIM refused: {refusal}"
@@ -83,7 +83,7 @@ def test_deploy_whose_third_vm_is_refused_is_rolled_back(node: Node) -> None:
         )
 
         # What is left is still managed: undeploy removes the deployment.
-        gone = controller.undeploy("rb", "three")
+        gone = controller.northbound.undeploy("rb", "three")
         assert _ended(controller, gone.id).state is TransactionState.SUCCESS
         with controller.db.read() as session:
             assert session.scalars(select(Deployment)).all() == []
@@ -95,7 +95,7 @@ def test_a_rollback_cut_short_by_a_stop_is_finished_at_the_next_start(node: Node
     first, _ = faulty_controller(
         node, lambda call: PermanentVimError("image gone") if call == 3 else None
     )
-    tx = first.deploy(parse_descriptor(THREE_VMS))
+    tx = first.northbound.deploy(parse_descriptor(THREE_VMS))
     _ended(first, tx.id)
     first.stop(timeout=5)
     # As a stop during the rollback leaves it: failed, rolling back, one VM not yet removed.

@@ -60,7 +60,7 @@ def test_permanent_refusal_fails_with_the_vims_message_and_no_traceback(
     refusal = PermanentVimError("quota exceeded: 0 of 0 instances left in project faults")
     controller, vim = faulty(lambda n: refusal)
     with caplog.at_level(logging.INFO):
-        tx = controller.deploy(parse_descriptor(ONE_VM))
+        tx = controller.northbound.deploy(parse_descriptor(ONE_VM))
         ended = _ended(controller, tx.id)
     assert ended.state is TransactionState.FAILED
     assert ended.error == f"the VIM refused: {refusal}"
@@ -76,7 +76,7 @@ def test_transient_errors_are_retried_then_succeed(
         lambda n: TransientVimError(f"503 Service Unavailable (call {n})") if n <= 2 else None
     )
     with caplog.at_level(logging.WARNING, logger="esc.engine.step_vim"):
-        tx = controller.deploy(parse_descriptor(ONE_VM))
+        tx = controller.northbound.deploy(parse_descriptor(ONE_VM))
         ended = _ended(controller, tx.id)
     assert ended.state is TransactionState.SUCCESS, ended.error
     assert vim.creates == 3
@@ -88,7 +88,7 @@ def test_transient_errors_are_retried_then_succeed(
 
 def test_transient_errors_without_end_fail_after_the_bound(faulty) -> None:
     controller, vim = faulty(lambda n: TransientVimError(f"connection refused (call {n})"))
-    tx = controller.deploy(parse_descriptor(ONE_VM))
+    tx = controller.northbound.deploy(parse_descriptor(ONE_VM))
     ended = _ended(controller, tx.id)
     assert ended.state is TransactionState.FAILED
     assert vim.creates == ATTEMPTS
@@ -99,7 +99,7 @@ def test_transient_errors_without_end_fail_after_the_bound(faulty) -> None:
 
 def test_waiting_for_a_retry_ends_when_the_node_stops(faulty) -> None:
     controller, vim = faulty(lambda n: TransientVimError("timed out"), backoff=30)
-    tx = controller.deploy(parse_descriptor(ONE_VM))
+    tx = controller.northbound.deploy(parse_descriptor(ONE_VM))
     wait_for(lambda: vim.creates, 10, "the first create_vm")
     begun = time.monotonic()
     assert controller.stop(timeout=5) == [tx.id]
