@@ -16,10 +16,10 @@ timeout). Taking one over counts as a resume.
 
 Every engine write made for a claim is fenced (`fenced_write`): it checks,
 in the same database transaction, that the transaction is still held by
-this owner at this epoch, and raises NotOwner otherwise; VIM calls are
-checked the same way before they are made (`check_current`, by
-esc.engine.step_vim). So an executor that
-was presumed dead and then woke up changes nothing.
+this owner at this epoch, and raises NotOwner otherwise; VIM calls that
+change something are checked the same way before they are made
+(`check_current`, by esc.engine.step_vim). So an executor that was presumed
+dead and then woke up changes nothing.
 
 High availability builds its leadership on this module: an owner's role
 (`ACTIVE`, or a standby's) is recorded here and only an ACTIVE owner claims.
