@@ -16,10 +16,10 @@ timeout). Taking one over counts as a resume.
 
 Every engine write made for a claim is fenced (`fenced_write`): it checks,
 in the same database transaction, that the transaction is still held by
-this owner at this epoch, and raises NotOwner otherwise; VIM calls are
-checked the same way before they are made (`check_current`, by
-esc.engine.step_vim). So an executor that
-was presumed dead and then woke up changes nothing.
+this owner at this epoch, and raises NotOwner otherwise; VIM calls that
+change something are checked the same way before they are made
+(`check_current`, by esc.engine.step_vim). So an executor that was presumed
+dead and then woke up changes nothing.
 
 High availability builds its leadership on this module: an owner's role
 (`ACTIVE`, or a standby's) is recorded here and only an ACTIVE owner claims.
@@ -185,14 +185,16 @@ class Claimant:
                 return None  # another claimer changed the row since it was read
         return Claim(tx_id, self.id, row.epoch + 1, row.resumes + int(resumed), resumed)
 
-    def claimable(self) -> list[str]:
-        """Open transactions no live owner holds, oldest first (what reconciliation resumes)."""
+    def claimable(self, queued_too: bool = True) -> list[str]:
+        """Open transactions no live owner holds, oldest first (what reconciliation
+        resumes); only IN_PROGRESS ones unless `queued_too`."""
+        states = [TransactionState.IN_PROGRESS]
+        if queued_too:
+            states.append(TransactionState.QUEUED)
         with self.db.read() as session:
             rows = session.execute(
                 select(Transaction.id, Transaction.state, Transaction.owner)
-                .where(
-                    Transaction.state.in_([TransactionState.QUEUED, TransactionState.IN_PROGRESS])
-                )
+                .where(Transaction.state.in_(states))
                 .order_by(Transaction.created_at)
             ).all()
             return [

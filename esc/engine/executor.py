@@ -46,6 +46,8 @@ _STOP = object()
 _LEFT = object()
 # How often QUEUED transactions written by other processes are looked for.
 PICKUP_INTERVAL = 0.2
+# How often transactions of executors that died meanwhile are looked for.
+TAKE_OVER_INTERVAL = 5.0
 
 
 class Executor:
@@ -121,7 +123,7 @@ class Executor:
 
     def _pick_up(self) -> None:
         """Find QUEUED transactions, and keep this executor's heartbeat."""
-        last_beat = time.monotonic()
+        last_beat = last_take_over = time.monotonic()
         while not self.stopping.wait(PICKUP_INTERVAL):
             if time.monotonic() - last_beat >= HEARTBEAT_INTERVAL:
                 try:
@@ -129,6 +131,12 @@ class Executor:
                     last_beat = time.monotonic()
                 except Exception:
                     log.warning("refreshing the executor's heartbeat failed", exc_info=True)
+            if time.monotonic() - last_take_over >= TAKE_OVER_INTERVAL:
+                last_take_over = time.monotonic()
+                try:
+                    self._take_over()
+                except Exception:
+                    log.warning("looking for transactions to take over failed", exc_info=True)
             try:
                 with self.db.read() as session:
                     queued = session.scalars(
@@ -151,12 +159,21 @@ class Executor:
         """At start-up: remove orphan VMs, then resume or close every open transaction
         that no live executor holds."""
         self._remove_orphans()
-        for tx_id in self.claimant.claimable():
+        self._take_over(queued_too=True)
+
+    def _take_over(self, queued_too: bool = False) -> None:
+        """Claim and queue the open transactions no live executor holds: at start all of
+        them; then now and again those in progress (another controller on this database
+        may have died). QUEUED ones are otherwise left to the pick-up, which queues them."""
+        for tx_id in self.claimant.claimable(queued_too):
+            with self._lock:
+                if tx_id in self._queued or tx_id in self._running:
+                    continue
             claim = self.claimant.claim(tx_id)
             if claim is None:
                 continue  # another executor claimed it meanwhile
             if claim.resumed:
-                log.info("transaction %s resumed after restart", tx_id)
+                log.info("transaction %s resumed: the executor running it is gone", tx_id)
             if self._within_resumes(claim):
                 with self._lock:
                     self._claims[tx_id] = claim

@@ -77,3 +77,33 @@ def test_0005_gives_past_events_their_severity(db_url: str) -> None:
         }
     finally:
         db.dispose()
+
+
+def test_0006_leaves_open_transactions_of_older_releases_unowned(db_url: str) -> None:
+    """A transaction an older release left in progress has no owner after the upgrade,
+    so the first executor that starts resumes it."""
+    from alembic import command
+    from sqlalchemy import text
+
+    db = Database(db_url)
+    try:
+        config = alembic_config()
+        with db.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0005")
+        with db.engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO transactions (id, operation, state, tenant, deployment_name, "
+                    "request, progress, automatic, resumes, created_at) VALUES ('old', "
+                    "'UNDEPLOY', 'IN_PROGRESS', 't', 'd', '{}', '{}', false, 0, "
+                    "CURRENT_TIMESTAMP)"
+                )
+            )
+        upgrade_to_head(db.engine)
+        with db.engine.connect() as connection:
+            row = connection.execute(text("SELECT owner, epoch FROM transactions")).one()
+            owners = connection.execute(text("SELECT count(*) FROM owners")).scalar()
+        assert tuple(row) == (None, 0) and owners == 0
+    finally:
+        db.dispose()

@@ -27,7 +27,7 @@ from esc.db.models import (
 )
 from esc.db.session import Database
 from esc.descriptor import parse_descriptor
-from esc.engine import claims
+from esc.engine import claims, executor
 from esc.engine.claims import Claimant, NotOwner, fenced_write
 from esc.engine.controller import Controller
 from esc.engine.step_vim import RetryPolicy, StepVim
@@ -143,6 +143,7 @@ def test_transaction_of_a_dead_owner_is_resumed_by_the_next_start(
         if how != "owner row gone":
             session.add(owner)
 
+    alive_before = _count(first.db, tx.id, "VM_ALIVE")
     second = Controller(node.home, node.settings)
     second.start()
     try:
@@ -157,9 +158,33 @@ def test_transaction_of_a_dead_owner_is_resumed_by_the_next_start(
                 left = session.get(Transaction, tx.id)
             assert left.state is TransactionState.IN_PROGRESS
             assert (left.owner, left.epoch, left.resumes) == ("dead-or-alive", 1, 0)
-            assert _count(second.db, tx.id, "VM_ALIVE") == 0
+            assert _count(second.db, tx.id, "VM_ALIVE") == alive_before  # no step ran
     finally:
         second.stop()
+
+
+def test_a_running_controller_takes_over_from_one_that_died(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(executor, "TAKE_OVER_INTERVAL", 0.5)
+    survivor = Controller(node.home, node.settings)
+    survivor.start()
+    dying = Controller(node.home, node.settings)
+    dying.start()
+    try:
+        slow = THREE_VMS.replace("image: healthy", "image: 'slow-boot:1.5'").replace(
+            "flavor: m1.tiny,", "flavor: m1.tiny, bootup_time: 30,"
+        )
+        tx = dying.deploy(parse_descriptor(slow))
+        wait_for(lambda: _count(dying.db, tx.id, "VM_DEPLOYED") == 3, 20, "VMs created")
+        assert dying.stop(timeout=5) == [tx.id]  # its owner row goes with it
+        ended = _final(survivor, tx.id)
+        assert ended.state is TransactionState.SUCCESS, ended.error
+        assert ended.owner == survivor.executor.claimant.id and ended.resumes == 1
+        assert _count(survivor.db, tx.id, "VM_ALIVE") == 3
+        assert len(live_vm_processes(node.home)) == 3
+    finally:
+        survivor.stop()
 
 
 @pytest.fixture
