@@ -45,7 +45,8 @@ def api_hosts(settings: Settings) -> list[str]:
     hosts = ["127.0.0.1", "localhost", settings.node.name]
     if settings.api.host not in ("0.0.0.0", "::", ""):
         hosts.append(settings.api.host)
-    return list(dict.fromkeys(h for h in hosts if h))
+    # A certificate names hosts in ASCII (IDNA A-labels); other node names are left out.
+    return list(dict.fromkeys(h for h in hosts if h and h.isascii()))
 
 
 def generate_self_signed(

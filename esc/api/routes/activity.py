@@ -80,7 +80,11 @@ def list_events(
 
 def _subscription_view(sub: Subscription) -> SubscriptionView:
     return SubscriptionView(
-        id=sub.id, callback_url=sub.callback_url, tenant=sub.tenant, created_at=sub.created_at
+        id=sub.id,
+        callback_url=sub.callback_url,
+        tenant=sub.tenant,
+        ca_bundle=sub.ca_bundle,
+        created_at=sub.created_at,
     )
 
 
@@ -93,7 +97,9 @@ def list_subscriptions(session: ReadSession) -> list[SubscriptionView]:
 @router.post("/subscriptions", response_model=SubscriptionView, status_code=201)
 def create_subscription(body: SubscriptionIn, controller: ControllerDep) -> SubscriptionView:
     with controller.db.write() as session:
-        sub = Subscription(callback_url=str(body.callback_url), tenant=body.tenant)
+        sub = Subscription(
+            callback_url=str(body.callback_url), tenant=body.tenant, ca_bundle=body.ca_bundle
+        )
         session.add(sub)
         session.flush()
         return _subscription_view(sub)
