@@ -98,7 +98,13 @@ def generate_self_signed(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise TlsError(
+            f"{key_file} already exists: remove it to make a new self-signed certificate, "
+            "or give that pair with --tls-cert and --tls-key"
+        ) from None
     with os.fdopen(fd, "wb") as out:
         out.write(key_pem)
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -175,6 +175,9 @@ def test_check_server_files_names_the_problem(tmp_path: Path) -> None:
         check_server_files(cert, key, now=later)
     with pytest.raises(TlsError, match="not valid before"):
         check_server_files(cert, key, now=datetime.now(UTC) - timedelta(days=1))
+    with pytest.raises(TlsError, match="already exists"):  # an existing key is never replaced
+        generate_self_signed(cert, key, ["127.0.0.1"])
+    check_server_files(cert, key)
 
 
 def test_tls_cert_and_key_go_together(tmp_path: Path) -> None:
