@@ -14,13 +14,16 @@ import os
 import ssl
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typing import TYPE_CHECKING
 
 from esc.config import ConfigError, NodeHome, Settings
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+# cryptography is imported where certificates are made or read, not at module level:
+# it costs every escadm command a quarter of a second, and most of them only verify
+# (the ssl module does that).
 
 # Long enough not to surprise an operator within a release cycle, short enough to
 # be below the 825 days most TLS clients accept for a server certificate.
@@ -34,6 +37,8 @@ class TlsError(ConfigError):
 
 
 def _general_name(host: str) -> x509.GeneralName:
+    from cryptography import x509
+
     try:
         return x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
@@ -59,6 +64,11 @@ def generate_self_signed(
 ) -> x509.Certificate:
     """Write a self-signed certificate for `hosts` and its key (mode 0600, never
     overwritten: an existing key is the operator's)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     start = not_before or datetime.now(UTC) - timedelta(minutes=5)  # tolerate clock skew
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
@@ -124,6 +134,9 @@ def _read(path: Path, what: str, setting: str) -> bytes:
 def check_server_files(cert_file: Path, key_file: Path, now: datetime | None = None) -> None:
     """Refuse a certificate/key pair the API cannot serve: unreadable, not PEM,
     not yet or no longer valid, or a key that is not the certificate's."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     renew = (
         "renew it, or make a new self-signed one (openssl, or escadm init --tls on a "
         "scratch home) and point [api] tls_cert/tls_key at it"
@@ -177,6 +190,8 @@ def server_files(home: NodeHome, settings: Settings) -> tuple[Path, Path] | None
 
 def load_certificates(pem: str) -> list[x509.Certificate]:
     """The certificates of a PEM bundle; ValueError naming the problem if it holds none."""
+    from cryptography import x509
+
     if "-----BEGIN CERTIFICATE-----" not in pem:
         raise ValueError("not a PEM certificate bundle (no -----BEGIN CERTIFICATE----- line)")
     try:

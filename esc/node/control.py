@@ -39,6 +39,7 @@ class NodeState:
     supervisor: ProcessRecord | None
     services: list[ServiceState]
     api_ready: bool
+    api_problem: str | None = None  # why the API's certificate is not trusted
 
     @property
     def running(self) -> bool:
@@ -81,7 +82,8 @@ def node_state(home: NodeHome, settings: Settings, ca: Path | None = None) -> No
     supervisor = live_record(home, SUPERVISOR)
     services = [ServiceState(name, live_record(home, name)) for name in SERVICE_NAMES]
     running = supervisor is not None or any(s.running for s in services)
-    return NodeState(supervisor, services, running and api_ready(home, settings, ca=ca))
+    ready, problem = _probe(home, settings, 0.5, ca) if running else (False, None)
+    return NodeState(supervisor, services, ready, problem)
 
 
 def start_node(home: NodeHome, settings: Settings, timeout: float = 60.0) -> bool:
@@ -162,4 +164,6 @@ def status_lines(state: NodeState, *, verbose: bool = False) -> tuple[list[str],
         return [*lines, "ESC status=0 ESC is stopped"], STATUS_STOPPED
     if state.healthy:
         return [*lines, "ESC status=0 ESC Standalone Healthy"], STATUS_HEALTHY
+    if state.api_problem:
+        lines.append(f"api: {state.api_problem}")
     return [*lines, "ESC status=1 ESC Standalone Unhealthy"], STATUS_UNHEALTHY

@@ -98,6 +98,11 @@ def test_escadm_talks_https_and_verifies_the_node(tls_home, tmp_path: Path) -> N
     other, _ = make_pair(tmp_path / "other", ["127.0.0.1", "localhost"])
     wrong = escadm("deployment", "list", "--ca", str(other), home=home)
     assert_clear_refusal(wrong, 3, "not signed by", str(other), "--ca")
+    status = escadm("status", "--ca", str(other), home=home)
+    assert status.returncode == 1
+    reason, last = status.stdout.splitlines()
+    assert reason.startswith("api: the certificate of") and "not signed by" in reason
+    assert last == "ESC status=1 ESC Standalone Unhealthy"
     unhealthy = escadm("health", "--ca", str(other), home=home)
     assert unhealthy.returncode == 1
     assert "api: the certificate of" in unhealthy.stdout and "not signed by" in unhealthy.stdout
