@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Annotated
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 HOME_ENV = "ESC_HOME"
 CONFIG_FILE = "esc.toml"
@@ -43,6 +50,26 @@ class ApiSettings(_Section):
     max_body_bytes: Annotated[int, Field(ge=1024)] = Field(
         1_048_576, description="Largest request body accepted; larger ones get 413."
     )
+    tls_cert: str = Field(
+        "",
+        description="PEM certificate (its chain after it) the API serves HTTPS with; a "
+        "relative path is in the node home. Empty: plain HTTP. Set with tls_key.",
+    )
+    tls_key: str = Field(
+        "",
+        description="The unencrypted PEM private key of tls_cert (keep it mode 0600); a "
+        "relative path is in the node home.",
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiSettings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("set both tls_cert and tls_key for HTTPS, or neither for HTTP")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
 
 
 class DatabaseSettings(_Section):
@@ -209,6 +236,17 @@ class NodeHome:
         else data/vim."""
         return self.root / settings.vim.local_dir if settings.vim.local_dir else self.vim_dir
 
+    @property
+    def tls_dir(self) -> Path:
+        """Where `escadm init --tls` puts the self-signed certificate and its key."""
+        return self.root / "tls"
+
+    def tls_files(self, settings: Settings) -> tuple[Path, Path] | None:
+        """([api] tls_cert, tls_key) as paths (relative: to the home), None without TLS."""
+        if not settings.api.tls_cert:
+            return None
+        return self.root / settings.api.tls_cert, self.root / settings.api.tls_key
+
     def exists(self) -> bool:
         return self.config_file.is_file()
 
@@ -236,3 +274,14 @@ class NodeHome:
 
     def database_url(self, settings: Settings) -> str:
         return settings.database.url or f"sqlite:///{self.data / 'esc.db'}"
+
+
+def api_base_url(settings: Settings) -> str:
+    """Where clients on this host reach the API: a wildcard listen address is
+    reached on loopback."""
+    host = settings.api.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{settings.api.scheme}://{host}:{settings.api.port}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints, field_validator
 
 from esc.db.models import (
     Deployment,
@@ -21,6 +21,7 @@ from esc.db.models import (
 from esc.descriptor import Name
 from esc.engine.op_mode import OpMode
 from esc.monitor.mode import MonitorMode
+from esc.tls import load_certificates
 
 
 class _In(BaseModel):
@@ -161,15 +162,35 @@ class VmActionIn(_In):
     ]
 
 
+CA_BUNDLE_MAX_CHARS = 65_536  # dozens of certificates: more than any private PKI's chain
+
+
 class SubscriptionIn(_In):
     callback_url: Annotated[AnyHttpUrl, UrlConstraints(max_length=2048)]
     tenant: Name | None = Field(None, description="Only this tenant's events; all when absent.")
+    ca_bundle: str | None = Field(
+        None,
+        max_length=CA_BUNDLE_MAX_CHARS,
+        description="PEM certificates an https callback_url's certificate must chain to, "
+        "instead of the system's CAs (a private PKI). Absent: the system's CAs.",
+    )
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _certificates_only(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if "PRIVATE KEY-----" in value:
+            raise ValueError("holds a private key: send the CA certificates only, never a key")
+        load_certificates(value)  # ValueError naming what is wrong
+        return value
 
 
 class SubscriptionView(BaseModel):
     id: str
     callback_url: str
     tenant: str | None
+    ca_bundle: str | None = None
     created_at: datetime
 
 

@@ -7,9 +7,10 @@ from typing import Any
 
 import httpx
 
-from esc.cli.common import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, CliError
-from esc.config import NodeHome, Settings
+from esc.cli.common import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, CliError, ca_file
+from esc.config import NodeHome, Settings, api_base_url
 from esc.security import LOCAL_USER
+from esc.tls import TlsError, certificate_problem, client_verify, trusted_ca
 
 USER_ENV = "ESC_USER"
 PASSWORD_ENV = "ESC_PASSWORD"
@@ -29,19 +30,18 @@ def _credentials(home: NodeHome) -> tuple[str, str]:
         ) from None
 
 
-def api_base_url(settings: Settings) -> str:
-    host = settings.api.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{settings.api.port}"
-
-
 class ApiClient:
     def __init__(self, home: NodeHome, settings: Settings, timeout: float = 30.0) -> None:
         self.base_url = api_base_url(settings)
-        self._http = httpx.Client(base_url=self.base_url, auth=_credentials(home), timeout=timeout)
+        ca = ca_file()
+        self._trusted = trusted_ca(home, settings, ca)  # named when verification fails
+        try:
+            verify = client_verify(home, settings, ca)
+        except TlsError as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
+        self._http = httpx.Client(
+            base_url=self.base_url, auth=_credentials(home), timeout=timeout, verify=verify
+        )
 
     def __enter__(self) -> ApiClient:
         return self
@@ -61,6 +61,9 @@ class ApiClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
+            refused = certificate_problem(exc, self.base_url, self._trusted)
+            if refused:
+                raise CliError(refused, EXIT_UNREACHABLE) from None
             raise CliError(
                 f"ESC does not answer at {self.base_url} ({exc.__class__.__name__}): start it "
                 "with 'escadm run', or check --home",

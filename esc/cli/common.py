@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -33,9 +34,33 @@ class CliError(click.ClickException):
         click.echo(f"Error: {self.format_message()}", err=True)
 
 
-def home_option(func: F) -> F:
-    """--home DIR on every command; $ESC_HOME, then ~/.esc, when absent."""
+CA_ENV = "ESC_CA"
+_CA_KEY = "esc.ca"
 
+
+def _remember_ca(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta[_CA_KEY] = Path(value)
+
+
+def ca_file() -> Path | None:
+    """The --ca FILE of the running command, if one was given."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get(_CA_KEY) if ctx else None
+
+
+def home_option(func: F) -> F:
+    """--home DIR on every command; $ESC_HOME, then ~/.esc, when absent. Also --ca."""
+
+    @click.option(
+        "--ca",
+        envvar=CA_ENV,
+        type=click.Path(exists=True, dir_okay=False),
+        expose_value=False,
+        callback=_remember_ca,
+        help=f"CA certificate (PEM) to verify the node's HTTPS API with (default ${CA_ENV}, "
+        "else the node's own [api] tls_cert).",
+    )
     @click.option(
         "--home",
         "home",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from esc.cli.common import EXIT_USAGE, CliError, home_option, json_option, load_settings, print_json
-from esc.config import ConfigError, NodeHome, Settings
+from esc.config import ConfigError, NodeHome, Settings, api_base_url
 
 
 @click.command("init")
@@ -18,6 +20,20 @@ from esc.config import ConfigError, NodeHome, Settings
     "PostgreSQL: postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB",
 )
 @click.option("--node-name", help="This node's name (default: the host name).")
+@click.option(
+    "--tls",
+    "self_signed",
+    is_flag=True,
+    help="Serve the API over HTTPS with a new self-signed certificate (tls/ in the home).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Serve HTTPS with this PEM certificate (with --tls-key).",
+)
+@click.option(
+    "--tls-key", type=click.Path(exists=True, dir_okay=False), help="The key of --tls-cert."
+)
 @json_option
 def init_command(
     home: NodeHome,
@@ -25,6 +41,9 @@ def init_command(
     api_host: str | None,
     db_url: str | None,
     node_name: str | None,
+    self_signed: bool,
+    tls_cert: str | None,
+    tls_key: str | None,
     as_json: bool,
 ) -> None:
     """Create a node: esc.toml, data/, log/, run/, the database and the admin account.
@@ -42,12 +61,13 @@ def init_command(
         raw["database"]["url"] = db_url
     if node_name is not None:
         raw["node"]["name"] = node_name
+    raw["api"].update(_tls_settings(home, self_signed, tls_cert, tls_key))
     try:
         settings = Settings.model_validate(raw)
     except Exception as exc:  # pydantic's message names the option's key
         raise CliError(f"invalid option: {exc}", EXIT_USAGE) from None
     try:
-        result = init_node(home, settings)
+        result = init_node(home, settings, self_signed_tls=self_signed)
     except ConfigError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     except Exception as exc:
@@ -59,16 +79,43 @@ def init_command(
                 "database": result.database_url,
                 "admin_user": "admin",
                 "admin_password": result.admin_password,
+                "api_url": api_base_url(settings),
+                "tls_cert": str(home.tls_files(settings)[0]) if settings.api.tls_cert else None,
             }
         )
         return
     click.echo(f"ESC node created in {home.root}")
     click.echo(f"database: {result.database_url}")
-    click.echo(f"REST API: http://{settings.api.host}:{settings.api.port}")
+    click.echo(f"REST API: {settings.api.scheme}://{settings.api.host}:{settings.api.port}")
+    if settings.api.tls_cert:
+        click.echo(f"TLS certificate: {home.tls_files(settings)[0]}")
     if result.admin_password:
         click.echo(f"admin password (shown only this once): {result.admin_password}")
     else:
         click.echo("the database already has an admin account; its password is unchanged")
+
+
+def _tls_settings(
+    home: NodeHome, self_signed: bool, cert: str | None, key: str | None
+) -> dict[str, str]:
+    """[api] tls_cert/tls_key for init's options; the operator's pair is checked first."""
+    from esc.tls import CERT_FILE, KEY_FILE, TlsError, check_server_files
+
+    if self_signed and (cert or key):
+        raise CliError("give --tls, or --tls-cert with --tls-key, not both", EXIT_USAGE)
+    if bool(cert) != bool(key):
+        raise CliError("--tls-cert and --tls-key go together: give both", EXIT_USAGE)
+    if self_signed:
+        tls = home.tls_dir.relative_to(home.root)
+        return {"tls_cert": str(tls / CERT_FILE), "tls_key": str(tls / KEY_FILE)}
+    if not cert:
+        return {}
+    cert_path, key_path = Path(cert).absolute(), Path(key).absolute()
+    try:
+        check_server_files(cert_path, key_path)
+    except TlsError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    return {"tls_cert": str(cert_path), "tls_key": str(key_path)}
 
 
 @click.command("run")
@@ -79,10 +126,13 @@ def run_command(home: NodeHome) -> None:
     from esc.node.escmanager import serve
     from esc.node.logs import setup_service_logging
     from esc.node.ports import PortInUse
+    from esc.tls import TlsError
 
     settings = load_settings(home)
     setup_service_logging(home, "escmanager", tagged=True)
     try:
         serve(home, settings, with_mona=True)
+    except TlsError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     except PortInUse as exc:
         raise CliError(str(exc)) from None

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from esc.cli.common import CliError, home_option, json_option, load_settings, print_json
+from esc.cli.common import (
+    EXIT_USAGE,
+    CliError,
+    ca_file,
+    home_option,
+    json_option,
+    load_settings,
+    print_json,
+)
 from esc.config import NodeHome
 from esc.node.control import (
     ControlError,
@@ -13,6 +21,7 @@ from esc.node.control import (
     status_lines,
     stop_node,
 )
+from esc.tls import TlsError, server_files
 from esc.version import CURRENT, version_lines
 
 
@@ -23,6 +32,8 @@ def start_command(home: NodeHome) -> None:
     settings = load_settings(home)
     try:
         started = start_node(home, settings)
+    except TlsError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     except ControlError as exc:
         raise CliError(str(exc)) from None
     click.echo("ESC started" if started else "ESC is already running")
@@ -50,8 +61,11 @@ def restart_command(home: NodeHome) -> None:
     """Stop (if running), then start the node's services."""
     settings = load_settings(home)
     try:
+        server_files(home, settings)  # a node that cannot start again is not stopped
         stop_node(home)
         start_node(home, settings)
+    except TlsError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     except ControlError as exc:
         raise CliError(str(exc)) from None
     click.echo("ESC restarted")
@@ -66,7 +80,7 @@ def status_command(home: NodeHome, verbose: bool, as_json: bool) -> None:
 
     Exit code: 0 running and healthy, 1 running but unhealthy, 3 stopped.
     """
-    state = node_state(home, load_settings(home))
+    state = node_state(home, load_settings(home), ca_file())
     lines, code = status_lines(state, verbose=verbose)
     line = lines[-1]
     if as_json:
@@ -103,7 +117,7 @@ def health_command(home: NodeHome, as_json: bool) -> None:
     """
     from esc.node.health import node_checks
 
-    results = node_checks(home, load_settings(home))
+    results = node_checks(home, load_settings(home), ca_file())
     passed = all(r.ok for r in results)
     if as_json:
         print_json({"passed": passed, "checks": [r.as_dict() for r in results]})

@@ -300,6 +300,8 @@ class Subscription(Base):
     # NULL: events of every tenant.
     tenant: Mapped[str | None] = mapped_column(String(128), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # PEM certificates an https callback must chain to, instead of the system's CAs.
+    ca_bundle: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class Delivery(Base):

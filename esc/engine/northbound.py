@@ -126,11 +126,13 @@ class Northbound:
 
     # event subscriptions ---------------------------------------------------------
 
-    def subscribe(self, callback_url: str, tenant: str | None) -> Subscription:
+    def subscribe(
+        self, callback_url: str, tenant: str | None, ca_bundle: str | None = None
+    ) -> Subscription:
         # Before the write: resolving the callback's host name may wait on DNS.
         callbacks.check_callback(callback_url, self.settings.notifications)
         with self._write() as session:
-            sub = Subscription(callback_url=callback_url, tenant=tenant)
+            sub = Subscription(callback_url=callback_url, tenant=tenant, ca_bundle=ca_bundle)
             session.add(sub)
             session.flush()
             return sub

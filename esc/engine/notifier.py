@@ -10,6 +10,7 @@ so pending deliveries survive a controller restart.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from datetime import timedelta
 
@@ -21,6 +22,7 @@ from esc.db.models import Delivery, DeliveryState, Event, Subscription, utcnow
 from esc.db.session import Database
 from esc.engine import callbacks
 from esc.engine.events import event_payload, outbox_changed
+from esc.tls import trust_context
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,10 @@ class Notifier:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
-        with httpx.Client(timeout=self.settings.timeout, follow_redirects=False) as client:
+        with Clients(self.settings.timeout) as clients:
             while not self._stop.is_set():
                 try:
-                    attempted = self.deliver_due(client)
+                    attempted = self.deliver_due(clients)
                 except Exception:
                     log.exception("notifier: delivery round failed; retrying")
                     attempted = 0
@@ -60,9 +62,9 @@ class Notifier:
                     outbox_changed.wait(IDLE_POLL_SECONDS)
                     outbox_changed.clear()
 
-    def _due_heads(self) -> list[tuple[int, str, int]]:
-        """(delivery id, callback URL, event id) of the oldest pending delivery per
-        (subscription, deployment), when it is due."""
+    def _due_heads(self) -> list[tuple[int, str, str | None, int]]:
+        """(delivery id, callback URL, CA bundle, event id) of the oldest pending delivery
+        per (subscription, deployment), when it is due."""
         heads = (
             select(func.min(Delivery.id).label("id"))
             .where(Delivery.state == DeliveryState.PENDING)
@@ -70,7 +72,9 @@ class Notifier:
             .subquery()
         )
         query = (
-            select(Delivery.id, Subscription.callback_url, Delivery.event_id)
+            select(
+                Delivery.id, Subscription.callback_url, Subscription.ca_bundle, Delivery.event_id
+            )
             .join(heads, heads.c.id == Delivery.id)
             .join(Subscription, Subscription.id == Delivery.subscription_id)
             .where(Delivery.next_attempt_at <= utcnow())
@@ -80,9 +84,9 @@ class Notifier:
         with self.db.read() as session:
             return [tuple(row) for row in session.execute(query)]
 
-    def deliver_due(self, client: httpx.Client) -> int:
+    def deliver_due(self, clients: Clients) -> int:
         heads = self._due_heads()
-        for delivery_id, url, event_id in heads:
+        for delivery_id, url, ca_bundle, event_id in heads:
             if self._stop.is_set():
                 break
             try:  # again at each delivery: what the host name resolves to may have changed
@@ -93,7 +97,12 @@ class Notifier:
                 continue
             with self.db.read() as session:
                 payload = event_payload(session.get(Event, event_id))
-            error = self._post(client, url, payload)
+            try:
+                client = clients.for_bundle(ca_bundle)
+            except ssl.SSLError as exc:  # validated on the way in; say so if it still fails
+                error: str | None = f"unusable ca_bundle: {exc}"
+            else:
+                error = self._post(client, url, payload)
             self._record(delivery_id, error)
         return len(heads)
 
@@ -131,6 +140,45 @@ class Notifier:
                 error,
                 delay,
             )
+
+
+class Clients:
+    """One HTTP client per trust: the system's CAs (httpx verifies by default), or a
+    subscription's own CA bundle. Bounded, since each holds its own connections."""
+
+    MAX_BUNDLES = 64
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._default = self._client(True)
+        self._by_bundle: dict[str, httpx.Client] = {}
+
+    def _client(self, verify: ssl.SSLContext | bool) -> httpx.Client:
+        # No redirects: a callback must not send ESC's events on to another host.
+        return httpx.Client(timeout=self.timeout, follow_redirects=False, verify=verify)
+
+    def for_bundle(self, ca_bundle: str | None) -> httpx.Client:
+        if not ca_bundle:
+            return self._default
+        client = self._by_bundle.get(ca_bundle)
+        if client is None:
+            if len(self._by_bundle) >= self.MAX_BUNDLES:
+                self._close_bundles()
+            client = self._client(trust_context(cadata=ca_bundle))
+            self._by_bundle[ca_bundle] = client
+        return client
+
+    def _close_bundles(self) -> None:
+        for client in self._by_bundle.values():
+            client.close()
+        self._by_bundle.clear()
+
+    def __enter__(self) -> Clients:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._close_bundles()
+        self._default.close()
 
 
 def pending_count(db: Database) -> int:

@@ -8,14 +8,16 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
-from esc.config import NodeHome, Settings
+from esc.config import NodeHome, Settings, api_base_url
 from esc.node import processes
 from esc.node.ports import PortInUse, check_port_free
 from esc.node.processes import SERVICE_NAMES, SUPERVISOR, ProcessRecord
 from esc.node.supervisor import STOP_TIMEOUT
+from esc.tls import TlsError, certificate_problem, client_verify, server_files, trusted_ca
 
 
 class ControlError(Exception):
@@ -37,6 +39,7 @@ class NodeState:
     supervisor: ProcessRecord | None
     services: list[ServiceState]
     api_ready: bool
+    api_problem: str | None = None  # why the API's certificate is not trusted
 
     @property
     def running(self) -> bool:
@@ -52,21 +55,35 @@ def live_record(home: NodeHome, name: str) -> ProcessRecord | None:
     return processes.live_record(home.run, name)
 
 
-def api_ready(settings: Settings, timeout: float = 0.5) -> bool:
-    from esc.cli.client import api_base_url
+def api_ready(
+    home: NodeHome, settings: Settings, timeout: float = 0.5, ca: Path | None = None
+) -> bool:
+    """Does the API answer, over HTTPS verified against `ca` (else the node's own
+    certificate) when the node has TLS?"""
+    return _probe(home, settings, timeout, ca) == (True, None)
 
+
+def _probe(
+    home: NodeHome, settings: Settings, timeout: float, ca: Path | None
+) -> tuple[bool, str | None]:
+    """(healthy, why its certificate is refused when it is)."""
+    url = api_base_url(settings)
     try:
-        response = httpx.get(f"{api_base_url(settings)}/esc/health", timeout=timeout)
-    except httpx.HTTPError:
-        return False
-    return response.status_code == 200
+        verify = client_verify(home, settings, ca)
+        response = httpx.get(f"{url}/esc/health", timeout=timeout, verify=verify)
+    except TlsError as exc:
+        return False, str(exc)
+    except httpx.HTTPError as exc:
+        return False, certificate_problem(exc, url, trusted_ca(home, settings, ca))
+    return response.status_code == 200, None
 
 
-def node_state(home: NodeHome, settings: Settings) -> NodeState:
+def node_state(home: NodeHome, settings: Settings, ca: Path | None = None) -> NodeState:
     supervisor = live_record(home, SUPERVISOR)
     services = [ServiceState(name, live_record(home, name)) for name in SERVICE_NAMES]
     running = supervisor is not None or any(s.running for s in services)
-    return NodeState(supervisor, services, running and api_ready(settings))
+    ready, problem = _probe(home, settings, 0.5, ca) if running else (False, None)
+    return NodeState(supervisor, services, ready, problem)
 
 
 def start_node(home: NodeHome, settings: Settings, timeout: float = 60.0) -> bool:
@@ -75,6 +92,7 @@ def start_node(home: NodeHome, settings: Settings, timeout: float = 60.0) -> boo
     Returns False when the node was already running (nothing done)."""
     if live_record(home, SUPERVISOR):
         return False
+    server_files(home, settings)  # TlsError: refused here rather than by a crash-looping service
     try:
         check_port_free(settings.api.host, settings.api.port)
     except (PortInUse, OSError) as exc:
@@ -98,8 +116,11 @@ def start_node(home: NodeHome, settings: Settings, timeout: float = 60.0) -> boo
                 f"the supervisor exited with code {supervisor.returncode}; "
                 f"see {home.log / 'supervisor.log'}"
             )
-        if api_ready(settings):
+        ready, refused = _probe(home, settings, 0.5, None)
+        if ready:
             return True
+        if refused:  # waiting longer would not help
+            raise ControlError(f"ESC started, but its API cannot be trusted: {refused}")
         time.sleep(0.1)
     raise ControlError(
         f"ESC did not become ready within {timeout:g} s; see "
@@ -143,4 +164,6 @@ def status_lines(state: NodeState, *, verbose: bool = False) -> tuple[list[str],
         return [*lines, "ESC status=0 ESC is stopped"], STATUS_STOPPED
     if state.healthy:
         return [*lines, "ESC status=0 ESC Standalone Healthy"], STATUS_HEALTHY
+    if state.api_problem:
+        lines.append(f"api: {state.api_problem}")
     return [*lines, "ESC status=1 ESC Standalone Unhealthy"], STATUS_UNHEALTHY

@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
 import uvicorn
 
 from esc.api.app import create_app
-from esc.config import NodeHome, Settings
+from esc.config import ConfigError, NodeHome, Settings
 from esc.engine.controller import Controller
 from esc.monitor.mona import run_mona
 from esc.node.ports import check_port_free
 from esc.node.processes import ProcessRecord, remove_record, write_record
+from esc.tls import server_files
 
 
 def serve(home: NodeHome, settings: Settings, *, with_mona: bool = False) -> None:
     """Run the controller in the foreground until SIGINT/SIGTERM; `with_mona` also runs
     monitoring in this process (`escadm run`: the whole node in one foreground process)."""
+    tls = server_files(home, settings)  # TlsError names the file before anything starts
     check_port_free(settings.api.host, settings.api.port)
     controller = Controller(home, settings)
     config = uvicorn.Config(
         create_app(controller),
         host=settings.api.host,
         port=settings.api.port,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
@@ -57,7 +62,11 @@ def main() -> int:
     from esc.node.logs import service_home
 
     home = service_home("escmanager", "ESC escmanager service")
-    serve(home, home.load())
+    try:
+        serve(home, home.load())
+    except ConfigError as exc:  # esc.toml or its TLS files: say so, not a traceback
+        logging.getLogger("esc.escmanager").error("%s", exc)
+        return 2
     return 0
 
 

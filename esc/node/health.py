@@ -8,21 +8,32 @@ VIM are checked directly, so the operator still learns what is wrong.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 
-from esc.config import NodeHome, Settings
+from esc.config import NodeHome, Settings, api_base_url
 from esc.health import CheckResult, check_database, check_services, check_vim
+from esc.tls import TlsError, certificate_problem, client_verify, trusted_ca
 
 
-def _controller_checks(settings: Settings) -> list[CheckResult] | None:
-    from esc.cli.client import api_base_url
-
+def _controller_checks(
+    home: NodeHome, settings: Settings, ca: Path | None
+) -> list[CheckResult] | str:
+    """The controller's own checks, else why the API could not be asked."""
+    url = api_base_url(settings)
     try:
-        response = httpx.get(f"{api_base_url(settings)}/esc/health", timeout=2.0)
+        verify = client_verify(home, settings, ca)
+        response = httpx.get(f"{url}/esc/health", timeout=2.0, verify=verify)
         body = response.json()
         return [CheckResult(**check) for check in body["checks"]]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
-        return None
+    except TlsError as exc:
+        return str(exc)
+    except httpx.HTTPError as exc:
+        refused = certificate_problem(exc, url, trusted_ca(home, settings, ca))
+        return refused or f"no answer on port {settings.api.port}"
+    except (ValueError, KeyError, TypeError):
+        return f"no answer on port {settings.api.port}"
 
 
 def _direct_checks(home: NodeHome, settings: Settings) -> list[CheckResult]:
@@ -39,10 +50,10 @@ def _direct_checks(home: NodeHome, settings: Settings) -> list[CheckResult]:
         db.dispose()
 
 
-def node_checks(home: NodeHome, settings: Settings) -> list[CheckResult]:
-    controller = _controller_checks(settings)
-    if controller is None:
-        results = [CheckResult("api", False, f"no answer on port {settings.api.port}")]
+def node_checks(home: NodeHome, settings: Settings, ca: Path | None = None) -> list[CheckResult]:
+    controller = _controller_checks(home, settings, ca)
+    if isinstance(controller, str):
+        results = [CheckResult("api", False, controller)]
         results += _direct_checks(home, settings)
     else:
         results = [CheckResult("api", True, "answering"), *controller]

@@ -11,6 +11,7 @@ from esc.db.migrate import upgrade_to_head
 from esc.db.models import User
 from esc.db.session import Database
 from esc.security import ADMIN_USER, LOCAL_USER, generate_password, hash_password
+from esc.tls import api_hosts, generate_self_signed
 
 
 @dataclass(frozen=True)
@@ -20,8 +21,9 @@ class InitResult:
     database_url: str
 
 
-def init_node(home: NodeHome, settings: Settings) -> InitResult:
-    """Create the node home and its database; refuse to overwrite an existing node."""
+def init_node(home: NodeHome, settings: Settings, *, self_signed_tls: bool = False) -> InitResult:
+    """Create the node home and its database; refuse to overwrite an existing node.
+    `self_signed_tls`: also make the self-signed certificate [api] tls_cert names."""
     if home.exists():
         raise ConfigError(
             f"a node already exists at {home.root} ({home.config_file.name} is there); "
@@ -48,6 +50,8 @@ def init_node(home: NodeHome, settings: Settings) -> InitResult:
     credential = home.local_credential_file
     credential.touch(mode=0o600)
     credential.write_text(local_password + "\n")
+    if self_signed_tls:
+        generate_self_signed(*home.tls_files(settings), api_hosts(settings))
     # esc.toml last: its presence is what marks a complete node.
     home.save(settings)
     return InitResult(home, admin_password, display_url)

@@ -222,6 +222,8 @@ def _build_new_home(
     port = str(home.load().api.port)
     run("a new node home", [new, "init", "--api-port", port, "--home", str(staging)])
     shutil.copy2(root / "esc.toml", staging / "esc.toml")  # the same parameters
+    if home.tls_dir.is_dir():  # the certificate esc.toml names by a path in the home
+        shutil.copytree(home.tls_dir, staging / home.tls_dir.name, dirs_exist_ok=True)
     run(
         "restore into the new node", [new, "restore", "--file", str(backup), "--home", str(staging)]
     )

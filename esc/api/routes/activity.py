@@ -75,7 +75,11 @@ def list_events(
 
 def _subscription_view(sub: Subscription) -> SubscriptionView:
     return SubscriptionView(
-        id=sub.id, callback_url=sub.callback_url, tenant=sub.tenant, created_at=sub.created_at
+        id=sub.id,
+        callback_url=sub.callback_url,
+        tenant=sub.tenant,
+        ca_bundle=sub.ca_bundle,
+        created_at=sub.created_at,
     )
 
 
@@ -87,7 +91,9 @@ def list_subscriptions(session: ReadSession) -> list[SubscriptionView]:
 
 @router.post("/subscriptions", response_model=SubscriptionView, status_code=201)
 def create_subscription(body: SubscriptionIn, controller: ControllerDep) -> SubscriptionView:
-    return _subscription_view(controller.northbound.subscribe(str(body.callback_url), body.tenant))
+    return _subscription_view(
+        controller.northbound.subscribe(str(body.callback_url), body.tenant, body.ca_bundle)
+    )
 
 
 @router.delete("/subscriptions/{sub_id}", status_code=204)
