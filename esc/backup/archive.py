@@ -178,17 +178,61 @@ class Member:
             raise ArchiveError(f"the archive is truncated or damaged: {exc}") from None
 
 
+# What a tar file adds to its members' bytes: a header or three per member (PAX
+# records for long names and large sizes) and padding to a block, then the end
+# blocks and padding to a record. Far above what tarfile or GNU tar write.
+TAR_BYTES_PER_MEMBER = 8 * tarfile.BLOCKSIZE
+TAR_BYTES_AT_END = 8 * tarfile.RECORDSIZE
+
+
+def tar_bound(member_bytes: int, members: int) -> int:
+    """The most bytes a tar of `members` members holding `member_bytes` may have."""
+    return member_bytes + members * TAR_BYTES_PER_MEMBER + TAR_BYTES_AT_END
+
+
+class _Bounded:
+    """The decompressed archive, refused as soon as it holds more than `limit` bytes:
+    a small file that decompresses to gigabytes is stopped there, not read through."""
+
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        self._stream = stream
+        self.limit = limit
+        self.read_bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        wanted = self.limit - self.read_bytes + 1  # one byte more tells "too large"
+        data = self._stream.read(wanted if size < 0 else min(size, wanted))
+        self.read_bytes += len(data)
+        if self.read_bytes > self.limit:
+            raise ArchiveError(
+                f"the archive decompresses to more than the {self.limit} bytes its manifest "
+                "declares (with the tar headers): a compression bomb or an altered archive"
+            )
+        return data
+
+    def drain(self) -> None:
+        """Read what follows the tar's end: only padding may, within the bound."""
+        while self.read(1 << 20):
+            pass
+
+
 class ArchiveReader:
     """Reads a backup as a stream: the manifest first, then each table in order."""
 
     def __init__(self, fileobj: IO[bytes]) -> None:
+        # Until the manifest is read, only it may come; then what it declares.
+        self._stream = _Bounded(fileobj, tar_bound(MAX_MANIFEST_BYTES, 1))
         try:
-            self._tar = tarfile.open(fileobj=fileobj, mode="r|")  # noqa: SIM115 - closed by close()
+            self._tar = tarfile.open(fileobj=self._stream, mode="r|")  # noqa: SIM115 - closed by close()
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise ArchiveError(
                 f"not a readable tar archive ({exc}): truncated, damaged, or not a backup"
             ) from None
         self.manifest = self._read_manifest()
+        declared = sum(entry.bytes for entry in self.manifest.tables.values())
+        self._stream.limit = tar_bound(
+            self._stream.read_bytes + declared, len(self.manifest.tables) + 1
+        )
 
     def _next(self) -> tarfile.TarInfo | None:
         try:
@@ -243,6 +287,10 @@ class ArchiveReader:
         extra = self._next()
         if extra is not None:
             raise ArchiveError(f"unexpected member {extra.name!r} after the last table")
+        try:
+            self._stream.drain()
+        except (EOFError, OSError, ValueError) as exc:
+            raise ArchiveError(f"the archive is truncated or damaged: {exc}") from None
 
     def close(self) -> None:
         self._tar.close()
