@@ -106,6 +106,15 @@ class MonitorSettings(_Section):
     )
 
 
+class BackupSettings(_Section):
+    max_spool_bytes: Annotated[int, Field(ge=1_048_576)] = Field(
+        16 * 2**30,
+        description="Largest table a restore accepts from an archive: each table is copied "
+        "to a spool file in data/ and checked against its sha256 before it is loaded, so an "
+        "altered archive never fills the database; the free space there bounds it too.",
+    )
+
+
 class NodeSettings(_Section):
     name: str = Field(default_factory=socket.gethostname, description="This node's name.")
 
@@ -119,6 +128,7 @@ class Settings(_Section):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    backup: BackupSettings = Field(default_factory=BackupSettings)
 
 
 def _describe(error: ValidationError) -> str:

@@ -37,6 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from esc.backup.archive import ArchiveError, ArchiveReader, Manifest
 from esc.backup.compress import open_decompressed
 from esc.backup.load import copy_local_account, load_all
+from esc.backup.spool import Spool
 from esc.config import NodeHome, Settings
 from esc.db.migrate import alembic_config
 from esc.db.session import Database
@@ -125,7 +126,7 @@ def restore(home: NodeHome, settings: Settings, archive: Path) -> RestoreResult:
         check_revision(manifest)
         aside = _Aside.for_url(url)
         try:
-            rows = aside.build(reader, manifest)
+            rows = aside.build(reader, manifest, Spool(home.data, settings.backup.max_spool_bytes))
         except (ArchiveError, OSError, EOFError) as exc:
             aside.discard()
             raise RestoreError(f"{archive}: {exc}; the node's database is unchanged") from None
@@ -171,7 +172,7 @@ class _Aside(abc.ABC):
     def swap(self) -> None:
         """Put the aside database in the node's place, atomically."""
 
-    def build(self, reader: ArchiveReader, manifest: Manifest) -> dict[str, int]:
+    def build(self, reader: ArchiveReader, manifest: Manifest, spool: Spool) -> dict[str, int]:
         self.prepare()
         engine = self.engine()
         try:
@@ -180,7 +181,7 @@ class _Aside(abc.ABC):
                 config.attributes["connection"] = connection
                 command.upgrade(config, manifest.schema_revision)
             with engine.begin() as connection:
-                rows = load_all(connection, reader)
+                rows = load_all(connection, reader, spool)
             with engine.begin() as connection:
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
