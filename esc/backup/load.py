@@ -42,6 +42,11 @@ def reflected_tables(connection: Connection) -> dict[str, Table]:
 
 
 def _matching_table(tables: dict[str, Table], member: Member) -> Table:
+    if member.table == "alembic_version":
+        raise ArchiveError(
+            f"the archive holds a table alembic_version ({member.name}): the schema revision "
+            "is the manifest's schema_revision, never rows of the archive; it was altered"
+        )
     table = tables.get(member.table)
     wanted = set(member.entry.columns)
     if table is None or {c.name for c in table.columns} != wanted:

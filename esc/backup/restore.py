@@ -26,16 +26,19 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine
+from alembic.util import CommandError
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from esc.backup.archive import ArchiveError, ArchiveReader, Manifest
 from esc.backup.compress import open_decompressed
+from esc.backup.invariants import check_restored
 from esc.backup.load import copy_local_account, load_all
 from esc.backup.spool import Spool
 from esc.config import NodeHome, Settings
@@ -130,7 +133,7 @@ def restore(home: NodeHome, settings: Settings, archive: Path) -> RestoreResult:
         except (ArchiveError, OSError, EOFError) as exc:
             aside.discard()
             raise RestoreError(f"{archive}: {exc}; the node's database is unchanged") from None
-        except (SQLAlchemyError, psycopg.Error, sqlite3.Error) as exc:
+        except (SQLAlchemyError, psycopg.Error, sqlite3.Error, CommandError) as exc:
             aside.discard()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RestoreError(
@@ -191,6 +194,8 @@ class _Aside(abc.ABC):
                     copy_local_account(source, target)
             finally:
                 current.dispose()
+            with engine.connect() as connection:
+                check_restored(connection)
         finally:
             engine.dispose()
         return rows
@@ -214,7 +219,15 @@ class _SqliteAside(_Aside):
             leftover.unlink(missing_ok=True)
 
     def engine(self) -> Engine:
-        return Database(f"sqlite:///{self.aside}", pool_size=1, max_overflow=0).engine
+        engine = Database(f"sqlite:///{self.aside}", pool_size=1, max_overflow=0).engine
+
+        @event.listens_for(engine, "connect")
+        def _references_checked_after_the_load(dbapi_connection: Any, _record: Any) -> None:
+            # So that a dangling reference is reported with its table and row by
+            # check_restored(), not as SQLite's bare "FOREIGN KEY constraint failed".
+            dbapi_connection.execute("PRAGMA foreign_keys=OFF")
+
+        return engine
 
     def swap(self) -> None:
         if self.path.exists():
