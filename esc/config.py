@@ -176,6 +176,11 @@ class NodeHome:
         return self.data / "escadm.credential"
 
     @property
+    def backup_key_file(self) -> Path:
+        """The key that signs and verifies this node's backups (mode 0600)."""
+        return self.data / "backup.key"
+
+    @property
     def vim_dir(self) -> Path:
         return self.data / "vim"
 

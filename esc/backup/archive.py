@@ -38,6 +38,8 @@ FORMAT_VERSION = 2
 JSON_ROWS_FORMAT = 1  # ESC 1.0's: data/<table>.jsonl, read but no longer written
 READABLE_FORMATS = (JSON_ROWS_FORMAT, FORMAT_VERSION)
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"  # optional, right after the manifest (signing.py)
+MAX_SIGNATURE_BYTES = 4096
 MAX_MANIFEST_BYTES = 1_048_576
 # A bound on any one member, whatever the manifest declares (a bomb is refused early).
 MAX_MEMBER_BYTES = 64 * 2**30
@@ -228,7 +230,9 @@ class ArchiveReader:
             raise ArchiveError(
                 f"not a readable tar archive ({exc}): truncated, damaged, or not a backup"
             ) from None
-        self.manifest = self._read_manifest()
+        self._pending: tarfile.TarInfo | None = None
+        self.manifest_bytes, self.manifest = self._read_manifest()
+        self.signature = self._read_signature()
         declared = sum(entry.bytes for entry in self.manifest.tables.values())
         self._stream.limit = tar_bound(
             self._stream.read_bytes + declared, len(self.manifest.tables) + 1
@@ -239,6 +243,13 @@ class ArchiveReader:
             return self._tar.next()
         except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
             raise ArchiveError(f"the archive is truncated or damaged: {exc}") from None
+
+    def _take(self) -> tarfile.TarInfo | None:
+        """The next member: the one looked at for a signature, else the tar's next."""
+        if self._pending is not None:
+            info, self._pending = self._pending, None
+            return info
+        return self._next()
 
     def _check(self, info: tarfile.TarInfo, expected: str, bound: int) -> None:
         if info.name != expected:
@@ -254,12 +265,23 @@ class ArchiveReader:
                 f"member {info.name!r} declares {info.size} bytes, more than the {bound} allowed"
             )
 
-    def _read_manifest(self) -> Manifest:
+    def _read_manifest(self) -> tuple[bytes, Manifest]:
         info = self._next()
         if info is None:
             raise ArchiveError("the archive is empty: no manifest.json")
         self._check(info, MANIFEST, MAX_MANIFEST_BYTES)
-        return parse_manifest(self._content(info))
+        data = self._content(info)
+        return data, parse_manifest(data)
+
+    def _read_signature(self) -> bytes | None:
+        """The signature member's bytes, or None for an unsigned archive (whose first
+        data member is then kept for members())."""
+        info = self._next()
+        if info is not None and info.name == SIGNATURE:
+            self._check(info, SIGNATURE, MAX_SIGNATURE_BYTES)
+            return self._content(info)
+        self._pending = info
+        return None
 
     def _content(self, info: tarfile.TarInfo) -> bytes:
         stream = self._tar.extractfile(info)
@@ -273,7 +295,7 @@ class ArchiveReader:
         """Each table's member, in manifest order; then nothing else may follow."""
         for table, entry in self.manifest.tables.items():
             name = member_name(table, self.manifest.format_version)
-            info = self._next()
+            info = self._take()
             if info is None:
                 raise ArchiveError(f"the archive ends before {name}: it is truncated")
             self._check(info, name, min(entry.bytes, MAX_MEMBER_BYTES))
@@ -284,7 +306,7 @@ class ArchiveReader:
             stream = self._tar.extractfile(info)
             assert stream is not None
             yield Member(name, table, entry, stream)
-        extra = self._next()
+        extra = self._take()
         if extra is not None:
             raise ArchiveError(f"unexpected member {extra.name!r} after the last table")
         try:

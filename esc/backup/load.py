@@ -57,6 +57,13 @@ def _matching_table(tables: dict[str, Table], member: Member) -> Table:
     return table
 
 
+# Rows of an archive a restore leaves out on purpose, and why (escadm restore says so).
+NOT_RESTORED = {
+    "users": f"the {LOCAL_USER} account is node-local: this node keeps its own, whose "
+    "secret is its data/escadm.credential"
+}
+
+
 def _skip_for(member: Member) -> Skip:
     """The node-local escadm account is the restoring node's own, never the archive's."""
     if member.table != "users":

@@ -40,6 +40,14 @@ from esc.backup.archive import ArchiveError, ArchiveReader, Manifest
 from esc.backup.compress import open_decompressed
 from esc.backup.invariants import check_restored
 from esc.backup.load import copy_local_account, load_all
+from esc.backup.signing import (
+    IMPORT_HINT,
+    BackupKeyError,
+    Verdict,
+    load_key,
+    verify,
+    written_by_the_upgrade_of_its_node,
+)
 from esc.backup.spool import Spool
 from esc.config import NodeHome, Settings
 from esc.db.migrate import alembic_config
@@ -67,6 +75,9 @@ class RestoreResult:
     manifest: Manifest
     rows: dict[str, int]
     seconds: float
+    signature: Verdict
+    # Why an archive whose signature was not verified was accepted (None: it was).
+    unverified_because: str | None = None
 
 
 def require_stopped(home: NodeHome) -> None:
@@ -109,7 +120,29 @@ def check_revision(manifest: Manifest) -> None:
         )
 
 
-def restore(home: NodeHome, settings: Settings, archive: Path) -> RestoreResult:
+def check_signature(
+    home: NodeHome, archive: Path, reader: ArchiveReader, allow_unsigned: bool
+) -> tuple[Verdict, str | None]:
+    """The signature's verdict, and why an unverified archive is accepted anyway."""
+    try:
+        key = load_key(home)
+    except BackupKeyError as exc:
+        raise RestoreError(f"{exc}; nothing was changed") from None
+    verdict = verify(key, reader.manifest_bytes, reader.signature)
+    if verdict.verified:
+        return verdict, None
+    if allow_unsigned:
+        return verdict, "--allow-unsigned was given"
+    if written_by_the_upgrade_of_its_node(home, archive):
+        return verdict, f"it was written by the upgrade of the node at {archive.parent.parent}"
+    raise RestoreError(f"{archive}: refused: {verdict.summary}; {IMPORT_HINT}; nothing was changed")
+
+
+def restore(
+    home: NodeHome, settings: Settings, archive: Path, allow_unsigned: bool = False
+) -> RestoreResult:
+    """Replace the node's database with the archive's; an archive not signed by this
+    node's backup key only with allow_unsigned (see signing.py)."""
     started = time.monotonic()
     require_stopped(home)
     if not archive.is_file():
@@ -125,6 +158,7 @@ def restore(home: NodeHome, settings: Settings, archive: Path) -> RestoreResult:
             manifest = reader.manifest
         except (ArchiveError, OSError, EOFError) as exc:
             raise RestoreError(f"{archive}: {exc}; nothing was changed") from None
+        verdict, unverified_because = check_signature(home, archive, reader, allow_unsigned)
         check_source(manifest, settings.vim.driver)
         check_revision(manifest)
         aside = _Aside.for_url(url)
@@ -144,7 +178,7 @@ def restore(home: NodeHome, settings: Settings, archive: Path) -> RestoreResult:
             aside.discard()  # whatever went wrong, nothing half-built stays behind
             raise
     aside.swap()
-    return RestoreResult(manifest, rows, time.monotonic() - started)
+    return RestoreResult(manifest, rows, time.monotonic() - started, verdict, unverified_because)
 
 
 class _Aside(abc.ABC):

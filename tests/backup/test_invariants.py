@@ -125,7 +125,9 @@ CASES: dict[str, tuple[Callable[[Archive], Archive], list[str]]] = {
         lambda a: edited(
             a,
             "vm_groups",
-            setting("deployment_id", b"00000000-0000-4000-8000-000000000bad", "id", GROUPS[0].encode()),
+            setting(
+                "deployment_id", b"00000000-0000-4000-8000-000000000bad", "id", GROUPS[0].encode()
+            ),
         ),
         ["vm_groups", "deployment"],
     ),
@@ -168,7 +170,7 @@ def test_an_inconsistent_archive_is_refused(
     before = DatabaseState.of(url)
 
     with pytest.raises(RestoreError) as refused:
-        restore(node.home, node.settings, archive)
+        restore(node.home, node.settings, archive, allow_unsigned=True)
 
     message = str(refused.value)
     for word in words:
@@ -178,7 +180,7 @@ def test_an_inconsistent_archive_is_refused(
 
 def test_the_consistent_archive_restores(node: Node, good: Archive, tmp_path: Path) -> None:
     archive = write_tar(tmp_path / "same.tar.gz", good.entries(), "gz")
-    result = restore(node.home, node.settings, archive)
+    result = restore(node.home, node.settings, archive, allow_unsigned=True)
     assert result.rows["vms"] == 2
 
 
@@ -188,7 +190,7 @@ def test_a_forged_schema_revision_through_the_cli(
     archive = write_tar(tmp_path / "forged.tar.gz", with_alembic_version(good).entries(), "gz")
     url = url_of(node)
     before = DatabaseState.of(url)
-    result = escadm("restore", "--file", str(archive), home=node.home.root)
+    result = escadm("restore", "--file", str(archive), "--allow-unsigned", home=node.home.root)
     assert result.returncode == 1, result.stderr
     assert "alembic_version" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.splitlines()) <= 2

@@ -72,7 +72,15 @@ def aside_bytes(node: Node) -> int:
 def restore_watched(node: Node, archive: Path) -> tuple[subprocess.CompletedProcess, int]:
     """`escadm restore` run while the size of the database aside is watched; its result
     and the largest size seen."""
-    command = [ESCADM, "restore", "--file", str(archive), "--home", str(node.home.root)]
+    command = [
+        ESCADM,
+        "restore",
+        "--file",
+        str(archive),
+        "--allow-unsigned",
+        "--home",
+        str(node.home.root),
+    ]
     largest = 0
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
         deadline = time.monotonic() + 300
@@ -122,7 +130,15 @@ def test_a_member_larger_than_the_spool_cap_is_refused_before_it_is_read(
 def test_a_genuine_large_member_is_spooled_and_restored(node: Node, tmp_path: Path) -> None:
     archive = forged(node, tmp_path, wrong_sha256=False)
     result = subprocess.run(
-        [ESCADM, "restore", "--file", str(archive), "--home", str(node.home.root)],
+        [
+            ESCADM,
+            "restore",
+            "--file",
+            str(archive),
+            "--allow-unsigned",
+            "--home",
+            str(node.home.root),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
