@@ -76,10 +76,6 @@ def backup_command(file: Path, force: bool, home: NodeHome, as_json: bool) -> No
 
     settings = load_settings(home)
     _run(lambda: compression_for(file.name), (ArchiveError,), EXIT_USAGE)
-    if file.exists() and not force:
-        raise CliError(
-            f"{file} exists: choose another file, or add --force to replace it", EXIT_USAGE
-        )
     key = _run(lambda: ensure_key(home), (BackupKeyError,), EXIT_FAILED)
     db = Database(home.database_url(settings), pool_size=1, max_overflow=0)
     try:
