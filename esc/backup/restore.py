@@ -2,13 +2,15 @@
 
 Order, so that a refused or failed restore changes nothing:
 1. the node's services must be stopped;
-2. the archive's manifest is read and checked (format version) and the
-   upgrade planner is asked whether this release takes a backup of that one;
+2. the archive's signature is checked against the node's backup key
+   (signing.py), its manifest (format version), and the upgrade planner is
+   asked whether this release takes a backup of that one;
 3. a new database is built aside (SQLite: a file beside the node's;
    PostgreSQL: a schema `esc_restoring` in the node's database), migrated to
-   the backup's schema revision, loaded (every member checked against its
-   sha256 and row count), migrated to this release's head, and given the
-   node's own escadm account;
+   the backup's schema revision, loaded (every member spooled and checked
+   against its size, sha256 and row count before it is loaded: spool.py),
+   migrated to this release's head, given the node's own escadm account,
+   and its rows checked (invariants.py);
 4. only then is it swapped in, atomically: SQLite by a rename over the
    node's file (the previous one is kept as a hard link `*.before-restore`),
    PostgreSQL by renaming schemas in one transaction (the previous data is
