@@ -49,6 +49,7 @@ import argparse
 import json
 import os
 import resource
+import secrets
 import shutil
 import socket
 import subprocess
@@ -66,6 +67,7 @@ import psycopg
 
 from esc.backup.dump import write_backup
 from esc.backup.restore import restore
+from esc.backup.signing import store_key
 from esc.config import NodeHome, Settings
 from esc.db.session import Database
 from esc.descriptor import DATA_MODEL_VERSION, parse_descriptor
@@ -523,11 +525,15 @@ def timed(server: Server, action: Callable[[], object]) -> Timing:
     return Timing(wall, client, server_cpu, max(0.0, busy - client - server_cpu))
 
 
+# Signed as escadm backup signs, with a key the targets hold, as between real nodes.
+BENCH_KEY = secrets.token_bytes(32)
+
+
 def backup(url: str, path: Path) -> None:
     """What `escadm backup` does once its settings are read."""
     db = Database(url, pool_size=1, max_overflow=0)
     try:
-        write_backup(db, path, "bench-source")
+        write_backup(db, path, "bench-source", BENCH_KEY)
     finally:
         db.dispose()
 
@@ -618,6 +624,7 @@ def measure(scale: Scale, runs: int, parallel: bool, work: Path) -> Outcome:
                 name = f"esc_restore_{serial}"
                 target_url = pg.create_database(name)
                 target_home, target_settings = make_node(work / name, target_url, "bench-target")
+                store_key(target_home, BENCH_KEY)  # as backup-key import: the restore verifies
                 timing = timed(
                     server, lambda h=target_home, s=target_settings, k=kind: restore(h, s, files[k])
                 )

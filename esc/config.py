@@ -168,6 +168,15 @@ class MonitorSettings(_Section):
     )
 
 
+class BackupSettings(_Section):
+    max_spool_bytes: Annotated[int, Field(ge=1_048_576)] = Field(
+        16 * 2**30,
+        description="Largest table a restore accepts from an archive: each table is copied "
+        "to a spool file in data/ and checked against its sha256 before it is loaded, so an "
+        "altered archive never fills the database; the free space there bounds it too.",
+    )
+
+
 class NodeSettings(_Section):
     name: str = Field(default_factory=socket.gethostname, description="This node's name.")
 
@@ -181,6 +190,7 @@ class Settings(_Section):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    backup: BackupSettings = Field(default_factory=BackupSettings)
 
 
 def _describe(error: ValidationError) -> str:
@@ -226,6 +236,11 @@ class NodeHome:
     def local_credential_file(self) -> Path:
         """Secret of the node-local `escadm` account, readable by root only."""
         return self.data / "escadm.credential"
+
+    @property
+    def backup_key_file(self) -> Path:
+        """The key that signs and verifies this node's backups (mode 0600)."""
+        return self.data / "backup.key"
 
     @property
     def vim_dir(self) -> Path:

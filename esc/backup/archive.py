@@ -38,6 +38,8 @@ FORMAT_VERSION = 2
 JSON_ROWS_FORMAT = 1  # ESC 1.0's: data/<table>.jsonl, read but no longer written
 READABLE_FORMATS = (JSON_ROWS_FORMAT, FORMAT_VERSION)
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"  # optional, right after the manifest (signing.py)
+MAX_SIGNATURE_BYTES = 4096
 MAX_MANIFEST_BYTES = 1_048_576
 # A bound on any one member, whatever the manifest declares (a bomb is refused early).
 MAX_MEMBER_BYTES = 64 * 2**30
@@ -178,23 +180,76 @@ class Member:
             raise ArchiveError(f"the archive is truncated or damaged: {exc}") from None
 
 
+# What a tar file adds to its members' bytes: a header or three per member (PAX
+# records for long names and large sizes) and padding to a block, then the end
+# blocks and padding to a record. Far above what tarfile or GNU tar write.
+TAR_BYTES_PER_MEMBER = 8 * tarfile.BLOCKSIZE
+TAR_BYTES_AT_END = 8 * tarfile.RECORDSIZE
+
+
+def tar_bound(member_bytes: int, members: int) -> int:
+    """The most bytes a tar of `members` members holding `member_bytes` may have."""
+    return member_bytes + members * TAR_BYTES_PER_MEMBER + TAR_BYTES_AT_END
+
+
+class _Bounded:
+    """The decompressed archive, refused as soon as it holds more than `limit` bytes:
+    a small file that decompresses to gigabytes is stopped there, not read through."""
+
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        self._stream = stream
+        self.limit = limit
+        self.read_bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        wanted = self.limit - self.read_bytes + 1  # one byte more tells "too large"
+        data = self._stream.read(wanted if size < 0 else min(size, wanted))
+        self.read_bytes += len(data)
+        if self.read_bytes > self.limit:
+            raise ArchiveError(
+                f"the archive decompresses to more than the {self.limit} bytes its manifest "
+                "declares (with the tar headers): a compression bomb or an altered archive"
+            )
+        return data
+
+    def drain(self) -> None:
+        """Read what follows the tar's end: only padding may, within the bound."""
+        while self.read(1 << 20):
+            pass
+
+
 class ArchiveReader:
     """Reads a backup as a stream: the manifest first, then each table in order."""
 
     def __init__(self, fileobj: IO[bytes]) -> None:
+        # Until the manifest is read, only it may come; then what it declares.
+        self._stream = _Bounded(fileobj, tar_bound(MAX_MANIFEST_BYTES, 1))
         try:
-            self._tar = tarfile.open(fileobj=fileobj, mode="r|")  # noqa: SIM115 - closed by close()
+            self._tar = tarfile.open(fileobj=self._stream, mode="r|")  # noqa: SIM115 - closed by close()
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise ArchiveError(
                 f"not a readable tar archive ({exc}): truncated, damaged, or not a backup"
             ) from None
-        self.manifest = self._read_manifest()
+        self._pending: tarfile.TarInfo | None = None
+        self.manifest_bytes, self.manifest = self._read_manifest()
+        self.signature = self._read_signature()
+        declared = sum(entry.bytes for entry in self.manifest.tables.values())
+        self._stream.limit = tar_bound(
+            self._stream.read_bytes + declared, len(self.manifest.tables) + 1
+        )
 
     def _next(self) -> tarfile.TarInfo | None:
         try:
             return self._tar.next()
         except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
             raise ArchiveError(f"the archive is truncated or damaged: {exc}") from None
+
+    def _take(self) -> tarfile.TarInfo | None:
+        """The next member: the one looked at for a signature, else the tar's next."""
+        if self._pending is not None:
+            info, self._pending = self._pending, None
+            return info
+        return self._next()
 
     def _check(self, info: tarfile.TarInfo, expected: str, bound: int) -> None:
         if info.name != expected:
@@ -210,12 +265,23 @@ class ArchiveReader:
                 f"member {info.name!r} declares {info.size} bytes, more than the {bound} allowed"
             )
 
-    def _read_manifest(self) -> Manifest:
+    def _read_manifest(self) -> tuple[bytes, Manifest]:
         info = self._next()
         if info is None:
             raise ArchiveError("the archive is empty: no manifest.json")
         self._check(info, MANIFEST, MAX_MANIFEST_BYTES)
-        return parse_manifest(self._content(info))
+        data = self._content(info)
+        return data, parse_manifest(data)
+
+    def _read_signature(self) -> bytes | None:
+        """The signature member's bytes, or None for an unsigned archive (whose first
+        data member is then kept for members())."""
+        info = self._next()
+        if info is not None and info.name == SIGNATURE:
+            self._check(info, SIGNATURE, MAX_SIGNATURE_BYTES)
+            return self._content(info)
+        self._pending = info
+        return None
 
     def _content(self, info: tarfile.TarInfo) -> bytes:
         stream = self._tar.extractfile(info)
@@ -229,7 +295,7 @@ class ArchiveReader:
         """Each table's member, in manifest order; then nothing else may follow."""
         for table, entry in self.manifest.tables.items():
             name = member_name(table, self.manifest.format_version)
-            info = self._next()
+            info = self._take()
             if info is None:
                 raise ArchiveError(f"the archive ends before {name}: it is truncated")
             self._check(info, name, min(entry.bytes, MAX_MEMBER_BYTES))
@@ -240,9 +306,13 @@ class ArchiveReader:
             stream = self._tar.extractfile(info)
             assert stream is not None
             yield Member(name, table, entry, stream)
-        extra = self._next()
+        extra = self._take()
         if extra is not None:
             raise ArchiveError(f"unexpected member {extra.name!r} after the last table")
+        try:
+            self._stream.drain()
+        except (EOFError, OSError, ValueError) as exc:
+            raise ArchiveError(f"the archive is truncated or damaged: {exc}") from None
 
     def close(self) -> None:
         self._tar.close()

@@ -77,13 +77,18 @@ BZ2_STREAM = re.compile(rb"BZh[1-9]1AY&SY")
 
 
 def open_decompressed(path: str) -> IO[bytes]:
-    """The file's content, decompressed if it is bzip2, gzip or xz (all streams of it)."""
+    """The file's content, decompressed if it is bzip2, gzip or xz (all streams of it).
+
+    Every reader returned holds a bounded amount in memory whatever the file holds
+    (a small file may decompress to gigabytes): the standard library's readers
+    decompress at most what read() asks for, and the parallel bzip2 reader below
+    bounds each stream's output and how many streams it decompresses ahead."""
     with open(path, "rb") as probe:
         head = probe.read(6)
     kind = next((k for magic, k in MAGIC.items() if head.startswith(magic)), "")
     if kind == "bz2":
         starts = _bz2_streams(path)
-        if len(starts) > 1 and starts[0] == 0:
+        if len(starts) > 1 and starts[0] == 0 and _pieces_fit(path, starts):
             return ParallelBz2Reader(path, starts)  # type: ignore[return-value]
         return bz2.open(path, "rb")
     if kind == "gz":
@@ -101,20 +106,47 @@ def _bz2_streams(path: str) -> list[int]:
             return [match.start() for match in BZ2_STREAM.finditer(data)]
 
 
-def _decompress_stream(piece: bytes) -> bytes:
-    decompressor = bz2.BZ2Decompressor()
-    data = decompressor.decompress(piece)
-    if not decompressor.eof:
-        raise EOFError("the bzip2 data is truncated")
-    if decompressor.unused_data:
-        raise OSError("the bzip2 data is damaged (garbage after a stream)")
-    return data
+def _max_piece() -> int:
+    # A compressed CHUNK is at most about 1% larger than the chunk (bzip2's worst case).
+    return CHUNK + CHUNK // 8
+
+
+def _pieces_fit(path: str, starts: list[int]) -> bool:
+    """Whether every stream is small enough to be read whole into memory; a file of
+    other streams (not written by ParallelCompressedWriter) is read sequentially."""
+    ends = [*starts[1:], os.path.getsize(path)]
+    return all(end - start <= _max_piece() for start, end in zip(starts, ends, strict=True))
+
+
+class _Bz2Stream:
+    """One bzip2 stream being decompressed: at most CHUNK bytes of output at a time."""
+
+    def __init__(self, piece: bytes) -> None:
+        self._decompressor = bz2.BZ2Decompressor()
+        self.first = self._decompressor.decompress(piece, max_length=CHUNK)
+
+    def more(self) -> bytes:
+        """The next part of the output; b"" once the stream has ended (checked whole)."""
+        decompressor = self._decompressor
+        if not decompressor.eof and not decompressor.needs_input:
+            data = decompressor.decompress(b"", max_length=CHUNK)
+            if data:
+                return data
+        if not decompressor.eof:
+            raise EOFError("the bzip2 data is truncated")
+        if decompressor.unused_data:
+            raise OSError("the bzip2 data is damaged (garbage after a stream)")
+        return b""
 
 
 class ParallelBz2Reader:
     """A multi-stream bzip2 file (as ParallelCompressedWriter writes it) read on every
     core: bzip2 decompresses at about 30 MB/s a core, the slowest part of a restore.
-    A read-only binary file-like object; read() returns at most `size` bytes."""
+    A read-only binary file-like object; read() returns at most `size` bytes.
+
+    Bounded memory: one stream ahead per worker, each decompressed to at most CHUNK
+    bytes by its worker; a stream that holds more (a hostile file's second stream of
+    zeros, say) goes on being decompressed CHUNK by CHUNK as the caller reads."""
 
     def __init__(self, path: str, starts: list[int], workers: int | None = None) -> None:
         self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
@@ -122,24 +154,35 @@ class ParallelBz2Reader:
         self._pieces = collections.deque(zip(starts, [*starts[1:], size], strict=True))
         self._workers = workers or max(1, min(4, os.cpu_count() or 1))
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="decompress")
-        self._pending: collections.deque[Future[bytes]] = collections.deque()
+        self._pending: collections.deque[Future[_Bz2Stream]] = collections.deque()
+        self._current: _Bz2Stream | None = None
         self._buffer = memoryview(b"")
 
     def _submit(self) -> None:
-        # Bounded memory: at most two decompressed streams per worker ahead of the reader.
-        while self._pieces and len(self._pending) < 2 * self._workers:
+        while self._pieces and len(self._pending) < self._workers:
             start, end = self._pieces.popleft()
             self._file.seek(start)
-            self._pending.append(
-                self._pool.submit(_decompress_stream, self._file.read(end - start))
-            )
+            self._pending.append(self._pool.submit(_Bz2Stream, self._file.read(end - start)))
 
-    def read(self, size: int = -1) -> bytes:
+    def _refill(self) -> bool:
+        """Put the next output in the buffer; False at the end of the file."""
         while not self._buffer:
+            if self._current is not None:
+                more = self._current.more()
+                if more:
+                    self._buffer = memoryview(more)
+                    return True
+                self._current = None
             self._submit()
             if not self._pending:
-                return b""
-            self._buffer = memoryview(self._pending.popleft().result())
+                return False
+            self._current = self._pending.popleft().result()
+            self._buffer = memoryview(self._current.first)
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._refill():
+            return b""
         if size < 0 or size >= len(self._buffer):
             size = len(self._buffer)
         chunk, self._buffer = self._buffer[:size], self._buffer[size:]

@@ -35,6 +35,7 @@ from esc.backup.archive import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
+    SIGNATURE,
     Manifest,
     TableEntry,
     compression_for,
@@ -42,6 +43,7 @@ from esc.backup.archive import (
 )
 from esc.backup.compress import ParallelCompressedWriter
 from esc.backup.copytext import CANONICAL_SETTINGS, field_writer
+from esc.backup.signing import signature_for
 from esc.backup.tables import backed_up_tables, column_kinds, quoted
 from esc.db.migrate import head_revision
 from esc.db.session import Database
@@ -56,6 +58,10 @@ NOTES = (
 
 class BackupError(Exception):
     """The backup cannot be made; the message says why and what to do."""
+
+
+class BackupExists(BackupError):
+    """The file asked for exists and replacing it was not asked for."""
 
 
 @dataclass(frozen=True)
@@ -140,17 +146,22 @@ def _dump_table(connection: Connection, backend: str, table: Table, out: IO[byte
     )
 
 
-def write_backup(db: Database, path: Path, node_name: str) -> BackupResult:
-    """Write the archive to `path` (its name chooses the compression)."""
+def write_backup(
+    db: Database, path: Path, node_name: str, key: bytes | None = None, force: bool = False
+) -> BackupResult:
+    """Write the archive to `path` (its name chooses the compression), signed with
+    `key` if one is given (signing.py); an existing file is replaced only with force."""
     started = time.monotonic()
     compression = compression_for(path.name)
     path = path.absolute()
     if not path.parent.is_dir():
         raise BackupError(f"directory {path.parent} does not exist: create it or choose another")
+    if path.exists() and not force:
+        raise BackupExists(f"{path} exists: choose another file, or add --force to replace it")
     workdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         manifest = _dump(db, workdir, node_name)
-        _write_archive(path, workdir, manifest, compression)
+        _write_archive(path, workdir, manifest, compression, key)
     except OSError as exc:
         raise BackupError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
@@ -190,7 +201,9 @@ def _revision(connection: Connection) -> str:
     return found
 
 
-def _write_archive(path: Path, workdir: Path, manifest: Manifest, compression: str) -> None:
+def _write_archive(
+    path: Path, workdir: Path, manifest: Manifest, compression: str, key: bytes | None
+) -> None:
     partial = path.with_name(f".{path.name}.partial")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     now = int(time.time())
@@ -201,6 +214,9 @@ def _write_archive(path: Path, workdir: Path, manifest: Manifest, compression: s
             with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                 data = manifest.model_dump_json(indent=1).encode()
                 tar.addfile(_info(MANIFEST, len(data), now), io.BytesIO(data))
+                if key is not None:
+                    signature = signature_for(key, data)
+                    tar.addfile(_info(SIGNATURE, len(signature), now), io.BytesIO(signature))
                 for table, entry in manifest.tables.items():
                     with open(workdir / f"{table}.rows", "rb") as member:
                         tar.addfile(_info(member_name(table), entry.bytes, now), member)

@@ -27,6 +27,7 @@ from esc.backup.archive import JSON_ROWS_FORMAT, ArchiveError, ArchiveReader, Me
 from esc.backup.copytext import CANONICAL_SETTINGS, RowFormatError, field_reader, split_row
 from esc.backup.load_json import Skip
 from esc.backup.pg_keys import drop_keys
+from esc.backup.spool import Spool
 from esc.backup.tables import quoted
 from esc.security import LOCAL_USER
 
@@ -41,6 +42,11 @@ def reflected_tables(connection: Connection) -> dict[str, Table]:
 
 
 def _matching_table(tables: dict[str, Table], member: Member) -> Table:
+    if member.table == "alembic_version":
+        raise ArchiveError(
+            f"the archive holds a table alembic_version ({member.name}): the schema revision "
+            "is the manifest's schema_revision, never rows of the archive; it was altered"
+        )
     table = tables.get(member.table)
     wanted = set(member.entry.columns)
     if table is None or {c.name for c in table.columns} != wanted:
@@ -51,6 +57,13 @@ def _matching_table(tables: dict[str, Table], member: Member) -> Table:
     return table
 
 
+# Rows of an archive a restore leaves out on purpose, and why (escadm restore says so).
+NOT_RESTORED = {
+    "users": f"the {LOCAL_USER} account is node-local: this node keeps its own, whose "
+    "secret is its data/escadm.credential"
+}
+
+
 def _skip_for(member: Member) -> Skip:
     """The node-local escadm account is the restoring node's own, never the archive's."""
     if member.table != "users":
@@ -59,8 +72,9 @@ def _skip_for(member: Member) -> Skip:
     return lambda row: row[index] == LOCAL_USER
 
 
-def load_all(connection: Connection, reader: ArchiveReader) -> dict[str, int]:
-    """Insert every table's rows; returns rows loaded per table."""
+def load_all(connection: Connection, reader: ArchiveReader, spool: Spool) -> dict[str, int]:
+    """Insert every table's rows, each member checked whole (spooled) before it is
+    loaded; returns rows loaded per table."""
     tables = reflected_tables(connection)
     # Migrations may seed rows (op_mode's default): the archive's rows replace them all.
     for name in reversed(list(tables)):
@@ -73,24 +87,27 @@ def load_all(connection: Connection, reader: ArchiveReader) -> dict[str, int]:
             connection.exec_driver_sql(f"SET LOCAL {setting}")
         keys = drop_keys(connection)
     loaded = {}
-    for member in reader.members():
-        table = _matching_table(tables, member)
-        skip = _skip_for(member)
-        if postgresql and json_rows:
-            count = load_json.load_postgresql(connection, table, member, skip)
-        elif postgresql:
-            count = _copy_postgresql(connection, table, member, skip)
-        elif json_rows:
-            count = _insert_sqlite(
-                connection, table, member, load_json.sqlite_rows(table, member, skip)
-            )
-        else:
-            count = _insert_sqlite(connection, table, member, _sqlite_rows(table, member, skip))
-        loaded[member.table] = count
+    for archived in reader.members():
+        table = _matching_table(tables, archived)
+        with spool.verified(archived) as member:
+            loaded[member.table] = _load_member(connection, table, member, postgresql, json_rows)
     if postgresql:
         keys.rebuild(connection)
         _advance_sequences(connection, tables)
     return loaded
+
+
+def _load_member(
+    connection: Connection, table: Table, member: Member, postgresql: bool, json_rows: bool
+) -> int:
+    skip = _skip_for(member)
+    if postgresql and json_rows:
+        return load_json.load_postgresql(connection, table, member, skip)
+    if postgresql:
+        return _copy_postgresql(connection, table, member, skip)
+    if json_rows:
+        return _insert_sqlite(connection, table, member, load_json.sqlite_rows(table, member, skip))
+    return _insert_sqlite(connection, table, member, _sqlite_rows(table, member, skip))
 
 
 def _sqlite_rows(table: Table, member: Member, skip: Skip) -> Iterator[list[Any]]:

@@ -2,13 +2,15 @@
 
 Order, so that a refused or failed restore changes nothing:
 1. the node's services must be stopped;
-2. the archive's manifest is read and checked (format version) and the
-   upgrade planner is asked whether this release takes a backup of that one;
+2. the archive's signature is checked against the node's backup key
+   (signing.py), its manifest (format version), and the upgrade planner is
+   asked whether this release takes a backup of that one;
 3. a new database is built aside (SQLite: a file beside the node's;
    PostgreSQL: a schema `esc_restoring` in the node's database), migrated to
-   the backup's schema revision, loaded (every member checked against its
-   sha256 and row count), migrated to this release's head, and given the
-   node's own escadm account;
+   the backup's schema revision, loaded (every member spooled and checked
+   against its size, sha256 and row count before it is loaded: spool.py),
+   migrated to this release's head, given the node's own escadm account,
+   and its rows checked (invariants.py);
 4. only then is it swapped in, atomically: SQLite by a rename over the
    node's file (the previous one is kept as a hard link `*.before-restore`),
    PostgreSQL by renaming schemas in one transaction (the previous data is
@@ -26,17 +28,29 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine
+from alembic.util import CommandError
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from esc.backup.archive import ArchiveError, ArchiveReader, Manifest
 from esc.backup.compress import open_decompressed
+from esc.backup.invariants import check_restored
 from esc.backup.load import copy_local_account, load_all
+from esc.backup.signing import (
+    IMPORT_HINT,
+    BackupKeyError,
+    Verdict,
+    load_key,
+    verify,
+    written_by_the_upgrade_of_its_node,
+)
+from esc.backup.spool import Spool
 from esc.config import NodeHome, Settings
 from esc.db.migrate import alembic_config
 from esc.db.session import Database
@@ -63,6 +77,9 @@ class RestoreResult:
     manifest: Manifest
     rows: dict[str, int]
     seconds: float
+    signature: Verdict
+    # Why an archive whose signature was not verified was accepted (None: it was).
+    unverified_because: str | None = None
 
 
 def require_stopped(home: NodeHome) -> None:
@@ -105,7 +122,29 @@ def check_revision(manifest: Manifest) -> None:
         )
 
 
-def restore(home: NodeHome, settings: Settings, archive: Path) -> RestoreResult:
+def check_signature(
+    home: NodeHome, archive: Path, reader: ArchiveReader, allow_unsigned: bool
+) -> tuple[Verdict, str | None]:
+    """The signature's verdict, and why an unverified archive is accepted anyway."""
+    try:
+        key = load_key(home)
+    except BackupKeyError as exc:
+        raise RestoreError(f"{exc}; nothing was changed") from None
+    verdict = verify(key, reader.manifest_bytes, reader.signature)
+    if verdict.verified:
+        return verdict, None
+    if allow_unsigned:
+        return verdict, "--allow-unsigned was given"
+    if written_by_the_upgrade_of_its_node(home, archive):
+        return verdict, f"it was written by the upgrade of the node at {archive.parent.parent}"
+    raise RestoreError(f"{archive}: refused: {verdict.summary}; {IMPORT_HINT}; nothing was changed")
+
+
+def restore(
+    home: NodeHome, settings: Settings, archive: Path, allow_unsigned: bool = False
+) -> RestoreResult:
+    """Replace the node's database with the archive's; an archive not signed by this
+    node's backup key only with allow_unsigned (see signing.py)."""
     started = time.monotonic()
     require_stopped(home)
     if not archive.is_file():
@@ -121,15 +160,16 @@ def restore(home: NodeHome, settings: Settings, archive: Path) -> RestoreResult:
             manifest = reader.manifest
         except (ArchiveError, OSError, EOFError) as exc:
             raise RestoreError(f"{archive}: {exc}; nothing was changed") from None
+        verdict, unverified_because = check_signature(home, archive, reader, allow_unsigned)
         check_source(manifest, settings.vim.driver)
         check_revision(manifest)
         aside = _Aside.for_url(url)
         try:
-            rows = aside.build(reader, manifest)
+            rows = aside.build(reader, manifest, Spool(home.data, settings.backup.max_spool_bytes))
         except (ArchiveError, OSError, EOFError) as exc:
             aside.discard()
             raise RestoreError(f"{archive}: {exc}; the node's database is unchanged") from None
-        except (SQLAlchemyError, psycopg.Error, sqlite3.Error) as exc:
+        except (SQLAlchemyError, psycopg.Error, sqlite3.Error, CommandError) as exc:
             aside.discard()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RestoreError(
@@ -140,7 +180,7 @@ def restore(home: NodeHome, settings: Settings, archive: Path) -> RestoreResult:
             aside.discard()  # whatever went wrong, nothing half-built stays behind
             raise
     aside.swap()
-    return RestoreResult(manifest, rows, time.monotonic() - started)
+    return RestoreResult(manifest, rows, time.monotonic() - started, verdict, unverified_because)
 
 
 class _Aside(abc.ABC):
@@ -171,7 +211,7 @@ class _Aside(abc.ABC):
     def swap(self) -> None:
         """Put the aside database in the node's place, atomically."""
 
-    def build(self, reader: ArchiveReader, manifest: Manifest) -> dict[str, int]:
+    def build(self, reader: ArchiveReader, manifest: Manifest, spool: Spool) -> dict[str, int]:
         self.prepare()
         engine = self.engine()
         try:
@@ -180,7 +220,7 @@ class _Aside(abc.ABC):
                 config.attributes["connection"] = connection
                 command.upgrade(config, manifest.schema_revision)
             with engine.begin() as connection:
-                rows = load_all(connection, reader)
+                rows = load_all(connection, reader, spool)
             with engine.begin() as connection:
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
@@ -190,6 +230,8 @@ class _Aside(abc.ABC):
                     copy_local_account(source, target)
             finally:
                 current.dispose()
+            with engine.connect() as connection:
+                check_restored(connection)
         finally:
             engine.dispose()
         return rows
@@ -213,7 +255,15 @@ class _SqliteAside(_Aside):
             leftover.unlink(missing_ok=True)
 
     def engine(self) -> Engine:
-        return Database(f"sqlite:///{self.aside}", pool_size=1, max_overflow=0).engine
+        engine = Database(f"sqlite:///{self.aside}", pool_size=1, max_overflow=0).engine
+
+        @event.listens_for(engine, "connect")
+        def _references_checked_after_the_load(dbapi_connection: Any, _record: Any) -> None:
+            # So that a dangling reference is reported with its table and row by
+            # check_restored(), not as SQLite's bare "FOREIGN KEY constraint failed".
+            dbapi_connection.execute("PRAGMA foreign_keys=OFF")
+
+        return engine
 
     def swap(self) -> None:
         if self.path.exists():

@@ -49,29 +49,42 @@ def _run(work: Callable[[], Any], errors: tuple[type[Exception], ...], code: int
         raise CliError(str(exc), code) from None
 
 
+force_option = click.option(
+    "--force", is_flag=True, help="Replace the file if it exists (refused otherwise, exit 2)."
+)
+
+
 @click.command("backup")
 @file_option
+@force_option
 @home_option
 @json_option
-def backup_command(file: Path, home: NodeHome, as_json: bool) -> None:
+def backup_command(file: Path, force: bool, home: NodeHome, as_json: bool) -> None:
     """Back up the node's database online (a consistent snapshot even while it works).
 
     The archive holds the deployments, VMs, transactions, events,
     subscriptions, op_mode, dynamic mappings and custom scripts, with a
-    manifest of checksums; mode 0600. Exit 0 written, 1 failed, 2 bad file name.
+    manifest of checksums, signed with the node's backup key (created on
+    first use; see escadm backup-key); mode 0600. An existing file is
+    replaced only with --force. Exit 0 written, 1 failed, 2 bad file name or
+    the file exists.
     """
     from esc.backup.archive import ArchiveError, compression_for
-    from esc.backup.dump import BackupError, write_backup
+    from esc.backup.dump import BackupError, BackupExists, write_backup
+    from esc.backup.signing import BackupKeyError, ensure_key, key_id
     from esc.db.session import Database
 
     settings = load_settings(home)
     _run(lambda: compression_for(file.name), (ArchiveError,), EXIT_USAGE)
+    key = _run(lambda: ensure_key(home), (BackupKeyError,), EXIT_FAILED)
     db = Database(home.database_url(settings), pool_size=1, max_overflow=0)
     try:
         with _working(f"backing up to {file}", as_json):
-            result = _run(
-                lambda: write_backup(db, file, settings.node.name), (BackupError,), EXIT_FAILED
-            )
+            result = write_backup(db, file, settings.node.name, key, force)
+    except BackupExists as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except BackupError as exc:
+        raise CliError(str(exc), EXIT_FAILED) from None
     finally:
         db.dispose()
     rows = sum(t.rows for t in result.manifest.tables.values())
@@ -81,6 +94,7 @@ def backup_command(file: Path, home: NodeHome, as_json: bool) -> None:
                 "file": str(result.path),
                 "bytes": result.size,
                 "seconds": round(result.seconds, 3),
+                "signed_by": key_id(key),
                 "manifest": result.manifest.model_dump(),
             }
         )
@@ -88,23 +102,34 @@ def backup_command(file: Path, home: NodeHome, as_json: bool) -> None:
     click.echo(
         f"backup of {settings.node.name} (ESC {result.manifest.product_version}, schema "
         f"{result.manifest.schema_revision}): {rows} rows, {result.size} bytes in "
-        f"{result.seconds:.1f} s"
+        f"{result.seconds:.1f} s, signed with backup key {key_id(key)}"
     )
     click.echo(str(result.path))
 
 
 @click.command("restore")
 @file_option
+@click.option(
+    "--allow-unsigned",
+    is_flag=True,
+    help="Restore an archive whose signature is missing or not this node's key's "
+    "(e.g. a backup of a release before 1.1.0.2): only for an archive you know the "
+    "origin of.",
+)
 @home_option
 @json_option
-def restore_command(file: Path, home: NodeHome, as_json: bool) -> None:
+def restore_command(file: Path, allow_unsigned: bool, home: NodeHome, as_json: bool) -> None:
     """Replace the node's database with a backup's (the node must be stopped).
 
-    Checks the archive (format, every checksum) and asks the upgrade planner
-    whether this release takes a backup of that one; builds the new database
-    aside, migrates it to this release's schema, and only then swaps it in.
-    Any failure leaves the node's database as it was. Exit 0 restored,
-    1 refused or failed (the reason is printed), 2 bad command line or no such file.
+    Checks the archive (its signature by this node's backup key, format,
+    every checksum) and asks the upgrade planner whether this release takes
+    a backup of that one; builds the new database aside, migrates it to this
+    release's schema, checks its rows, and only then swaps it in. Any
+    failure leaves the node's database as it was. An unsigned archive, or
+    one signed by another key, is refused unless --allow-unsigned is given
+    (import the other node's key with escadm backup-key import to verify
+    it). Exit 0 restored, 1 refused or failed (the reason is printed),
+    2 bad command line or no such file.
     """
     from esc.backup.restore import RestoreError, restore
 
@@ -112,8 +137,13 @@ def restore_command(file: Path, home: NodeHome, as_json: bool) -> None:
     if not file.is_file():
         raise CliError(f"no backup file {file}: check the path", EXIT_USAGE)
     with _working(f"restoring {file}", as_json):
-        result = _run(lambda: restore(home, settings, file), (RestoreError,), EXIT_FAILED)
+        result = _run(
+            lambda: restore(home, settings, file, allow_unsigned), (RestoreError,), EXIT_FAILED
+        )
     manifest = result.manifest
+    in_archive = {table: entry.rows for table, entry in manifest.tables.items()}
+    not_restored = _not_restored(in_archive, result.rows)
+    mode = _op_mode(home, settings)
     if as_json:
         print_json(
             {
@@ -122,12 +152,61 @@ def restore_command(file: Path, home: NodeHome, as_json: bool) -> None:
                 "source_node": manifest.source_node,
                 "created_at": manifest.created_at,
                 "rows": result.rows,
+                "rows_in_archive": in_archive,
+                "not_restored": not_restored,
+                "signature": {
+                    "verified": result.signature.verified,
+                    "summary": result.signature.summary,
+                    "unverified_because": result.unverified_because,
+                },
+                "op_mode": mode,
                 "seconds": round(result.seconds, 3),
             }
         )
         return
+    if result.unverified_because:
+        click.echo(
+            f"warning: {result.signature.summary}; restored unverified because "
+            f"{result.unverified_because}",
+            err=True,
+        )
     click.echo(
         f"restored the backup of {manifest.source_node} taken {manifest.created_at} by ESC "
         f"{manifest.product_version}: {sum(result.rows.values())} rows in {result.seconds:.1f} s"
     )
+    if result.signature.verified:
+        click.echo(result.signature.summary)
+    for line in not_restored:
+        click.echo(line)
+    if mode == "MAINTENANCE":
+        click.echo(
+            "the node is in MAINTENANCE (as the backup was): deploys and other writes are "
+            "refused until you run: escadm op_mode set --mode=operation"
+        )
     click.echo("start ESC: escadm start")
+
+
+def _not_restored(in_archive: dict[str, int], restored: dict[str, int]) -> list[str]:
+    """Why the archive's row count and the restored one differ, table by table."""
+    from esc.backup.load import NOT_RESTORED
+
+    lines = []
+    for table, count in in_archive.items():
+        missing = count - restored.get(table, 0)
+        if missing:
+            why = NOT_RESTORED.get(table, "refused by the load")
+            lines.append(f"{table}: {missing} of the archive's {count} rows not restored ({why})")
+    return lines
+
+
+def _op_mode(home: NodeHome, settings: Any) -> str:
+    """The restored database's op_mode."""
+    from esc.db.session import Database
+    from esc.engine.op_mode import current
+
+    db = Database(home.database_url(settings), pool_size=1, max_overflow=0)
+    try:
+        with db.read() as session:
+            return current(session).value
+    finally:
+        db.dispose()

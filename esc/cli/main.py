@@ -6,6 +6,7 @@ import click
 
 from esc import __version__
 from esc.cli.backup import backup_command, restore_command
+from esc.cli.backup_key import backup_key_group
 from esc.cli.deployment import deployment_group
 from esc.cli.dynamic_mapping import dynamic_mapping_group
 from esc.cli.monitor import monitor_group, script_group
@@ -52,6 +53,7 @@ for command in (
     script_group,
     backup_command,
     restore_command,
+    backup_key_group,
 ):
     cli.add_command(command)
 

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from esc.backup.signing import UPGRADE_DIR, UPGRADE_STAGING_SUFFIX
 from esc.config import NodeHome, Settings
 from esc.files import write_atomic
 from esc.release.catalog import Catalog, CatalogError, parse_catalog
@@ -158,7 +159,7 @@ def upgrade(
     target = wheel_version(wheel)
     check_plan(target, wheel_catalog(wheel), settings)
     root = home.root
-    staging, rollback = _sibling(root, ".upgrading"), _sibling(root, ".rollback")
+    staging, rollback = _sibling(root, UPGRADE_STAGING_SUFFIX), _sibling(root, ".rollback")
     for leftover in (staging, rollback):
         if leftover.exists():
             raise UpgradeError(
@@ -171,7 +172,7 @@ def upgrade(
     at = ["--home", str(root)]
     run("maintenance mode", [old, "op_mode", "set", "--mode=maintenance", *at])
     run("waiting for transactions in progress", [old, "ip_trans", "--wait", *at])
-    backup = root / "upgrade" / f"backup-{CURRENT}-{int(time.time())}.tar.bz2"
+    backup = root / UPGRADE_DIR / f"backup-{CURRENT}-{int(time.time())}.tar.bz2"
     backup.parent.mkdir(mode=0o700, exist_ok=True)
     run("backup", [old, "backup", "--file", str(backup), *at])
     run("stopping the old node", [old, "stop", *at])
@@ -224,6 +225,10 @@ def _build_new_home(
     shutil.copy2(root / "esc.toml", staging / "esc.toml")  # the same parameters
     if home.tls_dir.is_dir():  # the certificate esc.toml names by a path in the home
         shutil.copytree(home.tls_dir, staging / home.tls_dir.name, dirs_exist_ok=True)
+    # The same node, so the same backup key: the backup just taken (signed with it)
+    # verifies, and so do the node's earlier backups after the upgrade.
+    if home.backup_key_file.exists():
+        shutil.copy2(home.backup_key_file, NodeHome(staging).backup_key_file)
     run(
         "restore into the new node", [new, "restore", "--file", str(backup), "--home", str(staging)]
     )

@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from esc.backup.archive import member_name
 from esc.backup.restore import ASIDE_SCHEMA, ASIDE_SUFFIX
+from esc.backup.signing import ensure_key, store_key
 from esc.config import NodeHome
 from esc.db.session import Database
 from esc.node.setup import init_node
@@ -71,6 +72,11 @@ def make_node_fixture(tmp_path: Path, request: pytest.FixtureRequest) -> Iterato
     maker = NodeMaker(tmp_path, request)
     yield maker
     maker.cleanup()
+
+
+def carry_key(source: Node, target: Node) -> None:
+    """What an operator does with escadm backup-key export and import."""
+    store_key(target.home, ensure_key(source.home))
 
 
 def user_hash(url: str, name: str) -> str:

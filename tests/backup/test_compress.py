@@ -6,6 +6,7 @@ from __future__ import annotations
 import bz2
 import random
 import subprocess
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,29 @@ def test_a_damaged_multi_stream_bzip2_file_is_refused(
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(error):
         read_all(path)
+
+
+def test_a_stream_that_holds_far_more_than_a_chunk_is_read_in_bounded_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hostile file's second stream of zeros is decompressed CHUNK by CHUNK as it is
+    read, never whole (it used to be held in memory at once, twice per worker)."""
+    monkeypatch.setattr(compress, "CHUNK", 256 * 1024)
+    zeros = 32 * 2**20
+    compressor = bz2.BZ2Compressor()
+    tail = b"".join(compressor.compress(bytes(2**20)) for _ in range(zeros // 2**20))
+    path = tmp_path / "bomb.bz2"
+    path.write_bytes(bz2.compress(sample(100_000)) + tail + compressor.flush())
+    stream = open_decompressed(str(path))
+    assert isinstance(stream, ParallelBz2Reader)
+    tracemalloc.start()
+    try:
+        total = 0
+        while part := stream.read(65_536):
+            total += len(part)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        stream.close()
+    assert total == 100_000 + zeros
+    assert peak < 4 * 2**20, f"{peak} bytes held while reading"

@@ -338,7 +338,7 @@ def test_hostile_archive_is_refused(case: str, node: Node, good: Good) -> None:
 
     started = time.monotonic()
     with pytest.raises(RestoreError) as refused:
-        restore(node.home, node.settings, hostile)
+        restore(node.home, node.settings, hostile, allow_unsigned=True)
     elapsed = time.monotonic() - started
 
     message = str(refused.value)
@@ -357,7 +357,7 @@ def test_hostile_archive_through_the_cli(case: str, node: Node, good: Good) -> N
     url = url_of(node)
     before = DatabaseState.of(url)
 
-    result = escadm("restore", "--file", str(hostile), home=node.home.root)
+    result = escadm("restore", "--file", str(hostile), "--allow-unsigned", home=node.home.root)
 
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("Error: ")

@@ -15,6 +15,7 @@ import psycopg
 from backup_helpers import (
     aside_tables,
     backend_of,
+    carry_key,
     checkpoint,
     make_node_fixture,  # noqa: F401 - the make_node fixture
     open_database,
@@ -29,6 +30,7 @@ from sqlalchemy.engine import make_url
 
 from esc.backup.dump import write_backup
 from esc.backup.restore import ASIDE_SCHEMA
+from esc.backup.signing import ensure_key
 from esc.db.models import Tenant
 from esc.engine.controller import Controller
 from esc.security import LOCAL_USER
@@ -109,11 +111,12 @@ def test_sigkill_mid_restore_leaves_the_previous_database(
     add_events(node)
     db = open_database(node)
     try:
-        archive = write_backup(db, tmp_path / "big.tar.gz", "source").path
+        archive = write_backup(db, tmp_path / "big.tar.gz", "source", ensure_key(node.home)).path
     finally:
         db.dispose()
 
     target = make_node(backend_of(node), "target")
+    carry_key(node, target)
     target_url = url_of(target)
     db = open_database(target)
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from backup_helpers import (
     backend_of,
+    carry_key,
     make_node_fixture,  # noqa: F401 - the make_node fixture
     schemas,
     sqlite_aside,
@@ -24,6 +25,7 @@ from sqlalchemy import func, select
 
 from esc.backup.dump import write_backup
 from esc.backup.restore import ASIDE_SCHEMA, KEPT_SCHEMA, restore
+from esc.backup.signing import ensure_key
 from esc.backup.tables import backed_up_tables
 from esc.db.models import Event
 from esc.db.session import Database
@@ -94,7 +96,7 @@ def check_content(rows: dict) -> None:
 def backup_of(node: Node, path: Path) -> Path:
     db = Database(url_of(node), pool_size=1, max_overflow=0)
     try:
-        write_backup(db, path, node.settings.node.name)
+        write_backup(db, path, node.settings.node.name, key=ensure_key(node.home))
     finally:
         db.dispose()
     return path
@@ -104,7 +106,9 @@ def restore_and_compare(source: Node, target: Node, archive: Path) -> None:
     """Restore into `target` and check it holds the source's rows, with its own escadm."""
     source_url, target_url = url_of(source), url_of(target)
     own_escadm = user_hash(target_url, LOCAL_USER)
+    carry_key(source, target)
     result = restore(target.home, target.settings, archive)
+    assert result.signature.verified and result.unverified_because is None
 
     expected = all_rows(source_url)
     restored = all_rows(target_url)
@@ -152,7 +156,7 @@ def check_with_tar(archive: Path, suffix: str, tmp_path: Path) -> None:
         ["tar", "-tf", str(archive)], capture_output=True, text=True, timeout=30, check=True
     ).stdout.split()
     tables = [t.name for t in backed_up_tables()]
-    assert listed == ["manifest.json", *[f"data/{t}.tsv" for t in tables]]
+    assert listed == ["manifest.json", "manifest.sig", *[f"data/{t}.tsv" for t in tables]]
 
     into = tmp_path / f"extracted{suffix}"
     into.mkdir()
