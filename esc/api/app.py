@@ -38,6 +38,8 @@ def create_app(controller: Controller, *, manage_lifecycle: bool = True) -> Fast
     )
     app.state.controller = controller
     problems.install(app)
+    # Added first, so it runs inside BodySizeLimit and reads a bounded body.
+    app.add_middleware(problems.JsonDepthLimit)
     app.add_middleware(problems.BodySizeLimit, limit=controller.settings.api.max_body_bytes)
     app.add_middleware(problems.NulInUrl)
     app.include_router(system.router)
