@@ -37,6 +37,14 @@ class ApiSettings(_Section):
     max_body_bytes: Annotated[int, Field(ge=1024)] = Field(
         1_048_576, description="Largest request body accepted; larger ones get 413."
     )
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1_048_576)] = Field(
+        32_768,
+        description="Largest request line plus headers accepted; larger ones get 431 "
+        "while still arriving, so the server never buffers more.",
+    )
+    max_headers: Annotated[int, Field(ge=8, le=1000)] = Field(
+        100, description="Most header fields one request may have; more get 431."
+    )
 
 
 class DatabaseSettings(_Section):

@@ -11,6 +11,7 @@ from esc.api.app import create_app
 from esc.config import NodeHome, Settings
 from esc.engine.controller import Controller
 from esc.monitor.mona import run_mona
+from esc.node.http_server import server_config
 from esc.node.ports import check_port_free
 from esc.node.processes import ProcessRecord, remove_record, write_record
 
@@ -20,14 +21,7 @@ def serve(home: NodeHome, settings: Settings, *, with_mona: bool = False) -> Non
     monitoring in this process (`escadm run`: the whole node in one foreground process)."""
     check_port_free(settings.api.host, settings.api.port)
     controller = Controller(home, settings)
-    config = uvicorn.Config(
-        create_app(controller),
-        host=settings.api.host,
-        port=settings.api.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    config = server_config(create_app(controller), settings.api, timeout_graceful_shutdown=10)
     # Recorded here too (not only by the supervisor), so `escadm status` also
     # sees a controller run in the foreground with `escadm run`.
     names = ["escmanager", "mona"] if with_mona else ["escmanager"]
