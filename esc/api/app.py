@@ -14,6 +14,7 @@ from esc.api import problems
 from esc.api.routes import activity, deployments, monitoring, system
 from esc.descriptor import Descriptor
 from esc.engine.controller import Controller
+from esc.security import FailureBudget
 
 
 def create_app(controller: Controller, *, manage_lifecycle: bool = True) -> FastAPI:
@@ -37,6 +38,8 @@ def create_app(controller: Controller, *, manage_lifecycle: bool = True) -> Fast
         lifespan=lifespan,
     )
     app.state.controller = controller
+    api = controller.settings.api
+    app.state.auth_failures = FailureBudget(api.max_auth_failures, api.auth_failure_window)
     problems.install(app)
     # Added first, so it runs inside BodySizeLimit and reads a bounded body.
     app.add_middleware(problems.JsonDepthLimit)
