@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from esc.api.deps import ControllerDep, ReadSession, require_user
+from esc.api.pages import NEXT_LINK_HEADER, Cursor, Limit, decode_cursor, encode_cursor, link_next
 from esc.api.schemas import EventView, SubscriptionIn, SubscriptionView, TransactionView
 from esc.db.models import Event, Severity, Subscription, Transaction, TransactionState
 from esc.engine.events import event_payload
@@ -22,19 +24,42 @@ from esc.monitor.mappings import (
 
 router = APIRouter(prefix="/v0", tags=["activity"], dependencies=[Depends(require_user)])
 
-Limit = Annotated[int, Query(ge=1, le=1000)]
+_PAGED = {200: {"headers": NEXT_LINK_HEADER}}
 
 
-@router.get("/transactions", response_model=list[TransactionView])
+def _int_below_2_63(value: Any) -> int:
+    number = int(value)
+    if not 0 <= number < 2**63:
+        raise ValueError(value)
+    return number
+
+
+@router.get("/transactions", response_model=list[TransactionView], responses=_PAGED)
 def list_transactions(
+    request: Request,
+    response: Response,
     session: ReadSession,
     state: TransactionState | None = None,
     in_progress: bool = False,
     tenant: Annotated[str | None, Query(max_length=128)] = None,
     deployment: Annotated[str | None, Query(max_length=128)] = None,
     limit: Limit = 100,
+    cursor: Cursor = None,
 ) -> list[TransactionView]:
-    query = select(Transaction).order_by(Transaction.created_at.desc()).limit(limit)
+    """Newest first, `limit` per page; the `Link` header leads to the next page."""
+    query = (
+        select(Transaction)
+        .order_by(Transaction.created_at.desc(), Transaction.id.desc())
+        .limit(limit + 1)
+    )
+    if cursor is not None:
+        key = decode_cursor(cursor, created_at=datetime.fromisoformat, id=str)
+        query = query.where(
+            or_(
+                Transaction.created_at < key["created_at"],
+                and_(Transaction.created_at == key["created_at"], Transaction.id < key["id"]),
+            )
+        )
     if state is not None:
         query = query.where(Transaction.state == state)
     if in_progress:
@@ -43,7 +68,16 @@ def list_transactions(
         query = query.where(Transaction.tenant == tenant)
     if deployment is not None:
         query = query.where(Transaction.deployment_name == deployment)
-    return [TransactionView.of(tx) for tx in session.scalars(query)]
+    rows = list(session.scalars(query))
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        link_next(
+            request,
+            response,
+            encode_cursor({"created_at": last.created_at.isoformat(), "id": last.id}),
+        )
+    return [TransactionView.of(tx) for tx in rows]
 
 
 @router.get("/transactions/{tx_id}", response_model=TransactionView)
@@ -54,8 +88,10 @@ def show_transaction(tx_id: str, session: ReadSession) -> TransactionView:
     return TransactionView.of(tx)
 
 
-@router.get("/events", response_model=list[EventView])
+@router.get("/events", response_model=list[EventView], responses=_PAGED)
 def list_events(
+    request: Request,
+    response: Response,
     session: ReadSession,
     after: Annotated[
         int, Query(ge=0, le=2**63 - 1, description="Only events with a larger event_id")
@@ -65,8 +101,12 @@ def list_events(
     transaction_id: Annotated[str | None, Query(max_length=36)] = None,
     severity: Severity | None = None,
     limit: Limit = 100,
+    cursor: Cursor = None,
 ) -> list[dict]:
-    query = select(Event).where(Event.id > after).order_by(Event.id).limit(limit)
+    """Oldest first, `limit` per page; the `Link` header leads to the next page."""
+    if cursor is not None:
+        after = max(after, decode_cursor(cursor, id=_int_below_2_63)["id"])
+    query = select(Event).where(Event.id > after).order_by(Event.id).limit(limit + 1)
     if severity is not None:
         query = query.where(Event.severity == severity)
     if tenant is not None:
@@ -75,7 +115,11 @@ def list_events(
         query = query.where(Event.deployment_name == deployment)
     if transaction_id is not None:
         query = query.where(Event.transaction_id == transaction_id)
-    return [event_payload(e) for e in session.scalars(query)]
+    rows = list(session.scalars(query))
+    if len(rows) > limit:
+        rows = rows[:limit]
+        link_next(request, response, encode_cursor({"id": rows[-1].id}))
+    return [event_payload(e) for e in rows]
 
 
 def _subscription_view(sub: Subscription) -> SubscriptionView:

@@ -1,0 +1,134 @@
+"""The served OpenAPI document, and the 405 answer that follows it.
+
+Two things FastAPI cannot see are added here, once for every operation, so
+no route has to repeat them: the descriptor's schema (its body is read raw,
+YAML or JSON), and the errors every operation may answer with, each an
+application/problem+json body. A 405 names in `Allow` the methods the
+document lists for the path, so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from esc.api.problems import PROBLEM_JSON, problem
+from esc.descriptor import Descriptor
+
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "description": "An error (RFC 9457): what went wrong and what to do about it.",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
+    "required": ["type", "title", "status", "detail"],
+}
+
+# status -> (description, response headers); 401 and 429 only where credentials are asked for.
+ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
+    400: (
+        "Malformed request: an unparsable body, nesting deeper than allowed, an unknown "
+        "query parameter, a bad cursor or a NUL in the URL",
+        {},
+    ),
+    401: (
+        "Missing or wrong credentials (HTTP basic)",
+        {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    ),
+    404: ("No such resource", {}),
+    409: ("Conflict: a write in flight for the deployment, or a duplicate name", {}),
+    413: ("Request body larger than [api] max_body_bytes", {}),
+    422: ("Invalid content: the detail names each invalid field", {}),
+    429: (
+        "Too many failed logins from this client address",
+        {
+            "Retry-After": {
+                "description": "Seconds until this client may try again.",
+                "schema": {"type": "integer"},
+            }
+        },
+    ),
+    431: ("Request headers larger than [api] max_header_bytes or more than max_headers", {}),
+    503: ("Temporarily unavailable: MAINTENANCE, or the controller is starting", {}),
+}
+_NEEDS_CREDENTIALS = {401, 429}
+
+
+def _error_response(status: int) -> dict[str, Any]:
+    description, headers = ERRORS[status]
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _declare_errors(operation: dict[str, Any]) -> None:
+    responses = operation.setdefault("responses", {})
+    # FastAPI's own 422 describes its default JSON error body, which this API never sends.
+    if "HTTPValidationError" in str(responses.get("422", "")):
+        del responses["422"]
+    secured = bool(operation.get("security"))
+    for status in ERRORS:
+        if status in _NEEDS_CREDENTIALS and not secured:
+            continue
+        responses.setdefault(str(status), _error_response(status))
+
+
+def build(app: FastAPI) -> dict[str, Any]:
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    descriptor = Descriptor.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(descriptor.pop("$defs", {}))
+    components["Descriptor"] = descriptor
+    components["Problem"] = PROBLEM_SCHEMA
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            _declare_errors(operation)
+    return schema
+
+
+_HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+
+
+def _template(path: str) -> re.Pattern[str]:
+    parts = re.split(r"(\{[^}]+\})", path)
+    return re.compile("".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts))
+
+
+def allowed_methods(schema: dict[str, Any], path: str) -> list[str]:
+    """The methods `schema` lists for the paths that `path` matches."""
+    methods: set[str] = set()
+    for template, operations in schema.get("paths", {}).items():
+        if _template(template).fullmatch(path):
+            methods |= {m.upper() for m in operations if m in _HTTP_METHODS}
+    return sorted(methods)
+
+
+def install(app: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.exception_handler(405)
+    async def _method_not_allowed(request: Request, exc: HTTPException) -> JSONResponse:
+        allowed = allowed_methods(app.openapi(), request.url.path)
+        detail = f"{request.method} is not served at {request.url.path}; use {', '.join(allowed)}"
+        return problem(405, "Method not allowed", detail, headers={"Allow": ", ".join(allowed)})
