@@ -1,7 +1,8 @@
-"""Query parameters: an unknown one is refused by name, not silently ignored.
+"""Query parameters: an unknown or repeated one is refused by name, not ignored.
 
 A misspelt filter (`?tenat=acme`) would otherwise return everything, which a
-client cannot tell from a filter that matched everything.
+client cannot tell from a filter that matched everything; of a repeated one
+(`?tenant=a&tenant=b`) only the last would count. No parameter takes a list.
 """
 
 from __future__ import annotations
@@ -37,4 +38,15 @@ def reject_unknown_query(request: Request) -> None:
         raise MalformedRequest(
             f"unknown query parameter(s) {', '.join(unknown)}; "
             f"{request.method} {route.path} accepts: {which}"
+        )
+    repeated = sorted(
+        {
+            name
+            for name, _ in request.query_params.multi_items()
+            if len(request.query_params.getlist(name)) > 1
+        }
+    )
+    if repeated:
+        raise MalformedRequest(
+            f"query parameter(s) {', '.join(repeated)} given more than once; give each once"
         )

@@ -36,7 +36,7 @@ PROBLEM_SCHEMA = {
 ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
     400: (
         "Malformed request: an unparsable body, nesting deeper than allowed, an unknown "
-        "query parameter, a bad cursor or a NUL in the URL",
+        "or repeated query parameter, or a NUL in the URL",
         {},
     ),
     401: (
@@ -85,6 +85,32 @@ def _declare_errors(operation: dict[str, Any]) -> None:
         responses.setdefault(str(status), _error_response(status))
 
 
+# The API refuses a NUL anywhere in the URL (no database stores one): say so.
+_NO_NUL = "^[^\\x00]*$"
+
+
+def _string_schemas(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    if schema.get("type") == "string":
+        return [schema]
+    return [s for option in schema.get("anyOf", []) for s in _string_schemas(option)]
+
+
+def _describe_parameters(operation: dict[str, Any]) -> None:
+    for parameter in operation.get("parameters", []):
+        schema = parameter.get("schema", {})
+        # A query string cannot carry a JSON null: an optional parameter that
+        # is absent is the null, so the null alternative FastAPI adds is dropped.
+        options = schema.get("anyOf")
+        if options and {"type": "null"} in options:
+            rest = [o for o in options if o != {"type": "null"}]
+            if len(rest) == 1:
+                schema.pop("anyOf")
+                schema.update(rest[0])
+        for string in _string_schemas(schema):
+            if "pattern" not in string and "enum" not in string and "format" not in string:
+                string["pattern"] = _NO_NUL
+
+
 def build(app: FastAPI) -> dict[str, Any]:
     schema = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes
@@ -99,6 +125,7 @@ def build(app: FastAPI) -> dict[str, Any]:
     for path in schema.get("paths", {}).values():
         for operation in path.values():
             _declare_errors(operation)
+            _describe_parameters(operation)
     return schema
 
 

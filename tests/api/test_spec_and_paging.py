@@ -158,12 +158,26 @@ def test_events_page_past_1000(api: TestClient, controller: Controller) -> None:
     assert [e["event_id"] for e in rest] == ids[501:]
 
 
-@pytest.mark.parametrize("cursor", ["zzz", "e30", "eyJpZCI6LTF9", "eyJpZCI6Im5vIn0"])
-def test_a_cursor_the_api_did_not_give_is_400(api: TestClient, cursor: str) -> None:
-    for path in ("/v0/events", "/v0/transactions"):
-        response = api.get(path, params={"cursor": cursor})
-        assert response.status_code == 400, response.text
-        assert "cursor" in response.json()["detail"]
+@pytest.mark.parametrize(
+    ("path", "cursor"),
+    [
+        ("/v0/transactions", "zzz"),
+        ("/v0/transactions", "1_" + "a" * 37),
+        ("/v0/transactions", "12345678901234567_ab"),
+        ("/v0/events", "-1"),
+        ("/v0/events", "abc"),
+    ],
+)
+def test_a_cursor_of_another_form_is_refused(api: TestClient, path: str, cursor: str) -> None:
+    response = api.get(path, params={"cursor": cursor})
+    assert response.status_code == 422, response.text
+    assert "cursor" in response.json()["detail"]
+
+
+def test_a_repeated_query_parameter_is_400(api: TestClient) -> None:
+    response = api.get("/v0/events?transaction_id=a&transaction_id=b")
+    assert response.status_code == 400, response.text
+    assert "transaction_id given more than once" in response.json()["detail"]
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import and_, or_, select
 
 from esc.api.deps import ControllerDep, ReadSession, require_user
-from esc.api.pages import NEXT_LINK_HEADER, Cursor, Limit, decode_cursor, encode_cursor, link_next
+from esc.api.pages import (
+    NEXT_LINK_HEADER,
+    IdCursor,
+    Limit,
+    TimeCursor,
+    link_next,
+    read_time_cursor,
+    time_cursor,
+)
 from esc.api.schemas import EventView, SubscriptionIn, SubscriptionView, TransactionView
 from esc.db.models import Event, Severity, Subscription, Transaction, TransactionState
 from esc.engine.events import event_payload
@@ -27,13 +34,6 @@ router = APIRouter(prefix="/v0", tags=["activity"], dependencies=[Depends(requir
 _PAGED = {200: {"headers": NEXT_LINK_HEADER}}
 
 
-def _int_below_2_63(value: Any) -> int:
-    number = int(value)
-    if not 0 <= number < 2**63:
-        raise ValueError(value)
-    return number
-
-
 @router.get("/transactions", response_model=list[TransactionView], responses=_PAGED)
 def list_transactions(
     request: Request,
@@ -44,7 +44,7 @@ def list_transactions(
     tenant: Annotated[str | None, Query(max_length=128)] = None,
     deployment: Annotated[str | None, Query(max_length=128)] = None,
     limit: Limit = 100,
-    cursor: Cursor = None,
+    cursor: TimeCursor = None,
 ) -> list[TransactionView]:
     """Newest first, `limit` per page; the `Link` header leads to the next page."""
     query = (
@@ -53,11 +53,11 @@ def list_transactions(
         .limit(limit + 1)
     )
     if cursor is not None:
-        key = decode_cursor(cursor, created_at=datetime.fromisoformat, id=str)
+        at, last_id = read_time_cursor(cursor)
         query = query.where(
             or_(
-                Transaction.created_at < key["created_at"],
-                and_(Transaction.created_at == key["created_at"], Transaction.id < key["id"]),
+                Transaction.created_at < at,
+                and_(Transaction.created_at == at, Transaction.id < last_id),
             )
         )
     if state is not None:
@@ -72,11 +72,7 @@ def list_transactions(
     if len(rows) > limit:
         rows = rows[:limit]
         last = rows[-1]
-        link_next(
-            request,
-            response,
-            encode_cursor({"created_at": last.created_at.isoformat(), "id": last.id}),
-        )
+        link_next(request, response, time_cursor(last.created_at, last.id))
     return [TransactionView.of(tx) for tx in rows]
 
 
@@ -101,11 +97,11 @@ def list_events(
     transaction_id: Annotated[str | None, Query(max_length=36)] = None,
     severity: Severity | None = None,
     limit: Limit = 100,
-    cursor: Cursor = None,
+    cursor: IdCursor = None,
 ) -> list[dict]:
     """Oldest first, `limit` per page; the `Link` header leads to the next page."""
     if cursor is not None:
-        after = max(after, decode_cursor(cursor, id=_int_below_2_63)["id"])
+        after = max(after, cursor)
     query = select(Event).where(Event.id > after).order_by(Event.id).limit(limit + 1)
     if severity is not None:
         query = query.where(Event.severity == severity)
@@ -118,7 +114,7 @@ def list_events(
     rows = list(session.scalars(query))
     if len(rows) > limit:
         rows = rows[:limit]
-        link_next(request, response, encode_cursor({"id": rows[-1].id}))
+        link_next(request, response, rows[-1].id)
     return [event_payload(e) for e in rows]
 
 
