@@ -111,6 +111,41 @@ def _describe_parameters(operation: dict[str, Any]) -> None:
                 string["pattern"] = _NO_NUL
 
 
+# What a created resource is addressed by afterwards (OpenAPI links), so a
+# client or a stateful fuzzer follows the name and not, say, the tenant's id.
+LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, str]]] = {
+    ("/v0/tenants", "post", "201"): {
+        "DeleteTenant": ("/v0/tenants/{tenant}", "delete", "tenant=name"),
+    },
+    ("/v0/subscriptions", "post", "201"): {
+        "DeleteSubscription": ("/v0/subscriptions/{sub_id}", "delete", "sub_id=id"),
+    },
+    ("/v0/scripts/{name}", "put", "200"): {
+        "GetScript": ("/v0/scripts/{name}", "get", "name=name"),
+        "DeleteScript": ("/v0/scripts/{name}", "delete", "name=name"),
+    },
+    ("/v0/deployments", "post", "202"): {
+        "GetTransaction": ("/v0/transactions/{tx_id}", "get", "tx_id=transaction_id"),
+    },
+}
+
+
+def _operation_ref(path: str, method: str) -> str:
+    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+
+
+def _declare_links(paths: dict[str, Any]) -> None:
+    for (path, method, status), links in LINKS.items():
+        response = paths[path][method]["responses"][status]
+        response["links"] = {
+            name: {
+                "operationRef": _operation_ref(target, target_method),
+                "parameters": {binding.split("=")[0]: f"$response.body#/{binding.split('=')[1]}"},
+            }
+            for name, (target, target_method, binding) in links.items()
+        }
+
+
 def build(app: FastAPI) -> dict[str, Any]:
     schema = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes
@@ -126,6 +161,7 @@ def build(app: FastAPI) -> dict[str, Any]:
         for operation in path.values():
             _declare_errors(operation)
             _describe_parameters(operation)
+    _declare_links(schema["paths"])
     return schema
 
 

@@ -12,12 +12,16 @@ pytest 9), one strategy per operation of the served spec.
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
+from typing import Any
 
+import pytest
 import schemathesis
 from conftest import Node
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
+from hypothesis.stateful import run_state_machine_as_test
 from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -26,6 +30,8 @@ from esc.api.app import create_app
 from esc.engine.controller import Controller
 
 EXAMPLES_PER_OPERATION = 10
+SEQUENCES = 10
+STEPS_PER_SEQUENCE = 6
 
 load_all_checks()
 ALL_CHECKS = CHECKS.get_all()
@@ -42,7 +48,15 @@ SEMANTIC_RULES = {
 }
 
 
-def test_every_check_passes(controller: Controller, node: Node) -> None:
+def checks_for(label: str) -> list:
+    if label in SEMANTIC_RULES:
+        return [c for c in ALL_CHECKS if c is not positive_data_acceptance]
+    return ALL_CHECKS
+
+
+@pytest.fixture
+def served(controller: Controller, node: Node) -> Iterator[tuple[Any, dict[str, str]]]:
+    """The spec as the app serves it, and the admin's Authorization header."""
     # The fuzzer is one client that sends wrong credentials on purpose (the
     # ignored_auth check), far more often than the failure budget allows.
     node.settings.api.max_auth_failures = 10_000
@@ -54,24 +68,26 @@ def test_every_check_passes(controller: Controller, node: Node) -> None:
         rejection = schema.config.checks.negative_data_rejection
         rejection.expected_statuses = [*rejection.expected_statuses, "413"]
         token = base64.b64encode(":".join(node.auth).encode()).decode()
-        auth = {"Authorization": f"Basic {token}"}
-        operations = [result.ok() for result in schema.get_all_operations()]
-        assert len(operations) >= 15, "the spec lost operations"
-        assert len(ALL_CHECKS) >= 12, "schemathesis lost checks"
-        failures = []
-        for operation in operations:
-            checks = ALL_CHECKS
-            if operation.label in SEMANTIC_RULES:
-                checks = [c for c in ALL_CHECKS if c is not positive_data_acceptance]
-            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-                try:
-                    fuzz(operation, mode, checks, auth)
-                except Unsatisfiable:
-                    # Nothing in the operation can be made invalid (GET /esc/health).
-                    assert mode is GenerationMode.NEGATIVE, operation.label
-                except (Exception, BaseExceptionGroup) as exc:
-                    failures.append(f"{operation.label} ({mode.value}): {exc}")
-        assert not failures, "\n\n".join(failures)
+        yield schema, {"Authorization": f"Basic {token}"}
+
+
+def test_every_check_passes(served: tuple[Any, dict[str, str]]) -> None:
+    schema, auth = served
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 15, "the spec lost operations"
+    assert len(ALL_CHECKS) >= 12, "schemathesis lost checks"
+    failures = []
+    for operation in operations:
+        checks = checks_for(operation.label)
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            try:
+                fuzz(operation, mode, checks, auth)
+            except Unsatisfiable:
+                # Nothing in the operation can be made invalid (GET /esc/health).
+                assert mode is GenerationMode.NEGATIVE, operation.label
+            except (Exception, BaseExceptionGroup) as exc:
+                failures.append(f"{operation.label} ({mode.value}): {exc}")
+    assert not failures, "\n\n".join(failures)
 
 
 def fuzz(operation, mode: GenerationMode, checks: list, auth: dict[str, str]) -> None:
@@ -87,3 +103,38 @@ def fuzz(operation, mode: GenerationMode, checks: list, auth: dict[str, str]) ->
         case.call_and_validate(headers=auth, checks=checks)
 
     every_check()
+
+
+def test_stateful_sequences_pass_every_check(served: tuple[Any, dict[str, str]]) -> None:
+    """Sequences that follow the spec's links (create, then read or delete what
+    was created), with the checks that look across steps (use after free,
+    resource availability)."""
+    schema, auth = served
+
+    class Sequences(schema.as_state_machine()):
+        def get_call_kwargs(self, case) -> dict[str, Any]:
+            return {"headers": auth}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs) -> None:
+            case.validate_response(
+                response,
+                checks=checks_for(case.operation.label),
+                headers=auth,
+                transport_kwargs=kwargs or None,
+                recorder=self.recorder,
+            )
+
+    run_state_machine_as_test(
+        Sequences,
+        settings=settings(
+            max_examples=SEQUENCES,
+            stateful_step_count=STEPS_PER_SEQUENCE,
+            # The server keeps what earlier sequences created, so a replayed
+            # sequence can take another path: generate only, never shrink.
+            phases=[Phase.generate],
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        ),
+    )

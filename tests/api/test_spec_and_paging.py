@@ -41,6 +41,9 @@ def test_every_operation_declares_its_errors_as_problems(api: TestClient) -> Non
     assert "Retry-After" in secured["429"]["headers"]
     assert "WWW-Authenticate" in secured["401"]["headers"]
     assert "401" not in spec["paths"]["/esc/health"]["get"]["responses"]
+    # A created tenant is addressed by its name, not its id.
+    created = spec["paths"]["/v0/tenants"]["post"]["responses"]["201"]["links"]["DeleteTenant"]
+    assert created["parameters"] == {"tenant": "$response.body#/name"}
     assert set(spec["components"]["schemas"]["Problem"]["required"]) == {
         "type",
         "title",
