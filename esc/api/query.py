@@ -7,6 +7,8 @@ client cannot tell from a filter that matched everything; of a repeated one
 
 from __future__ import annotations
 
+from collections import Counter
+
 from fastapi import Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
@@ -39,13 +41,8 @@ def reject_unknown_query(request: Request) -> None:
             f"unknown query parameter(s) {', '.join(unknown)}; "
             f"{request.method} {route.path} accepts: {which}"
         )
-    repeated = sorted(
-        {
-            name
-            for name, _ in request.query_params.multi_items()
-            if len(request.query_params.getlist(name)) > 1
-        }
-    )
+    counts = Counter(name for name, _ in request.query_params.multi_items())
+    repeated = sorted(name for name, count in counts.items() if count > 1)
     if repeated:
         raise MalformedRequest(
             f"query parameter(s) {', '.join(repeated)} given more than once; give each once"
