@@ -246,8 +246,9 @@ class ScriptIn(_In):
         str,
         Field(
             max_length=262_144,
-            # What the script store checks, so a client (and the spec) knows it.
-            pattern=r"^#![^\x00]*$",
+            # Published, so clients (and the spec) know the rule; checked by the
+            # script store, whose refusal says what to change.
+            json_schema_extra={"pattern": r"^#![^\x00]*$"},
             description="The script, from #! on, without NUL bytes; at most 256 KiB as UTF-8.",
         ),
     ]
