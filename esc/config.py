@@ -50,6 +50,22 @@ class ApiSettings(_Section):
     max_body_bytes: Annotated[int, Field(ge=1024)] = Field(
         1_048_576, description="Largest request body accepted; larger ones get 413."
     )
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1_048_576)] = Field(
+        32_768,
+        description="Largest request line plus headers accepted; larger ones get 431 "
+        "while still arriving, so the server never buffers more.",
+    )
+    max_headers: Annotated[int, Field(ge=8, le=1000)] = Field(
+        100, description="Most header fields one request may have; more get 431."
+    )
+    max_auth_failures: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        10,
+        description="Failed logins one client address may make within auth_failure_window; "
+        "past it the client gets 429 with Retry-After, before any password is checked.",
+    )
+    auth_failure_window: Annotated[float, Field(gt=0, le=86_400)] = Field(
+        60.0, description="Seconds over which a client's failed logins are counted."
+    )
     tls_cert: str = Field(
         "",
         description="PEM certificate (its chain after it) the API serves HTTPS with; a "

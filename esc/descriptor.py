@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from esc.db.models import RecoveryPolicy
 from esc.errors import InvalidRequest, MalformedRequest
+from esc.nesting import TooDeep, check_json_depth, check_yaml_depth
 
 # Bumped when the descriptor gains a feature that older deployments lack.
 DATA_MODEL_VERSION = 1
@@ -179,8 +180,16 @@ def parse_descriptor(text: str | bytes, content_type: str = "") -> Descriptor:
         except UnicodeDecodeError as exc:
             raise MalformedRequest("descriptor is not UTF-8 text") from exc
     try:
-        # JSON is YAML too, so YAML is the reader unless JSON is declared.
-        data = json.loads(text) if "json" in content_type else yaml.safe_load(text)
+        # JSON is YAML too, so YAML is the reader unless JSON is declared. The
+        # depth is measured first: both parsers recurse once per level.
+        if "json" in content_type:
+            check_json_depth(text.encode(), "the descriptor")
+            data = json.loads(text)
+        else:
+            check_yaml_depth(text, "the descriptor")
+            data = yaml.safe_load(text)
+    except TooDeep as exc:
+        raise MalformedRequest(str(exc)) from None
     except json.JSONDecodeError as exc:
         raise MalformedRequest(
             f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"

@@ -4,6 +4,7 @@ and a real `escadm run` controller process."""
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ from sqlalchemy import DateTime, MetaData, create_engine, select
 
 from esc.api.app import create_app
 from esc.config import MonitorSettings, NodeHome, Settings
+from esc.engine import callbacks
 from esc.engine.controller import Controller
 from esc.monitor.mona import run_mona
 from esc.node.processes import ProcessRecord, remove_record, write_record
@@ -153,6 +155,19 @@ class Node:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.api.port}"
+
+
+@pytest.fixture(autouse=True)
+def no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests send nothing off this machine: a callback host name other than
+    localhost resolves to nothing (no query to the system's resolver)."""
+
+    def resolve(host: str, port: int) -> list[ipaddress.IPv4Address]:
+        if host != "localhost":
+            raise OSError(f"no address for {host} (the tests resolve only localhost)")
+        return [ipaddress.IPv4Address("127.0.0.1")]
+
+    monkeypatch.setattr(callbacks, "resolve_host", resolve)
 
 
 @pytest.fixture

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
+from fastapi import Depends, FastAPI
 
 from esc import __version__
-from esc.api import problems
+from esc.api import problems, spec
+from esc.api.query import reject_unknown_query
 from esc.api.routes import activity, deployments, monitoring, system
-from esc.descriptor import Descriptor
 from esc.engine.controller import Controller
+from esc.security import FailureBudget
 
 
 def create_app(controller: Controller, *, manage_lifecycle: bool = True) -> FastAPI:
@@ -35,9 +34,14 @@ def create_app(controller: Controller, *, manage_lifecycle: bool = True) -> Fast
         version=__version__,
         description="Elastic Services Controller: deployments of VNFs as durable transactions.",
         lifespan=lifespan,
+        dependencies=[Depends(reject_unknown_query)],
     )
     app.state.controller = controller
+    api = controller.settings.api
+    app.state.auth_failures = FailureBudget(api.max_auth_failures, api.auth_failure_window)
     problems.install(app)
+    # Added first, so it runs inside BodySizeLimit and reads a bounded body.
+    app.add_middleware(problems.JsonDepthLimit)
     app.add_middleware(problems.BodySizeLimit, limit=controller.settings.api.max_body_bytes)
     app.add_middleware(problems.NulInUrl)
     app.include_router(system.router)
@@ -45,19 +49,5 @@ def create_app(controller: Controller, *, manage_lifecycle: bool = True) -> Fast
     app.include_router(activity.router)
     app.include_router(monitoring.router)
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
-            # The descriptor body is read raw (YAML or JSON), so FastAPI cannot
-            # see its model: publish it so clients and schemathesis can.
-            descriptor = Descriptor.model_json_schema(ref_template="#/components/schemas/{model}")
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(descriptor.pop("$defs", {}))
-            components["Descriptor"] = descriptor
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    spec.install(app)
     return app

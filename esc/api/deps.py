@@ -10,6 +10,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from sqlalchemy.orm import Session
 
 from esc.engine.controller import Controller
+from esc.security import FailureBudget
 
 _basic = HTTPBasic(auto_error=False, realm="ESC")
 
@@ -30,11 +31,23 @@ ReadSession = Annotated[Session, Depends(read_session)]
 
 
 def require_user(
+    request: Request,
     controller: ControllerDep,
     credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
 ) -> str:
     if credentials is None:
         raise HTTPException(401, "this endpoint needs HTTP basic authentication (user admin)")
+    budget: FailureBudget = request.app.state.auth_failures
+    client = request.client.host if request.client else ""
+    wait = budget.retry_after(client)
+    if wait is not None:
+        raise HTTPException(
+            429,
+            f"{budget.max_failures} failed logins from {client} within "
+            f"{budget.window:g} s; try again in {wait} s with the right user name and password",
+            headers={"Retry-After": str(wait)},
+        )
     if not controller.authenticate(credentials.username, credentials.password):
+        budget.failed(client)
         raise HTTPException(401, "wrong user name or password")
     return credentials.username

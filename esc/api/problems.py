@@ -1,4 +1,4 @@
-"""Errors as application/problem+json (RFC 9457), and the request size bound.
+"""Errors as application/problem+json (RFC 9457), and the bounds on requests.
 
 Every error a client sees names the problem and what to do; an unexpected
 exception is a 500 problem that points to the log, never a stack trace.
@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from esc.errors import Conflict, EscError, InvalidRequest, MalformedRequest, NotFound, Unavailable
+from esc.nesting import TooDeep, check_json_depth
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,13 @@ STATUS_OF: list[tuple[type[EscError], int]] = [
 ]
 
 
-def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+def problem(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    headers = {"WWW-Authenticate": 'Basic realm="ESC"'} if status == 401 else None
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Basic realm="ESC"'
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -60,7 +65,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return problem(exc.status_code, _TITLES.get(exc.status_code, "Error"), detail)
+        title = _TITLES.get(exc.status_code, "Error")
+        return problem(exc.status_code, title, detail, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -81,6 +87,7 @@ _TITLES = {
     406: "Not acceptable",
     413: "Request too large",
     415: "Unsupported media type",
+    429: "Too many failed logins",
 }
 
 
@@ -151,3 +158,48 @@ class BodySizeLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+def _declares_json(scope: Scope) -> bool:
+    """Whether FastAPI would read this body as JSON: declared so, or not declared at all."""
+    content_type = dict(scope.get("headers", [])).get(b"content-type", b"")
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return not media or media == b"application/json" or media.endswith(b"+json")
+
+
+class JsonDepthLimit:
+    """Refuse a JSON body nesting deeper than the bound with 400, before any route
+    parses it: the decoder would recurse into a RecursionError (a 500)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _declares_json(scope):
+            await self.app(scope, receive, send)
+            return
+        # The body is already bounded by BodySizeLimit, which wraps this one.
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            check_json_depth(body)
+        except TooDeep as exc:
+            await problem(400, _TITLES[400], str(exc))(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)

@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints, field_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    UrlConstraints,
+    field_validator,
+)
 
 from esc.db.models import (
     Deployment,
@@ -231,7 +239,7 @@ class VersionView(BaseModel):
 
 class OpModeIn(_In):
     mode: OpMode
-    ipt_check: bool = Field(
+    ipt_check: StrictBool = Field(
         False, description="Refuse MAINTENANCE while transactions are in progress."
     )
 
@@ -263,7 +271,16 @@ ScriptName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class ScriptIn(_In):
-    content: Annotated[str, Field(max_length=262_144, description="The script, from #! on.")]
+    content: Annotated[
+        str,
+        Field(
+            max_length=262_144,
+            # Published, so clients (and the spec) know the rule; checked by the
+            # script store, whose refusal says what to change.
+            json_schema_extra={"pattern": r"^#![^\x00]*$"},
+            description="The script, from #! on, without NUL bytes; at most 256 KiB as UTF-8.",
+        ),
+    ]
     timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
         30.0, description="Seconds before MONA kills it (its whole process group)."
     )

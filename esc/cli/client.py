@@ -14,6 +14,9 @@ from esc.tls import TlsError, certificate_problem, client_verify, trusted_ca
 
 USER_ENV = "ESC_USER"
 PASSWORD_ENV = "ESC_PASSWORD"
+# Pages a listing may take (a million items at the largest page): a loop that
+# would run longer is a server bug, not data to wait for.
+MAX_PAGES = 1000
 
 
 def _credentials(home: NodeHome) -> tuple[str, str]:
@@ -75,6 +78,18 @@ class ApiClient:
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def get_all(self, path: str, **params: Any) -> list[Any]:
+        """Every item of a paged list, following its `Link: <…>; rel="next"` pages."""
+        response = self.raw("GET", path, params={k: v for k, v in params.items() if v is not None})
+        items = list(response.json())
+        for _ in range(MAX_PAGES):
+            following = response.links.get("next", {}).get("url")
+            if following is None:
+                return items
+            response = self.raw("GET", following)
+            items += response.json()
+        raise CliError(f"{path} has more than {MAX_PAGES} pages; narrow the query", EXIT_FAILED)
 
 
 def _problem_text(response: httpx.Response) -> str:

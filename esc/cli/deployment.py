@@ -57,7 +57,7 @@ def wait_for(client: ApiClient, accepted: dict, timeout: float, as_json: bool) -
     last_event = 0
     with console.status(f"transaction {tx_id} {accepted['state']}") as status:
         while True:
-            for event in client.get("/v0/events", transaction_id=tx_id, after=last_event):
+            for event in client.get_all("/v0/events", transaction_id=tx_id, after=last_event):
                 last_event = event["event_id"]
                 if not as_json:
                     console.print(f"  {event['type']:<22} {event['status']:<8} {event['message']}")

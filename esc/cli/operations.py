@@ -115,7 +115,7 @@ def ip_trans_command(wait: bool, timeout: float, home: NodeHome, as_json: bool) 
     deadline = time.monotonic() + timeout
     with ApiClient(home, load_settings(home)) as client:
         while True:
-            transactions = client.get("/v0/transactions", in_progress="true", limit=1000)
+            transactions = client.get_all("/v0/transactions", in_progress="true", limit=1000)
             if not wait or not transactions or time.monotonic() >= deadline:
                 break
             time.sleep(WAIT_POLL_SECONDS)

@@ -12,6 +12,7 @@ from esc.api.app import create_app
 from esc.config import ConfigError, NodeHome, Settings
 from esc.engine.controller import Controller
 from esc.monitor.mona import run_mona
+from esc.node.http_server import server_config
 from esc.node.ports import check_port_free
 from esc.node.processes import ProcessRecord, remove_record, write_record
 from esc.tls import server_files
@@ -23,14 +24,11 @@ def serve(home: NodeHome, settings: Settings, *, with_mona: bool = False) -> Non
     tls = server_files(home, settings)  # TlsError names the file before anything starts
     check_port_free(settings.api.host, settings.api.port)
     controller = Controller(home, settings)
-    config = uvicorn.Config(
+    config = server_config(
         create_app(controller),
-        host=settings.api.host,
-        port=settings.api.port,
+        settings.api,
         ssl_certfile=tls[0] if tls else None,
         ssl_keyfile=tls[1] if tls else None,
-        log_config=None,
-        access_log=False,
         timeout_graceful_shutdown=10,
     )
     # Recorded here too (not only by the supervisor), so `escadm status` also

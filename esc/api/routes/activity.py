@@ -6,9 +6,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from esc.api.deps import ControllerDep, ReadSession, require_user
+from esc.api.pages import (
+    NEXT_LINK_HEADER,
+    IdCursor,
+    Limit,
+    TimeCursor,
+    link_next,
+    read_time_cursor,
+    time_cursor,
+)
 from esc.api.schemas import EventView, SubscriptionIn, SubscriptionView, TransactionView
 from esc.db.models import Event, Severity, Subscription, Transaction, TransactionState
 from esc.engine.events import event_payload
@@ -17,19 +26,35 @@ from esc.monitor.mappings import mappings_in_force, render_mappings
 
 router = APIRouter(prefix="/v0", tags=["activity"], dependencies=[Depends(require_user)])
 
-Limit = Annotated[int, Query(ge=1, le=1000)]
+_PAGED = {200: {"headers": NEXT_LINK_HEADER}}
 
 
-@router.get("/transactions", response_model=list[TransactionView])
+@router.get("/transactions", response_model=list[TransactionView], responses=_PAGED)
 def list_transactions(
+    request: Request,
+    response: Response,
     session: ReadSession,
     state: TransactionState | None = None,
     in_progress: bool = False,
     tenant: Annotated[str | None, Query(max_length=128)] = None,
     deployment: Annotated[str | None, Query(max_length=128)] = None,
     limit: Limit = 100,
+    cursor: TimeCursor = None,
 ) -> list[TransactionView]:
-    query = select(Transaction).order_by(Transaction.created_at.desc()).limit(limit)
+    """Newest first, `limit` per page; the `Link` header leads to the next page."""
+    query = (
+        select(Transaction)
+        .order_by(Transaction.created_at.desc(), Transaction.id.desc())
+        .limit(limit + 1)
+    )
+    if cursor is not None:
+        at, last_id = read_time_cursor(cursor)
+        query = query.where(
+            or_(
+                Transaction.created_at < at,
+                and_(Transaction.created_at == at, Transaction.id < last_id),
+            )
+        )
     if state is not None:
         query = query.where(Transaction.state == state)
     if in_progress:
@@ -38,7 +63,12 @@ def list_transactions(
         query = query.where(Transaction.tenant == tenant)
     if deployment is not None:
         query = query.where(Transaction.deployment_name == deployment)
-    return [TransactionView.of(tx) for tx in session.scalars(query)]
+    rows = list(session.scalars(query))
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        link_next(request, response, time_cursor(last.created_at, last.id))
+    return [TransactionView.of(tx) for tx in rows]
 
 
 @router.get("/transactions/{tx_id}", response_model=TransactionView)
@@ -49,8 +79,10 @@ def show_transaction(tx_id: str, session: ReadSession) -> TransactionView:
     return TransactionView.of(tx)
 
 
-@router.get("/events", response_model=list[EventView])
+@router.get("/events", response_model=list[EventView], responses=_PAGED)
 def list_events(
+    request: Request,
+    response: Response,
     session: ReadSession,
     after: Annotated[
         int, Query(ge=0, le=2**63 - 1, description="Only events with a larger event_id")
@@ -60,8 +92,12 @@ def list_events(
     transaction_id: Annotated[str | None, Query(max_length=36)] = None,
     severity: Severity | None = None,
     limit: Limit = 100,
+    cursor: IdCursor = None,
 ) -> list[dict]:
-    query = select(Event).where(Event.id > after).order_by(Event.id).limit(limit)
+    """Oldest first, `limit` per page; the `Link` header leads to the next page."""
+    if cursor is not None:
+        after = max(after, cursor)
+    query = select(Event).where(Event.id > after).order_by(Event.id).limit(limit + 1)
     if severity is not None:
         query = query.where(Event.severity == severity)
     if tenant is not None:
@@ -70,7 +106,11 @@ def list_events(
         query = query.where(Event.deployment_name == deployment)
     if transaction_id is not None:
         query = query.where(Event.transaction_id == transaction_id)
-    return [event_payload(e) for e in session.scalars(query)]
+    rows = list(session.scalars(query))
+    if len(rows) > limit:
+        rows = rows[:limit]
+        link_next(request, response, rows[-1].id)
+    return [event_payload(e) for e in rows]
 
 
 def _subscription_view(sub: Subscription) -> SubscriptionView:

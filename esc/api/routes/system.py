@@ -15,7 +15,11 @@ from esc.version import CURRENT
 router = APIRouter(prefix="/esc", tags=["system"])
 
 
-@router.get("/health", response_model=Health)
+@router.get(
+    "/health",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "Starting, stopping, or a check failed"}},
+)
 def health(controller: ControllerDep) -> JSONResponse:
     """Unauthenticated: load balancers and the HA pair probe it."""
     checks = controller.health_checks()
