@@ -41,9 +41,11 @@ ALL_CHECKS = CHECKS.get_all()
 # still be refused (422, naming the rule): a descriptor must name images and
 # flavors the node's VIM has, stay within [limits] max_vms_per_deployment and,
 # on update, name the deployment of the URL; dynamic mappings are an XML
-# document. Every other check runs on them.
+# document; a subscription's callback host must be one deliveries may go to
+# (notifications.allowed_hosts). Every other check runs on them.
 SEMANTIC_RULES = {
     "POST /v0/deployments",
+    "POST /v0/subscriptions",
     "PUT /v0/tenants/{tenant}/deployments/{name}",
     "PUT /v0/dynamic_mappings",
 }
