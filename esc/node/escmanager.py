@@ -54,10 +54,19 @@ def serve(home: NodeHome, settings: Settings, *, with_mona: bool = False) -> Non
 
 def main() -> int:
     """`python -m esc.node.escmanager --home H`: how the supervisor runs the service."""
+    import logging
+
+    from esc.config import ConfigError
     from esc.node.logs import service_home
+    from esc.node.ports import PortInUse
 
     home = service_home("escmanager", "ESC escmanager service")
-    serve(home, home.load())
+    try:
+        serve(home, home.load())
+    except (ConfigError, PortInUse) as exc:
+        # Said in the log, not as a traceback: the supervisor restarts it, then gives up.
+        logging.getLogger("esc.escmanager").error("cannot start: %s", exc)
+        return 1
     return 0
 
 
