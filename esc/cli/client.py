@@ -41,6 +41,7 @@ def api_base_url(settings: Settings) -> str:
 class ApiClient:
     def __init__(self, home: NodeHome, settings: Settings, timeout: float = 30.0) -> None:
         self.base_url = api_base_url(settings)
+        self.home = home
         self._http = httpx.Client(base_url=self.base_url, auth=_credentials(home), timeout=timeout)
 
     def __enter__(self) -> ApiClient:
@@ -61,9 +62,11 @@ class ApiClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
+            from esc.node.control import not_answering_hint
+
             raise CliError(
-                f"ESC does not answer at {self.base_url} ({exc.__class__.__name__}): start it "
-                "with 'escadm run', or check --home",
+                f"ESC does not answer at {self.base_url} ({exc.__class__.__name__}): "
+                + not_answering_hint(self.home),
                 EXIT_UNREACHABLE,
             ) from None
         if response.status_code >= 400:

@@ -89,6 +89,22 @@ def node_state(home: NodeHome, settings: Settings) -> NodeState:
     return NodeState(supervisor, services, running and api_ready(settings))
 
 
+def not_answering_hint(home: NodeHome) -> str:
+    """What to do when the API does not answer, for the way this node runs (or not)."""
+    if live_record(home, SUPERVISOR):
+        return "the node runs under its supervisor (escadm start): 'escadm status' says why"
+    foreground = live_record(home, "escmanager")
+    if foreground:
+        return (
+            f"the node runs in the foreground (escadm run, pid {foreground.pid}): "
+            f"see {home.log / 'escmanager.log'}"
+        )
+    return (
+        f"no ESC node runs in {home.root}: start it with 'escadm start' (in the background) "
+        "or 'escadm run' (in the foreground), or check --home"
+    )
+
+
 def start_node(home: NodeHome, settings: Settings, timeout: float = 60.0) -> str:
     """Start what is not running and wait until the API answers; say what was done.
 
