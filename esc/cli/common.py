@@ -33,21 +33,49 @@ class CliError(click.ClickException):
         click.echo(f"Error: {self.format_message()}", err=True)
 
 
+HOME_HELP = f"Node home directory (default ${HOME_ENV}, else ~/.esc)."
+_HOME_GIVEN = "esc.home"  # in click's context meta, shared by the whole command line
+
+
+def _remember_home(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.meta[_HOME_GIVEN] = value  # the innermost --home given wins
+
+
 def home_option(func: F) -> F:
-    """--home DIR on every command; $ESC_HOME, then ~/.esc, when absent."""
+    """--home DIR on a command; else one given before it (`escadm --home DIR CMD`), else
+    $ESC_HOME, else ~/.esc."""
 
     @click.option(
         "--home",
         "home",
-        envvar=HOME_ENV,
         type=click.Path(file_okay=False),
-        help=f"Node home directory (default ${HOME_ENV}, else ~/.esc).",
+        callback=_remember_home,
+        help=HOME_HELP,
     )
     @functools.wraps(func)
     def wrapper(*args: Any, home: str | None, **kwargs: Any) -> Any:
-        return func(*args, home=NodeHome.resolve(home), **kwargs)
+        given = home or click.get_current_context().meta.get(_HOME_GIVEN)
+        return func(*args, home=NodeHome.resolve(given), **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def accept_home_everywhere(command: click.Command) -> None:
+    """Give --home to every group (for the commands after it) and to every command that
+    does not use a home (such as `version`), so that `--home` is accepted anywhere."""
+    if not any("--home" in p.opts for p in command.params):
+        command.params.append(
+            click.Option(
+                ["--home"],
+                type=click.Path(file_okay=False),
+                expose_value=False,
+                callback=_remember_home,
+                help=HOME_HELP,
+            )
+        )
+    for sub in getattr(command, "commands", {}).values():
+        accept_home_everywhere(sub)
 
 
 json_option = click.option(

@@ -6,6 +6,7 @@ import click
 
 from esc import __version__
 from esc.cli.backup import backup_command, restore_command
+from esc.cli.common import accept_home_everywhere
 from esc.cli.deployment import deployment_group
 from esc.cli.dynamic_mapping import dynamic_mapping_group
 from esc.cli.monitor import monitor_group, script_group
@@ -28,8 +29,9 @@ def cli() -> None:
     """Administer an ESC (Elastic Services Controller) node.
 
     Every command takes --home DIR (or $ESC_HOME; default ~/.esc), the node's
-    home directory. Exit codes: 0 done, 1 refused or FAILED, 2 bad usage or
-    input, 3 controller not reachable, 4 timed out waiting.
+    home directory, after the command or before it (escadm --home DIR CMD).
+    Exit codes: 0 done, 1 refused or FAILED, 2 bad usage or input, 3 controller
+    not reachable, 4 timed out waiting.
     """
 
 
@@ -54,6 +56,7 @@ for command in (
     restore_command,
 ):
     cli.add_command(command)
+accept_home_everywhere(cli)
 
 
 def main() -> None:
