@@ -10,7 +10,7 @@ from esc.cli.common import accept_home_everywhere
 from esc.cli.deployment import deployment_group
 from esc.cli.dynamic_mapping import dynamic_mapping_group
 from esc.cli.monitor import monitor_group, script_group
-from esc.cli.node import init_command, run_command
+from esc.cli.node import init_command, passwd_command, run_command
 from esc.cli.operations import ip_trans_command, log_group, op_mode_group
 from esc.cli.service import (
     health_command,
@@ -45,6 +45,7 @@ for command in (
     status_command,
     health_command,
     version_command,
+    passwd_command,
     op_mode_group,
     ip_trans_command,
     log_group,
