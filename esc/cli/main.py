@@ -6,7 +6,7 @@ import click
 
 from esc import __version__
 from esc.cli.backup import backup_command, restore_command
-from esc.cli.common import accept_home_everywhere
+from esc.cli.common import add_shared_options
 from esc.cli.deployment import deployment_group
 from esc.cli.dynamic_mapping import dynamic_mapping_group
 from esc.cli.monitor import monitor_group, script_group
@@ -57,7 +57,15 @@ for command in (
     restore_command,
 ):
     cli.add_command(command)
-accept_home_everywhere(cli)
+# What a group alone runs: a look, never a change.
+DEFAULT_SUBCOMMANDS = {
+    "op_mode": "show",
+    "deployment": "list",
+    "monitor": "status",
+    "dynamic_mapping": "show",
+    "script": "list",
+}
+add_shared_options(cli, DEFAULT_SUBCOMMANDS)
 
 
 def main() -> None:
