@@ -70,3 +70,14 @@ add_shared_options(cli, DEFAULT_SUBCOMMANDS)
 
 def main() -> None:
     cli(prog_name="escadm")
+
+
+# The names ESC's operators type, installed as console scripts beside esc_version.
+def health_sh_main() -> None:
+    """`health.sh [OPTIONS]`: exactly `escadm health [OPTIONS]`."""
+    health_command.main(prog_name="health.sh")
+
+
+def collect_esc_log_sh_main() -> None:
+    """`collect_esc_log.sh [OPTIONS]`: exactly `escadm log collect [OPTIONS]`."""
+    log_group.commands["collect"].main(prog_name="collect_esc_log.sh")
