@@ -21,6 +21,7 @@ from esc.cli.service import (
     version_command,
 )
 from esc.cli.upgrade import upgrade_group
+from esc.node.private import make_files_private
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,15 +70,18 @@ add_shared_options(cli, DEFAULT_SUBCOMMANDS)
 
 
 def main() -> None:
+    make_files_private()
     cli(prog_name="escadm")
 
 
 # The names ESC's operators type, installed as console scripts beside esc_version.
 def health_sh_main() -> None:
     """`health.sh [OPTIONS]`: exactly `escadm health [OPTIONS]`."""
+    make_files_private()
     health_command.main(prog_name="health.sh")
 
 
 def collect_esc_log_sh_main() -> None:
     """`collect_esc_log.sh [OPTIONS]`: exactly `escadm log collect [OPTIONS]`."""
+    make_files_private()
     log_group.commands["collect"].main(prog_name="collect_esc_log.sh")
