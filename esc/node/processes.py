@@ -14,6 +14,7 @@ import json
 import os
 import signal
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -104,7 +105,9 @@ class GivenUp:
     @property
     def reason(self) -> str:
         hows = ", ".join(death.how for death in self.deaths)
-        return f"it died {len(self.deaths)} times ({hows})"
+        first, last = (datetime.fromisoformat(d.at) for d in (self.deaths[0], self.deaths[-1]))
+        span = (last - first).total_seconds()
+        return f"it died {len(self.deaths)} times in {span:.0f} s ({hows})"
 
     def describe(self) -> str:
         return (
