@@ -94,6 +94,12 @@ def test_a_service_that_keeps_dying_is_backed_off_given_up_and_started_again(hom
         recorded = as_json["services"][0]["given_up"]
         assert recorded["name"] == "escmanager" and len(recorded["deaths"]) == 5
         assert recorded["deaths"][0]["how"] == "killed by SIGKILL"
+
+        # The cause is still there: start tries, and says it was given up again.
+        again = escadm("start", home=home)
+        assert again.returncode == 1, again.stdout
+        assert "started again, but escmanager was given up by the supervisor" in again.stderr
+        assert "exit code 1, exit code 1" in again.stderr
     finally:
         squatter.close()
 
