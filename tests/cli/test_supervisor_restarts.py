@@ -12,6 +12,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import escadm, free_port
 
@@ -34,12 +35,24 @@ def home(tmp_path: Path):
     escadm("stop", home=home)
 
 
-def _squat(port: int) -> socket.socket:
-    squatter = socket.socket()
-    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    squatter.bind(("127.0.0.1", port))
-    squatter.listen()
-    return squatter
+def _squat(port: int, timeout: float = 15) -> socket.socket:
+    """Listen on `port` once the killed escmanager's socket is gone (the kernel may
+    take a moment on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        squatter = socket.socket()
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            squatter.bind(("127.0.0.1", port))
+        except OSError:
+            squatter.close()
+            if time.monotonic() > deadline:
+                holders = [c for c in psutil.net_connections() if c.laddr and c.laddr.port == port]
+                raise AssertionError(f"port {port} still held: {holders}") from None
+            time.sleep(0.1)
+            continue
+        squatter.listen()
+        return squatter
 
 
 @pytest.mark.slow
