@@ -23,8 +23,12 @@ CLASS_OF_LOGGER = {
     "esc.vim": "SBI",
     "esc.engine": "SM",
     "esc.monitor": "MONITORING",
-    "esc.dynamic_mapping": "DYNAMIC_MAPPING",
+    "esc.monitor.mappings": "DYNAMIC_MAPPING",
+    "uvicorn": "NBI",  # the HTTP server of the northbound API
 }
+# A logger whose last name part would be a misleading tag: uvicorn logs every
+# server message, INFO included, to "uvicorn.error".
+TAG_OF_LOGGER = {"uvicorn.error": "uvicorn"}
 
 
 @contextmanager
@@ -44,7 +48,11 @@ def component_class(logger_name: str) -> str:
 class TaggedFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         when = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-        tags = getattr(record, "tags", None) or record.name.rsplit(".", 1)[-1]
+        tags = (
+            getattr(record, "tags", None)
+            or TAG_OF_LOGGER.get(record.name)
+            or record.name.rsplit(".", 1)[-1]
+        )
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)

@@ -36,6 +36,7 @@ def _credentials(home: NodeHome) -> tuple[str, str]:
 class ApiClient:
     def __init__(self, home: NodeHome, settings: Settings, timeout: float = 30.0) -> None:
         self.base_url = api_base_url(settings)
+        self.home = home
         ca = ca_file()
         self._trusted = trusted_ca(home, settings, ca)  # named when verification fails
         try:
@@ -67,9 +68,11 @@ class ApiClient:
             refused = certificate_problem(exc, self.base_url, self._trusted)
             if refused:
                 raise CliError(refused, EXIT_UNREACHABLE) from None
+            from esc.node.control import not_answering_hint
+
             raise CliError(
-                f"ESC does not answer at {self.base_url} ({exc.__class__.__name__}): start it "
-                "with 'escadm run', or check --home",
+                f"ESC does not answer at {self.base_url} ({exc.__class__.__name__}): "
+                + not_answering_hint(self.home),
                 EXIT_UNREACHABLE,
             ) from None
         if response.status_code >= 400:

@@ -18,6 +18,7 @@ from esc.cli.common import (
     json_option,
     load_settings,
     print_json,
+    print_table,
 )
 from esc.config import NodeHome
 
@@ -162,7 +163,6 @@ def list_command(tenant: str | None, home: NodeHome, as_json: bool) -> None:
     if not deployments:
         click.echo("No deployments")
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("TENANT", "NAME", "STATUS", "VMS", "DATA MODEL", "CREATED", box=None)
@@ -175,7 +175,7 @@ def list_command(tenant: str | None, home: NodeHome, as_json: bool) -> None:
             str(d["data_model_version"]),
             d["created_at"][:19],
         )
-    Console().print(table)
+    print_table(table)
 
 
 @deployment_group.command("show")
@@ -195,11 +195,10 @@ def show_command(name: str, tenant: str | None, home: NodeHome, as_json: bool) -
         f"deployment {deployment['tenant']}/{deployment['name']}  "
         f"status={deployment['status']}  data_model={deployment['data_model_version']}"
     )
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("VM_GROUP", "VM", "STATE", "ADDRESS", "VM ID", box=None)
     for group in deployment["vm_groups"]:
         for vm in group["vms"]:
             table.add_row(group["name"], vm["name"], vm["state"], vm["address"] or "-", vm["id"])
-    Console().print(table)
+    print_table(table)

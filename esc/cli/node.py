@@ -136,3 +136,42 @@ def run_command(home: NodeHome) -> None:
         raise CliError(str(exc), EXIT_USAGE) from None
     except PortInUse as exc:
         raise CliError(str(exc)) from None
+
+
+@click.command("passwd")
+@home_option
+@click.option("--user", default="admin", show_default=True, help="The account to reset.")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the new password from the first line of stdin instead of generating one.",
+)
+@json_option
+def passwd_command(home: NodeHome, user: str, password_stdin: bool, as_json: bool) -> None:
+    """Reset an account's password (default: admin) by writing the node's database
+    directly: no old password needed, the node may be running or stopped. Needs the
+    node's files (root or the home's owner). A generated password is printed once.
+
+    The old password stops working within 30 s on a running node.
+    """
+    from esc.node.accounts import AccountError, reset_password
+    from esc.security import generate_password
+
+    settings = load_settings(home)
+    if password_stdin:
+        password = click.get_text_stream("stdin").readline().rstrip("\r\n")
+    else:
+        password = generate_password()
+    try:
+        reset_password(home, settings, user, password)
+    except AccountError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except Exception as exc:  # the database's own message says what is wrong
+        raise CliError(f"cannot write the node's database: {exc}") from None
+    shown = None if password_stdin else password
+    if as_json:
+        print_json({"user": user, "password": shown})
+    elif shown:
+        click.echo(f"{user} password reset (shown only this once): {shown}")
+    else:
+        click.echo(f"{user} password reset")

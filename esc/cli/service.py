@@ -28,15 +28,16 @@ from esc.version import CURRENT, version_lines
 @click.command("start")
 @home_option
 def start_command(home: NodeHome) -> None:
-    """Start the node's services in the background (supervised)."""
+    """Start the node's services in the background (supervised), or those of a running
+    node that are stopped (a service the supervisor gave up), and say what was done."""
     settings = load_settings(home)
     try:
-        started = start_node(home, settings)
+        done = start_node(home, settings)
     except TlsError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     except ControlError as exc:
         raise CliError(str(exc)) from None
-    click.echo("ESC started" if started else "ESC is already running")
+    click.echo(done)
 
 
 @click.command("stop")
@@ -78,7 +79,8 @@ def restart_command(home: NodeHome) -> None:
 def status_command(home: NodeHome, verbose: bool, as_json: bool) -> None:
     """Is the node running and healthy?
 
-    Exit code: 0 running and healthy, 1 running but unhealthy, 3 stopped.
+    Exit code: 0 running and healthy, 1 running but unhealthy (a service the
+    supervisor gave up is named, with why), 3 stopped.
     """
     state = node_state(home, load_settings(home), ca_file())
     lines, code = status_lines(state, verbose=verbose)
@@ -90,12 +92,14 @@ def status_command(home: NodeHome, verbose: bool, as_json: bool) -> None:
                 "healthy": state.healthy,
                 "role": "standalone",
                 "message": line,
+                "given_up": [g.name for g in state.given_up],
                 "services": [
                     {
                         "name": s.name,
                         "running": s.running,
                         "pid": s.record.pid if s.record else None,
                         "pgid": s.record.pgid if s.record else None,
+                        "given_up": s.given_up.as_dict() if s.given_up else None,
                     }
                     for s in state.services
                 ],

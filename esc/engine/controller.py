@@ -52,6 +52,7 @@ class Controller:
 
     def start(self) -> None:
         upgrade_to_head(self.db.engine)
+        self.vim.recover()
         with self.db.write() as session:
             if install_defaults_if_empty(session):
                 log.info("default dynamic mappings installed")

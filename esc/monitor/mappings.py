@@ -8,6 +8,7 @@ database (ARCHITECTURE principle 1); the XML file is a view of them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from sqlalchemy.orm import Session
 from esc.db.models import DynamicMapping
 from esc.descriptor import VmGroupSpec
 from esc.errors import InvalidRequest
+
+log = logging.getLogger(__name__)  # tagged cl=DYNAMIC_MAPPING (esc.logtags)
 
 DEFAULTS = Path(__file__).with_name("dynamic_mappings.xml")
 MAX_BYTES = 1_048_576
@@ -176,6 +179,8 @@ def replace_mappings(session: Session, mappings: list[Mapping]) -> None:
                 properties=dict(m.properties),
             )
         )
+    actions = sum(1 for m in mappings if m.kind == "action")
+    log.info("dynamic mappings replaced: %d actions, %d metrics", actions, len(mappings) - actions)
 
 
 def install_defaults_if_empty(session: Session) -> bool:

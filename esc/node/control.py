@@ -15,8 +15,15 @@ import httpx
 from esc.config import NodeHome, Settings, api_base_url
 from esc.node import processes
 from esc.node.ports import PortInUse, check_port_free
-from esc.node.processes import SERVICE_NAMES, SUPERVISOR, ProcessRecord
-from esc.node.supervisor import STOP_TIMEOUT
+from esc.node.processes import (
+    SERVICE_NAMES,
+    SUPERVISOR,
+    GivenUp,
+    ProcessRecord,
+    read_given_up,
+    remove_given_up,
+)
+from esc.node.supervisor import START_SIGNAL, STOP_TIMEOUT
 from esc.tls import TlsError, certificate_problem, client_verify, server_files, trusted_ca
 
 
@@ -28,6 +35,7 @@ class ControlError(Exception):
 class ServiceState:
     name: str
     record: ProcessRecord | None  # None: not running
+    given_up: GivenUp | None = None  # the running supervisor stopped restarting it
 
     @property
     def running(self) -> bool:
@@ -49,6 +57,10 @@ class NodeState:
     @property
     def healthy(self) -> bool:
         return self.running and self.api_ready and all(s.running for s in self.services)
+
+    @property
+    def given_up(self) -> list[GivenUp]:
+        return [s.given_up for s in self.services if s.given_up]
 
 
 def live_record(home: NodeHome, name: str) -> ProcessRecord | None:
@@ -80,18 +92,51 @@ def _probe(
 
 def node_state(home: NodeHome, settings: Settings, ca: Path | None = None) -> NodeState:
     supervisor = live_record(home, SUPERVISOR)
-    services = [ServiceState(name, live_record(home, name)) for name in SERVICE_NAMES]
+    services = [
+        ServiceState(
+            name,
+            record := live_record(home, name),
+            # A record left by a supervisor that is gone says nothing about today.
+            read_given_up(home.run, name) if supervisor and not record else None,
+        )
+        for name in SERVICE_NAMES
+    ]
     running = supervisor is not None or any(s.running for s in services)
     ready, problem = _probe(home, settings, 0.5, ca) if running else (False, None)
     return NodeState(supervisor, services, ready, problem)
 
 
-def start_node(home: NodeHome, settings: Settings, timeout: float = 60.0) -> bool:
-    """Start the supervisor detached and wait until the API answers.
-
-    Returns False when the node was already running (nothing done)."""
+def not_answering_hint(home: NodeHome) -> str:
+    """What to do when the API does not answer, for the way this node runs (or not)."""
     if live_record(home, SUPERVISOR):
-        return False
+        return "the node runs under its supervisor (escadm start): 'escadm status' says why"
+    foreground = live_record(home, "escmanager")
+    if foreground:
+        return (
+            f"the node runs in the foreground (escadm run, pid {foreground.pid}): "
+            f"see {home.log / 'escmanager.log'}"
+        )
+    return (
+        f"no ESC node runs in {home.root}: start it with 'escadm start' (in the background) "
+        "or 'escadm run' (in the foreground), or check --home"
+    )
+
+
+def start_node(home: NodeHome, settings: Settings, timeout: float = 60.0) -> str:
+    """Start what is not running and wait until the API answers; say what was done.
+
+    Not running: the supervisor is started detached. Supervised but a service
+    stopped (given up after dying too often, or waiting to be restarted): the
+    supervisor is asked to start it now. Everything running: nothing is done."""
+    supervisor_record = live_record(home, SUPERVISOR)
+    if supervisor_record:
+        return _start_stopped_services(home, settings, supervisor_record, timeout)
+    foreground = [name for name in SERVICE_NAMES if live_record(home, name)]
+    if foreground:
+        return (
+            f"ESC is already running in the foreground ({', '.join(foreground)}: escadm run); "
+            "nothing started"
+        )
     server_files(home, settings)  # TlsError: refused here rather than by a crash-looping service
     try:
         check_port_free(settings.api.host, settings.api.port)
@@ -99,6 +144,8 @@ def start_node(home: NodeHome, settings: Settings, timeout: float = 60.0) -> boo
         raise ControlError(str(exc)) from None
     home.log.mkdir(mode=0o700, exist_ok=True)
     home.run.mkdir(mode=0o700, exist_ok=True)
+    for name in SERVICE_NAMES:
+        remove_given_up(home.run, name)
     supervisor = subprocess.Popen(
         # -P and the home as working directory: `-m` would otherwise import an `esc` from
         # wherever escadm was typed (a source checkout of another release, say).
@@ -118,13 +165,47 @@ def start_node(home: NodeHome, settings: Settings, timeout: float = 60.0) -> boo
             )
         ready, refused = _probe(home, settings, 0.5, None)
         if ready:
-            return True
+            return "ESC started"
         if refused:  # waiting longer would not help
             raise ControlError(f"ESC started, but its API cannot be trusted: {refused}")
         time.sleep(0.1)
     raise ControlError(
         f"ESC did not become ready within {timeout:g} s; see "
         f"{home.log / 'escmanager.log'} (it keeps trying; escadm stop to give up)"
+    )
+
+
+def _start_stopped_services(
+    home: NodeHome, settings: Settings, supervisor: ProcessRecord, timeout: float
+) -> str:
+    stopped = [name for name in SERVICE_NAMES if not live_record(home, name)]
+    if not stopped:
+        return "ESC is already running"
+    given_up = {name: read_given_up(home.run, name) for name in stopped}
+    os.kill(supervisor.pid, START_SIGNAL)
+    deadline = time.monotonic() + timeout
+    # The supervisor removes a given-up record when it starts the service again.
+    while any(read_given_up(home.run, name) for name, g in given_up.items() if g):
+        if time.monotonic() > deadline or not supervisor.alive():
+            raise ControlError(
+                f"the supervisor (pid {supervisor.pid}) did not start {', '.join(stopped)}; "
+                f"see {home.log / 'supervisor.log'}"
+            )
+        time.sleep(0.1)
+    while time.monotonic() < deadline:
+        again = [g for name in stopped if (g := read_given_up(home.run, name))]
+        if again:
+            raise ControlError("started again, but " + "; ".join(g.describe() for g in again))
+        if all(live_record(home, name) for name in SERVICE_NAMES) and api_ready(home, settings):
+            done = [
+                f"{name} (it had been given up: {g.reason})" if g else name
+                for name, g in given_up.items()
+            ]
+            return f"ESC was running with {', '.join(stopped)} stopped; started {', '.join(done)}"
+        time.sleep(0.1)
+    raise ControlError(
+        f"{', '.join(stopped)} did not become ready within {timeout:g} s; see "
+        f"{home.log / 'supervisor.log'} (the supervisor keeps trying; escadm stop to give up)"
     )
 
 
@@ -145,7 +226,8 @@ def stop_node(home: NodeHome, timeout: float = STOP_TIMEOUT + 30) -> bool:
     )
 
 
-# `escadm status` exit codes (LSB init-script convention for "not running").
+# `escadm status` exit codes (LSB init-script convention for "not running"); a
+# service given up by the supervisor makes the node unhealthy.
 STATUS_HEALTHY = 0
 STATUS_UNHEALTHY = 1
 STATUS_STOPPED = 3
@@ -154,12 +236,13 @@ STATUS_STOPPED = 3
 def status_lines(state: NodeState, *, verbose: bool = False) -> tuple[list[str], int]:
     """What `escadm status [--v]` prints, in ESC's words, and its exit code."""
     lines = []
-    if verbose:
-        for service in state.services:
-            if service.record:
-                lines.append(f"{service.name} (pgid {service.record.pgid}) is running")
-            else:
-                lines.append(f"{service.name} is stopped")
+    for service in state.services:
+        if service.given_up:  # said even without --v: it is why the node is unhealthy
+            lines.append(service.given_up.describe())
+        elif verbose and service.record:
+            lines.append(f"{service.name} (pgid {service.record.pgid}) is running")
+        elif verbose:
+            lines.append(f"{service.name} is stopped")
     if not state.running:
         return [*lines, "ESC status=0 ESC is stopped"], STATUS_STOPPED
     if state.healthy:

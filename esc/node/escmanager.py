@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import threading
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -13,9 +16,29 @@ from esc.config import ConfigError, NodeHome, Settings
 from esc.engine.controller import Controller
 from esc.monitor.mona import run_mona
 from esc.node.http_server import server_config
-from esc.node.ports import check_port_free
+from esc.node.ports import PortInUse, check_port_free
 from esc.node.processes import ProcessRecord, remove_record, write_record
 from esc.tls import server_files
+
+log = logging.getLogger("esc.escmanager")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises the signal that stopped it once it has shut down, so that
+    the signal's default action follows (KeyboardInterrupt for SIGINT: click's
+    "Aborted!" and exit 1; death for SIGTERM: exit 143, no clean-up). ESC's stop
+    is already graceful and complete by then, so it ends as a normal return."""
+
+    stopped_by: list[int]
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self.stopped_by = list(self._captured_signals)
+                self._captured_signals.clear()
 
 
 def serve(home: NodeHome, settings: Settings, *, with_mona: bool = False) -> None:
@@ -46,13 +69,16 @@ def serve(home: NodeHome, settings: Settings, *, with_mona: bool = False) -> Non
     try:
         if with_mona:
             mona.start()
-        uvicorn.Server(config).run()
+        server = _Server(config)
+        server.run()
     finally:
         stop_mona.set()
         if mona.is_alive():
             mona.join(settings.monitor.refresh_interval + 5)
         for name in names:
             remove_record(home.run, name)
+    why = ", ".join(signal.Signals(s).name for s in getattr(server, "stopped_by", []))
+    log.info("ESC stopped%s", f" ({why})" if why else "")
 
 
 def main() -> int:
@@ -62,9 +88,10 @@ def main() -> int:
     home = service_home("escmanager", "ESC escmanager service")
     try:
         serve(home, home.load())
-    except ConfigError as exc:  # esc.toml or its TLS files: say so, not a traceback
-        logging.getLogger("esc.escmanager").error("%s", exc)
-        return 2
+    except (ConfigError, PortInUse) as exc:
+        # Said in the log, not as a traceback: the supervisor restarts it, then gives up.
+        log.error("cannot start: %s", exc)
+        return 1
     return 0
 
 

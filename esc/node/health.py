@@ -57,4 +57,6 @@ def node_checks(home: NodeHome, settings: Settings, ca: Path | None = None) -> l
         results += _direct_checks(home, settings)
     else:
         results = [CheckResult("api", True, "answering"), *controller]
-    return results + check_services(home)
+    # The controller reports the services it sees itself (mona): each check once.
+    reported = {r.name for r in results}
+    return results + [r for r in check_services(home) if r.name not in reported]

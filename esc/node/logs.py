@@ -9,6 +9,7 @@ import sys
 
 from esc.config import NodeHome
 from esc.logtags import TaggedFormatter
+from esc.node.private import make_files_private
 
 FORMAT = "%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"
 
@@ -39,6 +40,7 @@ def setup_service_logging(
 def service_home(service: str, description: str, *, tagged: bool = True) -> NodeHome:
     """How a service process starts (`python -m … --home H`, as the supervisor runs it):
     its home from the command line, its log set up."""
+    make_files_private()  # also when started by hand, not by escadm
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--home", required=True)
     home = NodeHome.resolve(parser.parse_args().home)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+import signal
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -72,6 +74,73 @@ def live_record(run_dir: Path, name: str) -> ProcessRecord | None:
         return record
     remove_record(run_dir, name)
     return None
+
+
+@dataclass(frozen=True)
+class Death:
+    """One exit of a supervised service: when, after how long, and how."""
+
+    at: str  # ISO 8601, UTC
+    ran_s: float
+    returncode: int  # negative: killed by that signal (subprocess's convention)
+
+    @property
+    def how(self) -> str:
+        if self.returncode < 0:
+            try:
+                return f"killed by {signal.Signals(-self.returncode).name}"
+            except ValueError:
+                return f"killed by signal {-self.returncode}"
+        return f"exit code {self.returncode}"
+
+
+@dataclass(frozen=True)
+class GivenUp:
+    """The supervisor stopped restarting a service: which, when, and its last deaths."""
+
+    name: str
+    at: str  # ISO 8601, UTC
+    deaths: list[Death] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str:
+        hows = ", ".join(death.how for death in self.deaths)
+        first, last = (datetime.fromisoformat(d.at) for d in (self.deaths[0], self.deaths[-1]))
+        span = (last - first).total_seconds()
+        return f"it died {len(self.deaths)} times in {span:.0f} s ({hows})"
+
+    def describe(self) -> str:
+        return (
+            f"{self.name} was given up by the supervisor at {self.at}: {self.reason}; "
+            f"see log/{self.name}.log and log/{self.name}.out, fix the cause, then escadm start"
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "reason": self.reason,
+            "deaths": [{**asdict(d), "how": d.how} for d in self.deaths],
+        }
+
+
+def given_up_path(run_dir: Path, name: str) -> Path:
+    return run_dir / f"{name}.given-up.json"
+
+
+def write_given_up(run_dir: Path, given_up: GivenUp) -> None:
+    write_atomic(given_up_path(run_dir, given_up.name), json.dumps(asdict(given_up)).encode())
+
+
+def read_given_up(run_dir: Path, name: str) -> GivenUp | None:
+    try:
+        data = json.loads(given_up_path(run_dir, name).read_text())
+        return GivenUp(data["name"], data["at"], [Death(**d) for d in data["deaths"]])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def remove_given_up(run_dir: Path, name: str) -> None:
+    given_up_path(run_dir, name).unlink(missing_ok=True)
 
 
 SUPERVISOR = "supervisor"

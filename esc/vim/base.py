@@ -123,6 +123,10 @@ class VimDriver(abc.ABC):
     def check(self) -> None:
         """Raise VimError when the VIM cannot be reached or used."""
 
+    def recover(self) -> None:  # noqa: B027 - most drivers have nothing to finish
+        """Finish what a crash interrupted. The controller calls it once, at start;
+        nothing else does, so constructing a driver and check() have no effects."""
+
 
 def load_driver(name: str, data_dir: Path) -> VimDriver:
     """The driver named `name`, keeping its state under `data_dir`."""

@@ -128,7 +128,6 @@ class LocalVim(VimDriver):
         try:
             self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.instances_dir.mkdir(mode=0o700, exist_ok=True)
-            self._remove_tombstones()
         except OSError as exc:
             # Not fatal here: check() reports it, so `escadm health` can say what is wrong.
             log.error("local VIM directory %s is not usable: %s", self.instances_dir, exc)
@@ -469,7 +468,7 @@ class LocalVim(VimDriver):
             return "(none)"
         return tail or "(empty)"
 
-    def _remove_tombstones(self) -> None:
+    def recover(self) -> None:
         """Finish deletions a crash interrupted (their VMs were stopped before the rename)."""
         for entry in self.instances_dir.glob(f"{TOMBSTONE_PREFIX}*"):
             shutil.rmtree(entry, ignore_errors=True)

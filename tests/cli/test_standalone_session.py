@@ -32,13 +32,13 @@ def standalone(tmp_path: Path):
         [str(ROOT / "scripts" / "run-standalone")],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=(tmp_path / "run-standalone.out").open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read().decode()
+        assert proc.poll() is None, (tmp_path / "run-standalone.out").read_text()
         try:
             if httpx.get(f"http://127.0.0.1:{port}/esc/health", timeout=1).status_code == 200:
                 break
@@ -63,6 +63,10 @@ def test_deploy_example_then_undeploy(standalone: Path) -> None:
     )
     assert "DEPLOY demo/web: SUCCESS" in deployed.stdout
     assert "SERVICE_ALIVE" in deployed.stdout
+    # Before the controller's log: how to get an admin password.
+    said = (standalone.parent / "run-standalone.out").read_text()
+    hint = "==> REST API user: admin; to set a new admin password: .venv/bin/escadm passwd"
+    assert hint in said and said.index(hint) < said.index("[loglevel=")
 
     listed = json.loads(escadm_ok("deployment", "list", "--json", home=standalone))
     assert [(d["tenant"], d["name"], d["status"], d["vm_count"]) for d in listed] == [

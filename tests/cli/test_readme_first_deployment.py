@@ -1,0 +1,64 @@
+"""The README's first deployment, run as written against a running node: every
+command succeeds, and the post-event script the example's rule names is found."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import escadm, free_port, kill_vms, live_vm_processes
+
+from esc.config import NodeHome
+
+ROOT = Path(__file__).parents[2]
+
+
+def _first_deployment_block() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## First deployment", 1)[1]
+    return re.search(r"```\n(.*?)```", section, re.DOTALL).group(1)
+
+
+@pytest.fixture
+def home(tmp_path: Path):
+    home = tmp_path / "home"
+    assert escadm("init", "--api-port", str(free_port()), home=home).returncode == 0
+    assert escadm("start", home=home).returncode == 0
+    yield home
+    escadm("stop", home=home)
+    kill_vms(NodeHome(home))
+
+
+@pytest.mark.slow
+def test_the_readmes_first_deployment_works_as_written(home: Path) -> None:
+    block = _first_deployment_block()
+    assert "escadm deployment deploy examples/deployment.yaml" in block
+    venv_bin = Path(sys.executable).parent
+    if not (ROOT / ".venv" / "bin" / "activate").exists():  # the suite's own venv elsewhere
+        block = block.replace(". .venv/bin/activate", f". {venv_bin / 'activate'}")
+    env = {**os.environ, "ESC_HOME": str(home), "PATH": f"{venv_bin}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "DEPLOY demo/web: SUCCESS" in result.stdout
+    assert not live_vm_processes(NodeHome(home)), "undeploy left VM processes behind"
+    logs = "".join(p.read_text() for p in (home / "log").glob("*.log"))
+    assert "not run: no custom script" not in logs
+    deadline = time.monotonic() + 20
+    while "script servicebooted.sh exited 0" not in logs and time.monotonic() < deadline:
+        time.sleep(0.5)
+        logs = "".join(p.read_text() for p in (home / "log").glob("*.log"))
+    assert re.search(r"script servicebooted\.sh exited 0 after [\d.]+ s: VM \S+ \(", logs), logs[
+        -3000:
+    ]
