@@ -47,7 +47,6 @@ def _remember_home(ctx: click.Context, _param: click.Parameter, value: str | Non
         ctx.meta[_HOME_GIVEN] = value  # the innermost --home given wins
 
 
-
 def _remember_ca(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
     if value:
         ctx.meta[_CA_KEY] = Path(value)
