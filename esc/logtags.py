@@ -20,6 +20,7 @@ current_tid: contextvars.ContextVar[str] = contextvars.ContextVar("esc_tid", def
 CLASS_OF_LOGGER = {
     "esc.api": "NBI",
     "esc.engine.controller": "NBI",
+    "esc.engine.northbound": "NBI",  # the writes northbound clients ask for
     "esc.vim": "SBI",
     "esc.engine": "SM",
     "esc.monitor": "MONITORING",

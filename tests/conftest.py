@@ -128,6 +128,24 @@ def kill_vms(home: NodeHome) -> list[int]:
     return killed
 
 
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    """A node home made by `escadm init` on a free port; whatever runs in it is
+    stopped at teardown, its VMs killed."""
+    home = tmp_path / "home"
+    assert escadm("init", "--api-port", str(free_port()), home=home).returncode == 0
+    yield home
+    escadm("stop", home=home)
+    kill_vms(NodeHome(home))
+
+
+@pytest.fixture
+def running(home: Path) -> Path:
+    """The node of `home`, started in the background (`escadm start`)."""
+    assert escadm("start", home=home).returncode == 0
+    return home
+
+
 def live_vm_processes(home: NodeHome) -> list[psutil.Process]:
     marker = str(home.vim_dir)
     found = []

@@ -7,25 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import escadm, escadm_ok, free_port, kill_vms
-
-from esc.config import NodeHome
+from conftest import escadm, escadm_ok
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "deployment.yaml"
 
 
-@pytest.fixture
-def home(tmp_path: Path):
-    home = tmp_path / "home"
-    assert escadm("init", "--api-port", str(free_port()), home=home).returncode == 0
-    assert escadm("start", home=home).returncode == 0
-    yield home
-    escadm("stop", home=home)
-    kill_vms(NodeHome(home))
-
-
 @pytest.mark.slow
-def test_groups_alone_json_on_groups_and_uncut_tables(home: Path) -> None:
+def test_groups_alone_json_on_groups_and_uncut_tables(running: Path) -> None:
+    home = running
     alone = escadm("op_mode", home=home)
     assert (alone.returncode, alone.stdout) == (0, "Operation Mode = OPERATION\n"), alone.stderr
     assert json.loads(escadm_ok("op_mode", "--json", home=home)) == {"mode": "OPERATION"}

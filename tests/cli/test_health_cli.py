@@ -7,15 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import escadm, free_port
-
-
-@pytest.fixture
-def home(tmp_path: Path):
-    home = tmp_path / "home"
-    assert escadm("init", "--api-port", str(free_port()), home=home).returncode == 0
-    yield home
-    escadm("stop", home=home)
+from conftest import escadm
 
 
 def _tree(root: Path) -> dict[str, int | None]:

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from conftest import escadm, free_port
 
 from esc.cli.main import cli
 
@@ -37,13 +36,6 @@ def test_every_command_accepts_home_after_it_and_before_it(path: tuple[str, ...]
         result = runner.invoke(cli, args, prog_name="escadm")
         assert result.exit_code == 0, f"escadm {' '.join(args)}: {result.output}"
         assert "--home" in result.output
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    home = tmp_path / "home"
-    assert escadm("init", "--api-port", str(free_port()), home=home).returncode == 0
-    return home
 
 
 def test_home_before_the_command_is_the_node_used(home: Path, tmp_path: Path) -> None:

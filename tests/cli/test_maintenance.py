@@ -7,19 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import escadm, free_port, kill_vms, slow_boot_descriptor
-
-from esc.config import NodeHome
-
-
-@pytest.fixture
-def running(tmp_path: Path):
-    home = tmp_path / "home"
-    assert escadm("init", "--api-port", str(free_port()), home=home).returncode == 0
-    assert escadm("start", home=home).returncode == 0
-    yield home
-    escadm("stop", home=home)
-    kill_vms(NodeHome(home))
+from conftest import escadm, slow_boot_descriptor
 
 
 def write(tmp_path: Path, name: str, boot: float) -> str:
@@ -33,9 +21,11 @@ def test_maintenance_with_a_transaction_in_flight(running: Path, tmp_path: Path)
     shown = escadm("op_mode", "show", home=running)
     assert shown.stdout == "Operation Mode = OPERATION\n"
 
+    # Long enough to be still in flight after the three escadm calls below, each a
+    # new Python process, on a loaded machine.
     accepted = json.loads(
         escadm(
-            "deployment", "deploy", write(tmp_path, "busy", 4), "--no-wait", "--json", home=running
+            "deployment", "deploy", write(tmp_path, "busy", 12), "--no-wait", "--json", home=running
         ).stdout
     )
     tx_id = accepted["transaction_id"]

@@ -22,14 +22,6 @@ from esc.node.control import live_record
 ESC_VERSION = str(Path(ESCADM).with_name("esc_version"))
 
 
-@pytest.fixture
-def home(tmp_path: Path):
-    home = tmp_path / "home"
-    assert escadm("init", "--api-port", str(free_port()), home=home).returncode == 0
-    yield home
-    escadm("stop", home=home)
-
-
 def test_version_and_esc_version_agree() -> None:
     version, build = __version__.rsplit(".", 1)
     expected = f"version : {version}\nrelease : {build}\n"

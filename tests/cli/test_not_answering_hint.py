@@ -6,16 +6,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import escadm, free_port
+from conftest import escadm
 
 from esc.node.processes import ProcessRecord, write_record
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    home = tmp_path / "home"
-    assert escadm("init", "--api-port", str(free_port()), home=home).returncode == 0
-    return home
 
 
 def test_a_stopped_node_names_both_ways_to_start_it(home: Path) -> None:

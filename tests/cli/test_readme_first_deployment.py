@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import escadm, free_port, kill_vms, live_vm_processes
+from conftest import live_vm_processes
 
 from esc.config import NodeHome
 
@@ -24,18 +24,9 @@ def _first_deployment_block() -> str:
     return re.search(r"```\n(.*?)```", section, re.DOTALL).group(1)
 
 
-@pytest.fixture
-def home(tmp_path: Path):
-    home = tmp_path / "home"
-    assert escadm("init", "--api-port", str(free_port()), home=home).returncode == 0
-    assert escadm("start", home=home).returncode == 0
-    yield home
-    escadm("stop", home=home)
-    kill_vms(NodeHome(home))
-
-
 @pytest.mark.slow
-def test_the_readmes_first_deployment_works_as_written(home: Path) -> None:
+def test_the_readmes_first_deployment_works_as_written(running: Path) -> None:
+    home = running
     block = _first_deployment_block()
     assert "escadm deployment deploy examples/deployment.yaml" in block
     venv_bin = Path(sys.executable).parent

@@ -11,14 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ESCADM, escadm, free_port
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    home = tmp_path / "home"
-    assert escadm("init", "--api-port", str(free_port()), home=home).returncode == 0
-    return home
+from conftest import ESCADM
 
 
 def _run_until_ready(home: Path) -> subprocess.Popen:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import escadm, free_port
+from conftest import escadm
 
 from esc.config import NodeHome
 from esc.node.control import live_record
@@ -25,14 +25,6 @@ from esc.node.supervisor import RESTART_POLICY, RestartPolicy
 def test_restart_delay_doubles_up_to_its_cap() -> None:
     policy = RestartPolicy(first_delay=0.5, max_delay=4.0)
     assert [policy.delay(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
-
-
-@pytest.fixture
-def home(tmp_path: Path):
-    home = tmp_path / "home"
-    assert escadm("init", "--api-port", str(free_port()), home=home).returncode == 0
-    yield home
-    escadm("stop", home=home)
 
 
 def _squat(port: int, timeout: float = 15) -> socket.socket:

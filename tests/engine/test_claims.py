@@ -175,7 +175,7 @@ def test_a_running_controller_takes_over_from_one_that_died(
         slow = THREE_VMS.replace("image: healthy", "image: 'slow-boot:1.5'").replace(
             "flavor: m1.tiny,", "flavor: m1.tiny, bootup_time: 30,"
         )
-        tx = dying.deploy(parse_descriptor(slow))
+        tx = dying.northbound.deploy(parse_descriptor(slow))
         wait_for(lambda: _count(dying.db, tx.id, "VM_DEPLOYED") == 3, 20, "VMs created")
         assert dying.stop(timeout=5) == [tx.id]  # its owner row goes with it
         ended = _final(survivor, tx.id)
