@@ -253,13 +253,49 @@ def test_upgrade_backup_restore_and_rollback_keep_the_vms_alive(
     assert (tmp_path / f"node.failed-{CURRENT}").is_dir()
 
 
+def kept_releases() -> dict[ReleaseNumber, Path]:
+    return {release_of(p): p for p in RELEASES.glob("esc-*-py3-none-any.whl")}
+
+
+# The archive format each release writes: 1 (JSON rows) up to 1.0, 2 (COPY text) after.
+FIRST_COPY_TEXT_RELEASE = ReleaseNumber.parse("1.1.0.1")
+
+
+@pytest.fixture(scope="module")
+def stopped_old_nodes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, Path]]:
+    """Per kept release older than this one: its escadm and a stopped node of it that ran
+    the example deployment (so every table has rows)."""
+    nodes = {}
+    for release, wheel in sorted(kept_releases().items()):
+        if release >= CURRENT:
+            continue
+        where = tmp_path_factory.mktemp(f"rows-{release}")
+        escadm = str(make_venv(where / "venv", wheel))
+        home = where / "node"
+        init(escadm, home)
+        run(escadm, "start", home=home)
+        try:
+            run(escadm, "deployment", "deploy", str(EXAMPLE), home=home)
+        finally:
+            run(escadm, "stop", home=home)
+            kill_vms(NodeHome(home))
+        nodes[str(release)] = (escadm, home)
+    return nodes
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_an_archive_of_the_previous_release_restores_row_for_row(
-    tmp_path: Path, old_escadm: str, old_node: Path, backend: str, request: pytest.FixtureRequest
+@pytest.mark.parametrize("release", [str(r) for r in sorted(kept_releases()) if r < CURRENT])
+def test_an_archive_of_an_older_release_restores_row_for_row(
+    tmp_path: Path,
+    stopped_old_nodes: dict[str, tuple[str, Path]],
+    release: str,
+    backend: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    """The previous release writes archive format 1 (JSON rows); this release reads it
-    into either backend, every value of every column the old schema had."""
-    run(old_escadm, "stop", home=old_node)
+    """Every kept older release's archive, in the format that release writes (1: JSON
+    rows; 2: COPY text), restores into either backend with every value of every column
+    the old schema had."""
+    old_escadm, old_node = stopped_old_nodes[release]
     archive = tmp_path / "old.tar.gz"
     run(old_escadm, "backup", "--file", str(archive), home=old_node)
     old_home = NodeHome(old_node)
@@ -276,7 +312,8 @@ def test_an_archive_of_the_previous_release_restores_row_for_row(
     settings = fast_settings(url)
     init_node(target, settings)
     result = restore(target, settings, archive, allow_unsigned=True)  # an older release's
-    assert result.manifest.format_version == 1
+    written = 1 if ReleaseNumber.parse(release) < FIRST_COPY_TEXT_RELEASE else 2
+    assert result.manifest.format_version == written
 
     # The restoring node keeps its own escadm account.
     before, after = without_local_account(all_rows(old_url)), without_local_account(all_rows(url))
