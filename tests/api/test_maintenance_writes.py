@@ -117,6 +117,11 @@ def example_calls(api: TestClient, ids: dict[str, str]) -> dict[tuple[str, str],
     }
 
 
+def client_rows(url: str) -> dict:
+    """Every table's rows but the executors' heartbeats, which change by themselves."""
+    return {t: rows for t, rows in all_rows(url).items() if t != "owners"}
+
+
 def test_every_write_but_the_op_mode_is_refused_in_maintenance(api: TestClient, node: Node) -> None:
     ids = populate(api)
     calls = example_calls(api, ids)
@@ -127,13 +132,13 @@ def test_every_write_but_the_op_mode_is_refused_in_maintenance(api: TestClient, 
     assert OP_MODE_ROUTE in routes
 
     assert api.put("/esc/op_mode", json={"mode": "MAINTENANCE"}).status_code == 200
-    before = all_rows(node.settings.database.url)
+    before = client_rows(node.settings.database.url)
     for route, call in calls.items():
         response = call.send(api)
         assert response.status_code == 503, f"{route}: {response.status_code} {response.text}"
         assert response.headers["content-type"] == "application/problem+json", route
         assert "MAINTENANCE" in response.json()["detail"], route
-    assert all_rows(node.settings.database.url) == before, "a refused write changed rows"
+    assert client_rows(node.settings.database.url) == before, "a refused write changed rows"
 
     # The way out is open, and each refused request was one the node takes otherwise.
     back = api.put("/esc/op_mode", json={"mode": "OPERATION"})
