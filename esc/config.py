@@ -193,6 +193,72 @@ class BackupSettings(_Section):
     )
 
 
+class HaSettings(_Section):
+    """An active/standby pair: `escadm init --ha` writes this section; the same values
+    redeploy a node identically (what an image upgrade relies on)."""
+
+    enabled: bool = Field(False, description="This node is one of an active/standby pair.")
+    node_list: list[ipaddress.IPv4Address] = Field(
+        default_factory=list,
+        description="The addresses of the pair's two nodes (ESC's ha_node_list), this "
+        "node's own among them.",
+    )
+    address: ipaddress.IPv4Address | None = Field(
+        None,
+        description="This node's address: the one of node_list found on kad_vif at init.",
+    )
+    kad_vip: ipaddress.IPv4Interface | None = Field(
+        None,
+        description="The pair's virtual IP with its prefix (ESC's kad_vip), held by the "
+        "active node; clients use it.",
+    )
+    kad_vif: str = Field(
+        "eth0", description="The interface keepalived holds the VIP on (ESC's kad_vif)."
+    )
+    gateway_ip: ipaddress.IPv4Address | None = Field(
+        None,
+        description="The gateway keepalived tracks: a node that cannot reach it gives up "
+        "the active role.",
+    )
+    kad_vri: Annotated[int, Field(ge=1, le=255)] = Field(
+        50, description="keepalived's virtual_router_id, unique among the pairs on a LAN."
+    )
+    advert_int: Annotated[float, Field(ge=0.05, le=10)] = Field(
+        0.1,
+        description="Seconds between VRRP adverts; the standby takes over after about "
+        "three missed ones.",
+    )
+    pg_port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        5432, description="Port the node's PostgreSQL listens on, on its own address."
+    )
+
+    @model_validator(mode="after")
+    def _a_consistent_pair(self) -> HaSettings:
+        if not self.enabled:
+            return self
+        if len(self.node_list) != 2 or self.node_list[0] == self.node_list[1]:
+            raise ValueError("ha_node_list names the pair's two nodes: two different addresses")
+        if self.address not in self.node_list:
+            raise ValueError(
+                f"this node's address {self.address} is not in ha_node_list "
+                f"{', '.join(map(str, self.node_list))}"
+            )
+        if self.kad_vip is None or self.gateway_ip is None:
+            raise ValueError("an HA node needs kad_vip and gateway_ip")
+        network = self.kad_vip.network
+        for address in [*self.node_list, self.gateway_ip]:
+            if address not in network:
+                raise ValueError(f"{address} is not in the VIP's subnet {network}")
+        if self.kad_vip.ip in [*self.node_list, self.gateway_ip]:
+            raise ValueError(f"the VIP {self.kad_vip.ip} is a node's or the gateway's address")
+        return self
+
+    @property
+    def peer(self) -> ipaddress.IPv4Address:
+        """The other node of the pair."""
+        return next(a for a in self.node_list if a != self.address)
+
+
 class NodeSettings(_Section):
     name: str = Field(default_factory=socket.gethostname, description="This node's name.")
 
@@ -207,6 +273,7 @@ class Settings(_Section):
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     backup: BackupSettings = Field(default_factory=BackupSettings)
+    ha: HaSettings = Field(default_factory=HaSettings)
 
 
 def _describe(error: ValidationError) -> str:
@@ -297,7 +364,7 @@ class NodeHome:
             raise ConfigError(f"{self.config_file}: {_describe(exc)}") from exc
 
     def save(self, settings: Settings) -> None:
-        data = settings.model_dump(mode="json")
+        data = settings.model_dump(mode="json", exclude_none=True)
         tmp = self.config_file.with_suffix(".toml.tmp")
         tmp.write_text(tomli_w.dumps(data))
         tmp.chmod(0o600)
