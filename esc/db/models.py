@@ -266,6 +266,23 @@ class ExecutorOwner(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class ActiveLease(Base):
+    """Who holds the active role of the database's nodes (esc.engine.lease): one row.
+
+    Taking the role increments the epoch; every engine write checks it in its own
+    database transaction, so a node that lost the role cannot complete a write.
+    """
+
+    __tablename__ = "active_lease"
+
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)  # "active"
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    node: Mapped[str] = mapped_column(String(128), default="")  # [node] name of the holder
+    # Where clients reach the holder's API (a standby names it when it refuses a write).
+    address: Mapped[str] = mapped_column(String(256), default="")
+    renewed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Severity(enum.StrEnum):
     INFO = "INFO"
     ERROR = "ERROR"  # something failed; ESC may still mend it

@@ -21,9 +21,10 @@ change something are checked the same way before they are made
 (`check_current`, by esc.engine.step_vim). So an executor that was presumed
 dead and then woke up changes nothing.
 
-High availability builds its leadership on this module: an owner's role
-(`ACTIVE`, or a standby's) is recorded here and only an ACTIVE owner claims.
-A standalone node is always ACTIVE.
+Only the holder of the active role claims, and every fenced write also
+checks the role's lease (esc.engine.lease) in the same database
+transaction: a node that lost the role changes nothing either. A
+standalone node always holds it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,6 +44,7 @@ from sqlalchemy.orm import Session
 
 from esc.db.models import ExecutorOwner, Transaction, TransactionState, new_id, utcnow
 from esc.db.session import Database
+from esc.engine.lease import NotActive, StandaloneLease
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,8 @@ class Claim:
     epoch: int
     resumes: int  # the transaction's resume count after this claim
     resumed: bool  # taken over from an owner that is no longer live
+    # The active role's lease this claim was made under: checked with the claim.
+    lease: StandaloneLease = field(default_factory=StandaloneLease, compare=False)
 
 
 def _process_started(pid: int) -> float:
@@ -77,8 +81,11 @@ def _process_started(pid: int) -> float:
 class Claimant:
     """This process's owner identity: registered at start, beaten while running, retired at stop."""
 
-    def __init__(self, db: Database, node: str, role: str = ACTIVE) -> None:
+    def __init__(
+        self, db: Database, node: str, role: str = ACTIVE, lease: StandaloneLease | None = None
+    ) -> None:
         self.db = db
+        self.lease = lease or StandaloneLease()
         self.id = new_id()
         self.node = node
         self.host = socket.gethostname()
@@ -148,9 +155,13 @@ class Claimant:
     def claim(self, tx_id: str) -> Claim | None:
         """Claim `tx_id` for this owner; None when it is final, or another live owner
         holds it, or another claimer won the race."""
-        if self.role != ACTIVE:
+        if self.role != ACTIVE or not self.lease.held():
             return None
         with self.db.write() as session:
+            try:
+                self.lease.check(session)
+            except NotActive:
+                return None
             row = session.execute(
                 select(
                     Transaction.state,
@@ -183,7 +194,7 @@ class Claimant:
             )
             if result.rowcount != 1:
                 return None  # another claimer changed the row since it was read
-        return Claim(tx_id, self.id, row.epoch + 1, row.resumes + int(resumed), resumed)
+        return Claim(tx_id, self.id, row.epoch + 1, row.resumes + int(resumed), resumed, self.lease)
 
     def claimable(self, queued_too: bool = True) -> list[str]:
         """Open transactions no live owner holds, oldest first (what reconciliation
@@ -205,6 +216,10 @@ class Claimant:
 
 
 def _require_current(row: Row[Any] | None, claim: Claim) -> None:
+    if not claim.lease.held():
+        raise NotOwner(
+            f"transaction {claim.tx_id}: this node does not hold the active role any more"
+        )
     if row is None or (row.owner, row.epoch) != (claim.owner, claim.epoch) or row.state.is_final:
         raise NotOwner(
             f"transaction {claim.tx_id} is no longer held by executor {claim.owner} "
@@ -222,6 +237,10 @@ def check(session: Session, claim: Claim) -> None:
     """Raise NotOwner unless `claim` is still current; locks the transaction row, so no
     claim can supersede it before the caller's database transaction ends."""
     _require_current(session.execute(_held(claim).with_for_update()).one_or_none(), claim)
+    try:
+        claim.lease.check(session)
+    except NotActive as exc:
+        raise NotOwner(f"transaction {claim.tx_id}: {exc}") from None
 
 
 def check_current(db: Database, claim: Claim) -> None:

@@ -1,27 +1,29 @@
-"""The controller: database, VIM, transaction executor and notifier of one node.
+"""The controller of one node: its database, VIM, API side and active role.
 
-The REST API and the CLI's `escadm run` hold one Controller. It owns the
-node's parts and their life (start, stop, health, authentication); every
-northbound write goes through its service layer, `controller.northbound`
-(esc.engine.northbound), which holds the writes' rules.
+The REST API and the CLI's `escadm run` hold one Controller. Its API side
+is always on: reads, health, authentication, and every northbound write
+through the service layer, `controller.northbound` (esc.engine.northbound),
+which holds the writes' rules. The active role (esc.engine.active_role:
+executor, notifier, schema migration) runs only while this node holds it:
+a standalone node takes it at start; a node of a pair when it becomes the
+active one.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 
 from sqlalchemy import select
 
 from esc.config import NodeHome, Settings
-from esc.db.migrate import upgrade_to_head
 from esc.db.models import User
 from esc.db.session import Database
-from esc.engine.executor import Executor
+from esc.engine.active_role import ActiveRole
+from esc.engine.lease import DatabaseLease, StandaloneLease
 from esc.engine.northbound import Northbound
-from esc.engine.notifier import Notifier
-from esc.engine.step_vim import RetryPolicy
 from esc.health import CheckResult, check_database, check_services, check_vim
-from esc.monitor.mappings import install_defaults_if_empty
 from esc.security import VerifiedCache
 from esc.vim.base import load_driver
 
@@ -32,55 +34,81 @@ STAGE_READY = "READY"
 
 
 class Controller:
-    def __init__(self, home: NodeHome, settings: Settings) -> None:
+    def __init__(
+        self,
+        home: NodeHome,
+        settings: Settings,
+        lease_for: Callable[[Database], StandaloneLease] | None = None,
+    ) -> None:
+        """`lease_for` makes the lease of a node of a pair on this controller's database;
+        without it the node is standalone and always holds the role."""
         self.home = home
         self.settings = settings
         self.db = Database(home.database_url(settings))
         self.vim = load_driver(settings.vim.driver, home.vim_location(settings))
-        self.executor = Executor(
-            self.db,
-            self.vim,
-            settings.engine.workers,
-            settings.engine.max_resumes,
-            node=settings.node.name,
-            retry=RetryPolicy.of(settings.engine),
-        )
-        self.notifier = Notifier(self.db, settings.notifications)
-        self.northbound = Northbound(self.db, self.vim, settings, self.executor.enqueue)
+        self.lease = lease_for(self.db) if lease_for else StandaloneLease()
+        if isinstance(self.lease, DatabaseLease):
+            self.lease.on_lost = self._role_lost
+        self.active: ActiveRole | None = None
+        self._role_lock = threading.Lock()
+        self.northbound = Northbound(self.db, self.vim, settings, self._enqueue, self.lease)
         self.stage = STAGE_INIT
         self._credentials = VerifiedCache()
 
     def start(self) -> None:
-        upgrade_to_head(self.db.engine)
-        self.vim.recover()
-        with self.db.write() as session:
-            if install_defaults_if_empty(session):
-                log.info("default dynamic mappings installed")
-        self.executor.start()
-        self.notifier.start()
+        """Standalone: the node holds the active role from its start."""
+        self.take_active()
         self.stage = STAGE_READY
         log.info("controller ready (database %s, VIM %s)", self.db.display_url, self.vim.name)
 
     def stop(self, timeout: float = 30.0) -> list[str]:
         """Stop gracefully; returns transactions left for reconciliation at next start."""
         self.stage = STAGE_INIT
-        left = self.executor.stop(timeout)
-        self.notifier.stop()
+        left = self.drop_active(timeout)
         self.db.dispose()
         if left:
             log.warning("stopped with transactions in progress, resumed at next start: %s", left)
         return left
 
+    # the active role ------------------------------------------------------------
+
+    def take_active(self) -> None:
+        with self._role_lock:
+            if self.active is not None:
+                return
+            role = ActiveRole(self.db, self.vim, self.settings, self.lease)
+            role.take()
+            self.active = role
+
+    def drop_active(self, timeout: float) -> list[str]:
+        with self._role_lock:
+            role, self.active = self.active, None
+        return role.drop(timeout) if role is not None else []
+
+    def _role_lost(self) -> None:
+        """Another node took the role: stop the executor and notifier (their writes are
+        refused already), in a thread of its own since the lease's thread tells us."""
+        log.warning("this node lost the active role: its engine stops")
+        threading.Thread(target=self.drop_active, args=(5.0,), name="role-lost").start()
+
+    def _enqueue(self, tx_id: str) -> None:
+        role = self.active
+        if role is not None:  # otherwise the next holder's pick-up finds it QUEUED
+            role.executor.enqueue(tx_id)
+
     def health_checks(self) -> list[CheckResult]:
         """The checks this process can answer for: its database, VIM, engine and notifier
         threads, and the node's other services (from their records under run/)."""
         results = [check_database(self.db), check_vim(self.vim)]
-        results.append(
-            CheckResult(
-                "engine", self.executor.alive(), f"{self.executor.workers} transaction workers"
+        role = self.active
+        if role is None:
+            results.append(CheckResult("engine", False, "this node does not hold the active role"))
+        else:
+            workers = role.executor.workers
+            results.append(
+                CheckResult("engine", role.executor.alive(), f"{workers} transaction workers")
             )
-        )
-        results.append(CheckResult("notifier", self.notifier.alive(), "event delivery"))
+            results.append(CheckResult("notifier", role.notifier.alive(), "event delivery"))
         if (self.home.run / "supervisor.json").exists():  # supervised: the others too
             results += [r for r in check_services(self.home) if r.name != "escmanager"]
         return results

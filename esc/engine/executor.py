@@ -28,6 +28,7 @@ from esc.config import EngineSettings
 from esc.db.models import Transaction, TransactionState, Vm, utcnow
 from esc.db.session import Database
 from esc.engine.claims import HEARTBEAT_INTERVAL, Claim, Claimant, NotOwner, fenced_write
+from esc.engine.lease import StandaloneLease
 from esc.engine.operations import (
     OPERATIONS,
     ROLLBACK,
@@ -59,11 +60,12 @@ class Executor:
         max_resumes: int,
         node: str = "",
         retry: RetryPolicy | None = None,
+        lease: StandaloneLease | None = None,
     ) -> None:
         self.db = db
         self.vim = vim
         self.retry = retry or RetryPolicy.of(EngineSettings())
-        self.claimant = Claimant(db, node)
+        self.claimant = Claimant(db, node, lease=lease)
         # Claimed by reconciliation, waiting in the queue for a worker.
         self._claims: dict[str, Claim] = {}
         self.workers = workers

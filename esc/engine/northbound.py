@@ -29,6 +29,7 @@ from esc.db.models import CustomScript, Subscription, Tenant, Transaction
 from esc.db.session import Database
 from esc.descriptor import Descriptor
 from esc.engine import callbacks, op_mode, submit
+from esc.engine.lease import StandaloneLease
 from esc.errors import Conflict, NotFound
 from esc.logtags import transaction_context
 from esc.monitor import mode, scripts
@@ -38,12 +39,13 @@ from esc.vim.base import VimDriver
 log = logging.getLogger(__name__)
 
 
-def require_writable(session: Session) -> None:
-    """Refuse a northbound write this node must not take now: in MAINTENANCE (503).
+def require_writable(session: Session, lease: StandaloneLease) -> None:
+    """Refuse a northbound write this node must not take now (503): when it does not
+    hold the active role (a standby names the active), or in MAINTENANCE.
 
-    The one place that decides whether this node accepts writes; the HA
-    release adds the node's role (only the active node writes) here.
+    The one place that decides whether this node accepts writes.
     """
+    lease.check(session)
     op_mode.require_operation(session)
 
 
@@ -52,9 +54,15 @@ class Northbound:
     dynamic mappings, custom scripts, the monitoring mode and the op_mode."""
 
     def __init__(
-        self, db: Database, vim: VimDriver, settings: Settings, enqueue: Callable[[str], None]
+        self,
+        db: Database,
+        vim: VimDriver,
+        settings: Settings,
+        enqueue: Callable[[str], None],
+        lease: StandaloneLease | None = None,
     ) -> None:
         self.db = db
+        self.lease = lease or StandaloneLease()
         self.vim = vim
         self.settings = settings
         self._enqueue = enqueue
@@ -62,7 +70,7 @@ class Northbound:
     @contextmanager
     def _write(self) -> Iterator[Session]:
         with self.db.write() as session:
-            require_writable(session)
+            require_writable(session, self.lease)
             yield session
 
     # tenants ---------------------------------------------------------------------
@@ -171,6 +179,8 @@ class Northbound:
     # the op_mode -------------------------------------------------------------------
 
     def set_op_mode(self, wanted: op_mode.OpMode, *, ipt_check: bool = False) -> op_mode.OpMode:
-        """The one write taken in MAINTENANCE: without it an operator could not leave it."""
+        """The one write taken in MAINTENANCE: without it an operator could not leave it.
+        Only the active node takes it (the mode is a row the standby replicates)."""
         with self.db.write() as session:
+            self.lease.check(session)
             return op_mode.set_mode(session, wanted, ipt_check=ipt_check)

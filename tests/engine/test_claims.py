@@ -85,7 +85,7 @@ def test_second_controller_on_the_database_does_not_run_the_first_ones_deploy(
         assert sorted(created.values()) == [1, 1, 1], f"create_vm calls per VM: {created}"
         assert _count(first.db, tx.id, "VM_DEPLOYED") == 3
         assert _count(first.db, tx.id, "VM_ALIVE") == 3
-        assert ended.owner == first.executor.claimant.id and ended.epoch == 1
+        assert ended.owner == first.active.executor.claimant.id and ended.epoch == 1
         assert len(live_vm_processes(node.home)) == 3
     finally:
         second.stop()
@@ -151,7 +151,7 @@ def test_transaction_of_a_dead_owner_is_resumed_by_the_next_start(
             ended = _final(second, tx.id)
             assert ended.state is TransactionState.SUCCESS, ended.error
             assert ended.resumes == 1
-            assert ended.owner == second.executor.claimant.id and ended.epoch == 2
+            assert ended.owner == second.active.executor.claimant.id and ended.epoch == 2
         else:
             time.sleep(1.0)
             with second.db.read() as session:
@@ -180,7 +180,7 @@ def test_a_running_controller_takes_over_from_one_that_died(
         assert dying.stop(timeout=5) == [tx.id]  # its owner row goes with it
         ended = _final(survivor, tx.id)
         assert ended.state is TransactionState.SUCCESS, ended.error
-        assert ended.owner == survivor.executor.claimant.id and ended.resumes == 1
+        assert ended.owner == survivor.active.executor.claimant.id and ended.resumes == 1
         assert _count(survivor.db, tx.id, "VM_ALIVE") == 3
         assert len(live_vm_processes(node.home)) == 3
     finally:

@@ -1,0 +1,70 @@
+"""The active role: what only the node holding it runs.
+
+A node's API side (reads, validation, accepting writes into durable
+transactions, health) is always on; the active role runs on one node of the
+database's nodes at a time, under the lease (esc.engine.lease): the schema
+migration (a step of taking the role on a primary, never something a
+standby does at start), VIM recovery, reconciliation of open transactions,
+the transaction executor and the event notifier. Taking the role is a
+switch inside a running process, not a cold start, so a standby becomes
+active in well under a second. A standalone node takes it at start.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from esc.config import Settings
+from esc.db.migrate import upgrade_to_head
+from esc.db.session import Database
+from esc.engine.executor import Executor
+from esc.engine.lease import StandaloneLease
+from esc.engine.notifier import Notifier
+from esc.engine.step_vim import RetryPolicy
+from esc.monitor.mappings import install_defaults_if_empty
+from esc.vim.base import VimDriver
+
+log = logging.getLogger(__name__)
+
+
+class ActiveRole:
+    """One holding of the active role: `take()` once, `drop()` once (a new holding
+    is a new object, so nothing of a previous one is reused half-stopped)."""
+
+    def __init__(
+        self, db: Database, vim: VimDriver, settings: Settings, lease: StandaloneLease
+    ) -> None:
+        self.db = db
+        self.vim = vim
+        self.lease = lease
+        self.executor = Executor(
+            db,
+            vim,
+            settings.engine.workers,
+            settings.engine.max_resumes,
+            node=settings.node.name,
+            retry=RetryPolicy.of(settings.engine),
+            lease=lease,
+        )
+        self.notifier = Notifier(db, settings.notifications)
+
+    def take(self) -> None:
+        upgrade_to_head(self.db.engine)
+        self.lease.acquire()
+        self.vim.recover()
+        with self.db.write() as session:
+            if install_defaults_if_empty(session):
+                log.info("default dynamic mappings installed")
+        self.executor.start()
+        self.notifier.start()
+
+    def drop(self, timeout: float) -> list[str]:
+        """Give the role up: writes are refused from this moment; running transactions
+        get up to `timeout` s to end. Returns those left for the next holder."""
+        self.lease.release()
+        left = self.executor.stop(timeout)
+        self.notifier.stop()
+        return left
+
+    def alive(self) -> bool:
+        return self.executor.alive() and self.notifier.alive()
