@@ -69,6 +69,7 @@ DEFAULT_SUBCOMMANDS = {
     "monitor": "status",
     "dynamic_mapping": "show",
     "script": "list",
+    "replication": "status",
 }
 add_shared_options(cli, DEFAULT_SUBCOMMANDS)
 

@@ -15,7 +15,8 @@ How PostgreSQL's state maps to DRBD's words, exactly:
 - The peer line: `<peer> role:Secondary` / `role:Primary` while a replication
   connection between the two exists, else `<peer> connection:Connecting`
   (and no `peer-disk` line). On a primary, connected means a row for the peer
-  in `pg_stat_replication` (its `application_name` is the peer's address); on
+  in `pg_stat_replication` (its `application_name` is the peer's address, or
+  `<address>-clone` for the base backup of a clone in progress); on
   a standby, a `pg_stat_wal_receiver` row with `status = 'streaming'`.
 - On a primary: `disk:UpToDate` (a primary's data is the reference copy).
   `peer-disk` follows the walsender's `state`: `streaming` (the standby has
@@ -51,7 +52,13 @@ from dataclasses import asdict, dataclass, field
 
 import psycopg
 
-from esc.ha.pgsql import CONNECT_TIMEOUT_S, REPLICATION_ROLE, Cluster, PgsqlError
+from esc.ha.pgsql import (
+    CONNECT_TIMEOUT_S,
+    REPLICATION_ROLE,
+    Cluster,
+    PgsqlError,
+    clone_application_name,
+)
 
 RESOURCE = "esc"
 
@@ -141,7 +148,7 @@ SELECT state, sync_state,
        pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS lag_bytes,
        extract(epoch FROM coalesce(replay_lag, flush_lag, write_lag))::float8 AS lag_seconds
 FROM pg_stat_replication
-WHERE application_name = %(name)s OR (state = 'backup' AND host(client_addr) = %(name)s)
+WHERE application_name = %(name)s OR (application_name = %(clone)s AND state = 'backup')
 ORDER BY application_name = %(name)s DESC
 LIMIT 1
 """
@@ -149,7 +156,8 @@ LIMIT 1
 
 def _primary_view(conn: psycopg.Connection, peer_name: str) -> dict | None:
     """The peer's row in this primary's pg_stat_replication, None when not connected."""
-    row = conn.execute(_PRIMARY_VIEW, {"name": peer_name}).fetchone()
+    names = {"name": peer_name, "clone": clone_application_name(peer_name)}
+    row = conn.execute(_PRIMARY_VIEW, names).fetchone()
     if row is None:
         return None
     state, sync_state, lag_bytes, lag_seconds = row

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from pg_server import availability
 from esc.cli.main import cli
 from esc.cli.replication import drbdadm_command
 from esc.config import NodeHome, Settings
-from esc.ha.pgsql import PG_BIN, PG_USER, Cluster, Endpoint, PgsqlError
+from esc.ha.pgsql import PG_BIN, PG_USER, STOP_SIGNAL, Cluster, Endpoint, PgsqlError
 from esc.ha.replication import keep_synchronous_while_connected, read_status, wait_uptodate
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
@@ -312,13 +313,35 @@ def test_a_lost_stream_is_connecting_and_outdated_and_sync_follows_it(pair: Pair
     assert "while alone" in _values(standby)
 
 
+def test_the_supervisors_command_runs_the_postmaster_itself(pair: Pair) -> None:
+    standby = pair.standby.cluster
+    standby.stop()
+    standby.configure_role(as_standby=True)
+    server = subprocess.Popen(
+        standby.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_for(lambda: standby.server_pid() == server.pid, what="postmaster.pid")
+        wait_uptodate(pair.primary.cluster, timeout=15)
+        assert standby.in_recovery()
+        server.send_signal(STOP_SIGNAL)
+        assert server.wait(timeout=30) == 0
+        assert not standby.is_running()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    standby.start(as_standby=True)
+    wait_uptodate(pair.primary.cluster, timeout=15)
+
+
 def test_failover_promotes_without_hanging_and_the_old_primary_is_rewound(pair: Pair) -> None:
     old, new = pair.primary, pair.standby
     # The standby inherited "wait for me" from its primary: promoted as is, its first
     # write would wait for a standby that does not exist.
     assert _query(new, "SHOW synchronous_standby_names") == [(f'"{new.endpoint.host}"',)]
     seconds = new.cluster.promote(synchronous=False)
-    print(f"\npromote (pg_promote, wait => true) {seconds:.3f} s")
+    print(f"\npromote {seconds:.3f} s")
     assert seconds < 5
     assert not new.cluster.in_recovery()
     assert _query(new, "SHOW synchronous_standby_names") == [("",)]
@@ -353,8 +376,18 @@ def test_an_old_primary_whose_wal_is_gone_is_cloned_afresh(pair: Pair) -> None:
     for segment in wal.iterdir():
         if segment.is_file():
             segment.unlink()
-    result = old.cluster.follow(new.endpoint)
+    # While it is cloned, the new primary sees the clone, never an UpToDate standby.
+    seen: list[str] = []
+    with ThreadPoolExecutor(1) as pool:
+        following = pool.submit(old.cluster.follow, new.endpoint)
+        while not following.done():
+            peer = read_status(new.cluster).peer
+            seen.append(peer.disk or peer.connection)
+            time.sleep(0.01)
+        result = following.result()
     print(f"\nfollow by {result.method} {result.seconds:.2f} s")
+    assert "Inconsistent" in seen
+    assert set(seen) <= {"Connecting", "Inconsistent"}
     assert result.method == "clone"
     assert "pg_rewind" in result.rewind_error
     assert not old.cluster.data_dir.with_name("pgsql.clone").exists()
