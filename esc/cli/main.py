@@ -13,6 +13,7 @@ from esc.cli.dynamic_mapping import dynamic_mapping_group
 from esc.cli.monitor import monitor_group, script_group
 from esc.cli.node import init_command, passwd_command, run_command
 from esc.cli.operations import ip_trans_command, log_group, op_mode_group
+from esc.cli.replication import drbdadm_command, replication_group
 from esc.cli.service import (
     health_command,
     restart_command,
@@ -58,6 +59,7 @@ for command in (
     backup_command,
     restore_command,
     backup_key_group,
+    replication_group,
 ):
     cli.add_command(command)
 # What a group alone runs: a look, never a change.
@@ -67,6 +69,7 @@ DEFAULT_SUBCOMMANDS = {
     "monitor": "status",
     "dynamic_mapping": "show",
     "script": "list",
+    "replication": "status",
 }
 add_shared_options(cli, DEFAULT_SUBCOMMANDS)
 
@@ -87,3 +90,9 @@ def collect_esc_log_sh_main() -> None:
     """`collect_esc_log.sh [OPTIONS]`: exactly `escadm log collect [OPTIONS]`."""
     make_files_private()
     log_group.commands["collect"].main(prog_name="collect_esc_log.sh")
+
+
+def drbdadm_main() -> None:
+    """`drbdadm status`: this node's replication state, as `escadm replication status`."""
+    make_files_private()
+    drbdadm_command.main(prog_name="drbdadm")
