@@ -23,7 +23,7 @@ from esc.engine.step_vim import RetryPolicy
 from esc.health import CheckResult, check_database, check_services, check_vim
 from esc.monitor.mappings import install_defaults_if_empty
 from esc.security import VerifiedCache
-from esc.vim.base import load_driver
+from esc.vim.base import driver_for
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class Controller:
         self.home = home
         self.settings = settings
         self.db = Database(home.database_url(settings))
-        self.vim = load_driver(settings.vim.driver, home.vim_location(settings))
+        self.vim = driver_for(home, settings)
         self.executor = Executor(
             self.db,
             self.vim,
