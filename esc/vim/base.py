@@ -174,6 +174,6 @@ def load_driver(
             if settings is None:
                 from esc.config import VimSettings
 
-                settings = VimSettings(driver=name)
+                settings = VimSettings()
             return value.from_settings(data_dir / name, settings, home or data_dir)
     raise VimError(f"module esc.vim.{name} defines no VimDriver named {name!r}")

@@ -292,7 +292,9 @@ def test_the_host_refuses_bad_options_naming_the_fix(
     assert "cannot listen on" in capsys.readouterr().err
 
 
-def test_the_vimhost_settings_name_what_is_missing() -> None:
+def test_the_vimhost_settings_name_what_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(PermanentVimError, match=r"needs \[vim\] url and token_file"):
+        load_driver("vimhost", tmp_path)
     with pytest.raises(ValueError, match=r'needs url = "http://HOST:PORT"'):
         VimSettings(driver="vimhost", url="vimhost:8470", token_file="t")
     with pytest.raises(ValueError, match="needs token_file"):
