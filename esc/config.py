@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import tomli_w
 from pydantic import (
@@ -104,13 +105,52 @@ class DatabaseSettings(_Section):
 
 
 class VimSettings(_Section):
-    driver: str = Field("local", description="VIM driver: local (each VM an OS process).")
+    driver: str = Field(
+        "local",
+        description="VIM driver: local (each VM an OS process of this node) or vimhost "
+        "(the local VIM served by a VIM host, so VMs outlive this node: an HA pair's VIM).",
+    )
     local_dir: str = Field(
         "",
         description="Where the local VIM keeps its instances; empty: data/vim in the node "
         "home. Set it to another node's directory to take over its VMs (a restore on a new "
         "node), since that is where the VMs are.",
     )
+    url: str = Field(
+        "",
+        description="vimhost: the VIM host's address, http://HOST:PORT (the --listen of "
+        "python -m esc.vim.host). Both nodes of a pair name the same host.",
+    )
+    token_file: str = Field(
+        "",
+        description="vimhost: the file holding the VIM host's token (the same as the "
+        "host's --token-file; mode 0600); a relative path is in the node home.",
+    )
+    timeout: Annotated[float, Field(gt=0, le=300)] = Field(
+        30.0,
+        description="vimhost: seconds one VIM host call may take (a VM's start or stop "
+        "included) before it counts as a transient failure and is retried.",
+    )
+
+    @model_validator(mode="after")
+    def _vim_host_is_named(self) -> VimSettings:
+        if self.driver != "vimhost":
+            return self
+        parts = urlsplit(self.url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme != "http" or not parts.hostname or not port or parts.path.strip("/"):
+            raise ValueError(
+                f'the vimhost driver needs url = "http://HOST:PORT" (the VIM host\'s '
+                f"--listen), not {self.url!r}"
+            )
+        if not self.token_file:
+            raise ValueError(
+                "the vimhost driver needs token_file: the file holding the VIM host's token"
+            )
+        return self
 
 
 class EngineSettings(_Section):

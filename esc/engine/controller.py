@@ -25,7 +25,7 @@ from esc.engine.lease import DatabaseLease, StandaloneLease
 from esc.engine.northbound import Northbound
 from esc.health import CheckResult, check_database, check_services, check_vim
 from esc.security import VerifiedCache
-from esc.vim.base import load_driver
+from esc.vim.base import driver_for
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Controller:
         self.home = home
         self.settings = settings
         self.db = Database(home.database_url(settings))
-        self.vim = load_driver(settings.vim.driver, home.vim_location(settings))
+        self.vim = driver_for(home, settings)
         self.lease = lease_for(self.db) if lease_for else StandaloneLease()
         if isinstance(self.lease, DatabaseLease):
             self.lease.on_lost = self._role_lost

@@ -38,13 +38,13 @@ def _controller_checks(
 
 def _direct_checks(home: NodeHome, settings: Settings) -> list[CheckResult]:
     from esc.db.session import Database
-    from esc.vim.base import load_driver
+    from esc.vim.base import driver_for
 
     db = Database(home.database_url(settings))
     try:
         return [
             check_database(db),
-            check_vim(load_driver(settings.vim.driver, home.vim_location(settings))),
+            check_vim(driver_for(home, settings)),
         ]
     finally:
         db.dispose()

@@ -15,7 +15,13 @@ import enum
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+if TYPE_CHECKING:
+    from esc.config import NodeHome, Settings, VimSettings
+
+# The drivers [vim] driver may name, for the error that lists them.
+DRIVERS = ("local", "vimhost")
 
 
 class VimError(Exception):
@@ -79,6 +85,12 @@ class VimDriver(abc.ABC):
 
     name: ClassVar[str]
 
+    @classmethod
+    def from_settings(cls, data_dir: Path, settings: VimSettings, home: Path) -> Self:
+        """The driver as [vim] configures it (relative paths are in the node home `home`);
+        a driver with nothing to configure keeps its state under `data_dir`."""
+        return cls(data_dir)  # type: ignore[call-arg]
+
     @abc.abstractmethod
     def validate_image(self, image: str) -> None:
         """Raise UnknownImage naming the known images when `image` cannot be used."""
@@ -128,8 +140,19 @@ class VimDriver(abc.ABC):
         nothing else does, so constructing a driver and check() have no effects."""
 
 
-def load_driver(name: str, data_dir: Path) -> VimDriver:
-    """The driver named `name`, keeping its state under `data_dir`."""
+def driver_for(home: NodeHome, settings: Settings) -> VimDriver:
+    """The VIM driver of a node, as its esc.toml [vim] section says."""
+    return load_driver(settings.vim.driver, home.vim_location(settings), settings.vim, home.root)
+
+
+def load_driver(
+    name: str,
+    data_dir: Path,
+    settings: VimSettings | None = None,
+    home: Path | None = None,
+) -> VimDriver:
+    """The driver named `name`, keeping its state under `data_dir`, configured by
+    `settings` (the [vim] defaults when None) with relative paths in `home`."""
     if not name.isidentifier():
         raise VimError(f"VIM driver name {name!r} is not valid; use e.g. 'local'")
     try:
@@ -138,7 +161,8 @@ def load_driver(name: str, data_dir: Path) -> VimDriver:
         if exc.name != f"esc.vim.{name}":
             raise  # the driver exists but lacks a dependency: say that, not "unknown driver"
         raise VimError(
-            f"unknown VIM driver {name!r}: set [vim] driver in esc.toml to one of: local"
+            f"unknown VIM driver {name!r}: set [vim] driver in esc.toml to one of: "
+            f"{', '.join(DRIVERS)}"
         ) from exc
     for value in vars(module).values():
         if (
@@ -147,5 +171,9 @@ def load_driver(name: str, data_dir: Path) -> VimDriver:
             and value is not VimDriver
             and getattr(value, "name", None) == name
         ):
-            return value(data_dir / name)
+            if settings is None:
+                from esc.config import VimSettings
+
+                settings = VimSettings()
+            return value.from_settings(data_dir / name, settings, home or data_dir)
     raise VimError(f"module esc.vim.{name} defines no VimDriver named {name!r}")

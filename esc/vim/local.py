@@ -1,7 +1,7 @@
 """The local VIM: each VM is a real OS process on this host (the embedded default).
 
 State lives in `<data>/instances/<vm_id>/`: spec.json (what was asked),
-state.json (pid, port, start time: written by the VM itself), port (kept
+state.json (pid, address, port, start time: written by the VM itself), port (kept
 across restarts so a VM keeps its address), instance.lock, console.log.
 VM processes are detached (not children of the controller), so they outlive
 a controller crash and are found again here.
@@ -10,6 +10,10 @@ a controller crash and are found again here.
 A process is signalled only once its identity is proven: its start time
 matches the one the VM recorded and its command line names the instance
 directory; a reused pid is never mistaken for a VM.
+
+VMs listen on 127.0.0.1 (the controller's own host) unless the driver is
+given another address: a VIM host (esc.vim.host) gives its own, so monitors
+on other hosts reach them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -80,6 +85,14 @@ def instance_dir_arg(cmdline: list[str]) -> str | None:
     return None
 
 
+def check_vm_id(vm_id: str) -> None:
+    """Refuse an id that is no plain directory name (a path, a hidden name)."""
+    if not isinstance(vm_id, str) or not VM_ID.match(vm_id):
+        raise PermanentVimError(
+            f"invalid VM id {vm_id!r}: use letters, digits, '.', '_' and '-' (at most 128)"
+        )
+
+
 class _VmLocks:
     """One threading lock per VM id, dropped when nobody uses it (ids are not reused)."""
 
@@ -120,9 +133,10 @@ def _os_errors(action: str) -> Iterator[None]:
 class LocalVim(VimDriver):
     name = "local"
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, vm_address: str = vnf.DEFAULT_ADDRESS) -> None:
         # Absolute: the path goes on VNF command lines, where processes are matched by it.
         self.data_dir = Path(data_dir).absolute()
+        self.vm_address = vm_address
         self.instances_dir = self.data_dir / "instances"
         self._vm_locks = _VmLocks()
         try:
@@ -208,8 +222,8 @@ class LocalVim(VimDriver):
         status = self.status(vm_id)
         if status.state is not InstanceState.RUNNING or status.address is None:
             return False
-        port = int(status.address.rsplit(":", 1)[1])
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=HEALTH_TIMEOUT)
+        where = urlsplit(status.address)
+        connection = http.client.HTTPConnection(where.hostname, where.port, timeout=HEALTH_TIMEOUT)
         try:
             connection.request("GET", "/health")
             response = connection.getresponse()
@@ -259,10 +273,7 @@ class LocalVim(VimDriver):
     # instance records -------------------------------------------------------------------
 
     def _dir(self, vm_id: str) -> Path:
-        if not isinstance(vm_id, str) or not VM_ID.match(vm_id):
-            raise PermanentVimError(
-                f"invalid VM id {vm_id!r}: use letters, digits, '.', '_' and '-' (at most 128)"
-            )
+        check_vm_id(vm_id)
         return self.instances_dir / vm_id
 
     @staticmethod
@@ -349,8 +360,10 @@ class LocalVim(VimDriver):
             return InstanceStatus(
                 vm_id, InstanceState.RUNNING, None, "starting, or its state.json is not its own"
             )
-        port = recorded[1]["port"]
-        return InstanceStatus(vm_id, InstanceState.RUNNING, f"http://127.0.0.1:{port}")
+        state = recorded[1]
+        # A VM started before VMs recorded their address listens on the default one.
+        address = vnf.http_address(state.get("host", vnf.DEFAULT_ADDRESS), state["port"])
+        return InstanceStatus(vm_id, InstanceState.RUNNING, address)
 
     # processes --------------------------------------------------------------------------
 
@@ -362,6 +375,8 @@ class LocalVim(VimDriver):
             str(VNF_PROGRAM),
             "--instance-dir",
             str(directory),
+            "--address",
+            self.vm_address,
             "--detach",
         ]
         try:
@@ -390,13 +405,13 @@ class LocalVim(VimDriver):
             )
         try:
             ready = json.loads(result.stdout)
-            port = int(ready["port"])
+            address = vnf.http_address(str(ready["host"]), int(ready["port"]))
         except (ValueError, KeyError, TypeError):
             raise PermanentVimError(
                 f"VM {vm_id}: unexpected launcher output {result.stdout!r}"
             ) from None
         log.info("VM %s started (pid %s)", vm_id, ready["pid"], extra={"tags": "start_vm"})
-        return InstanceStatus(vm_id, InstanceState.RUNNING, f"http://127.0.0.1:{port}")
+        return InstanceStatus(vm_id, InstanceState.RUNNING, address)
 
     def _stop(self, vm_id: str, directory: Path) -> None:
         targets = self._stop_targets(vm_id, directory)

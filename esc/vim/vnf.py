@@ -1,7 +1,8 @@
 """The VNF program of the local VIM: one VM = one process running this file.
 
 Standard library only, started as `python -I -S vnf.py`, so it loads nothing
-of ESC and stays small. It serves HTTP on 127.0.0.1 and behaves as its image
+of ESC and stays small. It serves HTTP on 127.0.0.1 (or the --address it is
+given, when a VIM host serves it to other hosts) and behaves as its image
 says:
 
   healthy              GET /health always answers 200
@@ -17,20 +18,20 @@ load figure MONA's threshold metric reads) and PUT /load {"load": X} (tell the
 VM which load to report; 0 after each boot). The server keeps connections
 alive (HTTP/1.1), so a monitor polling every second reuses one connection.
 
-Command line: vnf.py --instance-dir DIR [--detach]. DIR holds spec.json,
+Command line: vnf.py --instance-dir DIR [--address ADDR] [--detach]. DIR holds spec.json,
 written by the driver: vm_id, name, image, flavor, day0_config. The VNF holds
 an exclusive flock on DIR/instance.lock for its whole life: two processes can
 never run one VM, and "is the VM running?" is answered by the lock, not by a
 pid that may have been reused.
 
-Once serving it records itself in DIR/state.json: pid, port, start_ticks (exact
+Once serving it records itself in DIR/state.json: pid, host, port, start_ticks (exact
 start time, /proc/PID/stat field 22), create_time (the same as psutil's
 Process.create_time()) and started_at (wall clock). DIR/port keeps the port,
 reused on the next start when it is free.
 
 With --detach the launched process forks the VM off into its own session
 (stdio to DIR/console.log, reparented away from the caller), waits until it
-reports ready, prints {"pid": .., "port": ..} and exits 0; or prints the
+reports ready, prints {"pid": .., "host": .., "port": ..} and exits 0; or prints the
 error on stderr and exits non-zero (3: the instance is already running).
 """
 
@@ -49,6 +50,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 LOCK_WAIT_SECONDS = 2.0
+# Where a VM listens unless told otherwise: this host only (the standalone node).
+DEFAULT_ADDRESS = "127.0.0.1"
 EXIT_ALREADY_RUNNING = 3
 IMAGE_KINDS = ("crash-after", "unhealthy-after", "slow-boot")
 MAX_LOAD = 1_000_000.0
@@ -205,24 +208,37 @@ def make_handler(spec: dict[str, Any], kind: str, after: float, started: float) 
     return Handler
 
 
-def bind_server(instance_dir: Path, handler: type) -> Any:
+def bind_server(instance_dir: Path, handler: type, host: str = DEFAULT_ADDRESS) -> Any:
     """Bind the port used before when it is free, so a rebooted VM keeps its address."""
-    from http.server import ThreadingHTTPServer  # imported late: see main()
-
     port_file = instance_dir / "port"
     try:
         hint = int(port_file.read_text())
     except (OSError, ValueError):
         hint = 0
     try:
-        server = ThreadingHTTPServer(("127.0.0.1", hint), handler)
+        server = server_class(host)((host, hint), handler)
     except OSError:  # taken meanwhile by someone else: any free port will do
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server = server_class(host)((host, 0), handler)
     port = server.server_address[1]
     tmp = port_file.with_name(".port.tmp")
     tmp.write_text(str(port))
     os.replace(tmp, port_file)
     return server
+
+
+def server_class(host: str) -> type:
+    from http.server import ThreadingHTTPServer  # imported late: see main()
+
+    if ":" not in host:
+        return ThreadingHTTPServer
+    import socket
+
+    return type("ThreadingHTTPServer6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+
+
+def http_address(host: str, port: int) -> str:
+    """The URL a VM answers at (an IPv6 address in brackets)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def stop_on_sigterm(signum: int, frame: object) -> None:
@@ -242,19 +258,20 @@ def crash_later(image: str, after: float) -> None:
     timer.start()
 
 
-def serve(instance_dir: Path, reporter: Reporter) -> int:
+def serve(instance_dir: Path, reporter: Reporter, host: str = DEFAULT_ADDRESS) -> int:
     acquire_lock(instance_dir)
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     spec = json.loads((instance_dir / "spec.json").read_text())
     kind, after = parse_image(spec["image"])
     started = time.monotonic()
-    server = bind_server(instance_dir, make_handler(spec, kind, after, started))
+    server = bind_server(instance_dir, make_handler(spec, kind, after, started), host)
     pid, port = os.getpid(), server.server_address[1]
     ticks = process_start_ticks(pid)
     write_atomic(
         instance_dir / "state.json",
         {
             "pid": pid,
+            "host": host,
             "port": port,
             "start_ticks": ticks,
             # What psutil.Process(pid).create_time() returns, for tools that compare with it.
@@ -262,12 +279,12 @@ def serve(instance_dir: Path, reporter: Reporter) -> int:
             "started_at": time.time(),
         },
     )
-    if not reporter.send({"pid": pid, "port": port}):
+    if not reporter.send({"pid": pid, "host": host, "port": port}):
         # The caller was told the start failed (or will be): running anyway would leave
         # a VM nobody knows of.
         print("the launcher is gone (it timed out?): not starting", flush=True)
         return 1
-    print(f"VM {spec.get('name')} ({spec.get('vm_id')}) up on 127.0.0.1:{port}", flush=True)
+    print(f"VM {spec.get('name')} ({spec.get('vm_id')}) up on {host}:{port}", flush=True)
     if kind == "crash-after":
         # Armed only once ready was reported, so even crash-after:0 starts successfully.
         crash_later(spec["image"], after)
@@ -286,7 +303,7 @@ def redirect_stdio(console: Path) -> None:
     os.close(null_fd)
 
 
-def become_vm(instance_dir: Path, ready_fd: int) -> NoReturn:
+def become_vm(instance_dir: Path, ready_fd: int, host: str) -> NoReturn:
     """In the first child: a new session, a second fork, then serve as the VM."""
     reporter = Reporter(ready_fd)
     code = 1
@@ -296,7 +313,7 @@ def become_vm(instance_dir: Path, ready_fd: int) -> NoReturn:
             os._exit(0)  # the VM is now no session leader and no child of the launcher
         os.chdir("/")  # pin no working directory of the caller
         redirect_stdio(instance_dir / "console.log")
-        code = serve(instance_dir, reporter)
+        code = serve(instance_dir, reporter, host)
     except AlreadyRunning as exc:
         code = EXIT_ALREADY_RUNNING
         reporter.send({"error": str(exc), "exit": code})
@@ -311,12 +328,12 @@ def become_vm(instance_dir: Path, ready_fd: int) -> NoReturn:
         os._exit(code)
 
 
-def detach(instance_dir: Path) -> int:
+def detach(instance_dir: Path, host: str) -> int:
     read_fd, write_fd = os.pipe()
     child = os.fork()
     if child == 0:
         os.close(read_fd)
-        become_vm(instance_dir, write_fd)
+        become_vm(instance_dir, write_fd, host)
     os.close(write_fd)
     os.waitpid(child, 0)  # the first child exits at once: reap it, leave no zombie
     with os.fdopen(read_fd) as ready:
@@ -332,18 +349,21 @@ def detach(instance_dir: Path) -> int:
 def main() -> int:
     # http.client (under http.server) imports ssl when it can, and OpenSSL would then be
     # the largest thing in this process (about 4 MB resident), for a VM serving plain
-    # HTTP on 127.0.0.1. Marking ssl "cannot import" is only done here, in the VNF's own
+    # HTTP. Marking ssl "cannot import" is only done here, in the VNF's own
     # process: the driver imports this module too, and needs its ssl.
     sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
     parser = argparse.ArgumentParser(description="A VM of ESC's local VIM.")
     parser.add_argument("--instance-dir", required=True, type=Path)
+    parser.add_argument(
+        "--address", default=DEFAULT_ADDRESS, help="the IP address to serve on (127.0.0.1)"
+    )
     parser.add_argument("--detach", action="store_true", help="run in the background")
     args = parser.parse_args()
     instance_dir = args.instance_dir.absolute()
     if args.detach:
-        return detach(instance_dir)
+        return detach(instance_dir, args.address)
     try:
-        return serve(instance_dir, Reporter(None))
+        return serve(instance_dir, Reporter(None), args.address)
     except AlreadyRunning as exc:
         print(exc, file=sys.stderr)
         return EXIT_ALREADY_RUNNING

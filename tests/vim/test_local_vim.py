@@ -609,3 +609,23 @@ def test_file_system_errors_are_transient_only_when_they_pass_by_themselves(
     monkeypatch.setattr(local.vnf, "write_atomic", failing)
     with pytest.raises(kind, match="local VIM could not create VM vm-1"):
         vim.create_vm(spec())
+
+
+@pytest.mark.parametrize("address", ["127.0.0.2", "::1"])
+def test_a_vm_listens_on_the_address_its_driver_gives(tmp_path: Path, address: str) -> None:
+    if ":" in address and not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    vim = LocalVim(tmp_path / "vim", vm_address=address)
+    try:
+        status = vim.create_vm(spec())
+        url = f"http://[{address}]" if ":" in address else f"http://{address}"
+        assert status.address is not None and status.address.startswith(f"{url}:")
+        assert vim.is_alive("vm-1")
+        port = int(status.address.rsplit(":", 1)[1])
+        with socket.socket() as other, pytest.raises(ConnectionRefusedError):
+            other.connect(("127.0.0.1", port))  # that address only, not every one
+        # A driver with the default address reports where the VM really listens.
+        assert LocalVim(tmp_path / "vim").status("vm-1") == status
+    finally:
+        vim.delete_vm("vm-1")
+    assert vim.find_vnf_processes() == []

@@ -1,0 +1,377 @@
+"""The VIM host: ESC's local VIM on a host of its own, served over HTTP.
+
+    python -m esc.vim.host --dir DIR --listen IP:PORT [--token-file FILE] [--vm-address IP]
+
+The VMs are the local VIM's (one OS process each, detached), started by this
+service in DIR, so they outlive every controller, and this service too: a
+restarted host finds them running. Controllers reach it with the vimhost
+driver ([vim] driver = "vimhost"); the VMs listen on the host's address, so
+monitors on the controllers' nodes probe them directly.
+
+Every request carries `Authorization: Bearer TOKEN`, the token of
+--token-file (else of $ESC_VIM_TOKEN); the token is never logged. The API,
+JSON both ways, under /v1:
+
+    GET    /check                     {"service": "esc-vim-host", ...}: the VIM is usable
+    POST   /images/validate           {"image": I}: 204, or 422 naming the known images
+    POST   /flavors/validate          {"flavor": F}: 204, or 422 naming the known flavors
+    GET    /vms                       {"vms": [VM_ID, ...]}
+    PUT    /vms/VM_ID                 {"name", "image", "flavor", "day0_config"}: create
+    GET    /vms/VM_ID                 the VM's status: {"vm_id", "state", "address", "detail"}
+    POST   /vms/VM_ID/start|stop|reboot   the status after it
+    DELETE /vms/VM_ID                 204 (an absent VM too)
+    GET    /vms/VM_ID/alive           {"alive": true|false}: its health endpoint answers
+
+A refusal is {"error": MESSAGE, "kind": CLASS}: 422 an unknown image or
+flavor, 409 another permanent refusal, 503 a transient failure (a busy host),
+401 a wrong or missing token.
+
+FastAPI and uvicorn, as the controller's API: the bodies are validated by
+pydantic models, the local VIM's blocking calls (a VM start waits for its
+process) run in the server's thread pool, connections are kept alive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from esc.vim.base import (
+    InstanceStatus,
+    TransientVimError,
+    UnknownFlavor,
+    UnknownImage,
+    VimError,
+    VmSpec,
+)
+from esc.vim.local import LocalVim
+from esc.vim.vimhost import API, SERVICE, TokenError, read_token
+
+log = logging.getLogger("esc.vim.host")
+
+TOKEN_ENV = "ESC_VIM_TOKEN"
+MAX_BODY = 1_048_576  # a VM's day-0 configuration included
+MAX_HEAD = 16_384
+# Longer than the driver keeps an idle connection (httpx: 5 s), so the driver is the one
+# that closes it, never the host just as the driver sends on it.
+KEEP_ALIVE = 60
+EXIT_USAGE = 2
+
+
+class VmBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=255)
+    image: str = Field(min_length=1, max_length=255)
+    flavor: str = Field(min_length=1, max_length=255)
+    day0_config: dict[str, Any] = Field(default_factory=dict)
+
+
+class ImageBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str = Field(max_length=255)
+
+
+class FlavorBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    flavor: str = Field(max_length=255)
+
+
+def _error(status: int, message: str, kind: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "kind": kind}, status_code=status)
+
+
+def _refusal(exc: VimError) -> JSONResponse:
+    if isinstance(exc, TransientVimError):
+        return _error(503, str(exc), "TransientVimError")
+    if isinstance(exc, UnknownImage | UnknownFlavor):
+        return _error(422, str(exc), type(exc).__name__)
+    # A plain VimError is permanent, as the driver interface says.
+    return _error(409, str(exc), "PermanentVimError")
+
+
+def _status(status: InstanceStatus) -> dict[str, Any]:
+    return {
+        "vm_id": status.vm_id,
+        "state": status.state.value,
+        "address": status.address,
+        "detail": status.detail,
+    }
+
+
+class _Guard:
+    """Before any route: the token, and a bounded body; then one log line per change.
+
+    An ASGI wrapper, not a FastAPI dependency: FastAPI reads a request's body before
+    its dependencies run, and nothing is read from a client without the token.
+    """
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        method, path = scope["method"], scope["path"]
+        client = scope.get("client") or ("?", 0)
+        if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+            log.warning("refused %s %s from %s: wrong or missing token", method, path, client[0])
+            await _error(
+                401, "wrong or missing token: send the VIM host's token as a Bearer token"
+            )(scope, receive, send)
+            return
+        length = headers.get(b"content-length", b"0")
+        if b"transfer-encoding" in headers or not length.isdigit():
+            await _error(411, "send the body with a Content-Length")(scope, receive, send)
+            return
+        if int(length) > MAX_BODY:
+            await _error(413, f"the body is larger than {MAX_BODY} bytes")(scope, receive, send)
+            return
+        started, answered = time.monotonic(), [0]
+
+        async def noting_status(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                answered[0] = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, noting_status)
+        # Queries are polled (is the VM alive?) and would flood the log: changes only.
+        level = logging.DEBUG if method == "GET" and answered[0] < 400 else logging.INFO
+        log.log(
+            level,
+            "%s %s from %s: %d in %.3f s",
+            method,
+            path,
+            client[0],
+            answered[0],
+            time.monotonic() - started,
+        )
+
+
+def create_app(vim: LocalVim, token: str) -> Any:
+    """The VIM host's ASGI application, serving `vim` to holders of `token`."""
+    app = FastAPI(title="ESC VIM host", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(VimError)
+    async def vim_refused(request: Request, exc: VimError) -> JSONResponse:
+        return _refusal(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        return _error(422, f"bad request: {problems}")
+
+    @app.exception_handler(HTTPException)
+    async def not_served(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return _error(500, f"the VIM host failed: {exc.__class__.__name__}: {exc}")
+
+    @app.get(f"{API}/check")
+    def check() -> dict[str, Any]:
+        vim.check()
+        return {"service": SERVICE, "vim": vim.name, "vm_address": vim.vm_address}
+
+    @app.post(f"{API}/images/validate", status_code=204)
+    def validate_image(body: ImageBody) -> Response:
+        vim.validate_image(body.image)
+        return Response(status_code=204)
+
+    @app.post(f"{API}/flavors/validate", status_code=204)
+    def validate_flavor(body: FlavorBody) -> Response:
+        vim.validate_flavor(body.flavor)
+        return Response(status_code=204)
+
+    @app.get(f"{API}/vms")
+    def list_vms() -> dict[str, Any]:
+        return {"vms": vim.list_instances()}
+
+    @app.put(f"{API}/vms/{{vm_id}}")
+    def create_vm(vm_id: str, body: VmBody) -> dict[str, Any]:
+        spec = VmSpec(vm_id, body.name, body.image, body.flavor, body.day0_config)
+        return _status(vim.create_vm(spec))
+
+    @app.get(f"{API}/vms/{{vm_id}}")
+    def vm_status(vm_id: str) -> dict[str, Any]:
+        return _status(vim.status(vm_id))
+
+    @app.get(f"{API}/vms/{{vm_id}}/alive")
+    def vm_alive(vm_id: str) -> dict[str, Any]:
+        return {"alive": vim.is_alive(vm_id)}
+
+    @app.post(f"{API}/vms/{{vm_id}}/start")
+    def start_vm(vm_id: str) -> dict[str, Any]:
+        return _status(vim.start_vm(vm_id))
+
+    @app.post(f"{API}/vms/{{vm_id}}/stop")
+    def stop_vm(vm_id: str) -> dict[str, Any]:
+        return _status(vim.stop_vm(vm_id))
+
+    @app.post(f"{API}/vms/{{vm_id}}/reboot")
+    def reboot_vm(vm_id: str) -> dict[str, Any]:
+        return _status(vim.reboot_vm(vm_id))
+
+    @app.delete(f"{API}/vms/{{vm_id}}", status_code=204)
+    def delete_vm(vm_id: str) -> Response:
+        vim.delete_vm(vm_id)
+        return Response(status_code=204)
+
+    return _Guard(app, token)
+
+
+# the service ------------------------------------------------------------------------------
+
+
+class UsageError(Exception):
+    """A bad option; the message names it and the fix."""
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """IP:PORT (IPv6 as [IP]:PORT) → (ip, port); port 0: any free port."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+        if not sep or not 0 <= number <= 65535:
+            raise ValueError
+    except ValueError:
+        raise UsageError(
+            f"--listen {text!r}: give IP:PORT, e.g. 198.18.0.10:8470 (an IP address, since "
+            "the VMs listen on it too)"
+        ) from None
+    return host, number
+
+
+def vm_address_for(listen_host: str, vm_address: str | None) -> str:
+    """Where the VMs listen: --vm-address, else the address the host listens on."""
+    chosen = vm_address or listen_host
+    try:
+        address = ipaddress.ip_address(chosen)
+    except ValueError:
+        raise UsageError(f"--vm-address {chosen!r} is not an IP address") from None
+    if address.is_unspecified:
+        raise UsageError(
+            f"the VMs need an address the controllers reach them at, not {chosen}: "
+            "give --vm-address IP (an address of this host)"
+        )
+    return chosen
+
+
+def host_token(token_file: Path | None) -> str:
+    if token_file is not None:
+        try:
+            return read_token(token_file)
+        except TokenError as exc:
+            raise UsageError(str(exc)) from None
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise UsageError(f"no token: give --token-file FILE or set ${TOKEN_ENV}")
+    if len(token) < 16 or " " in token:
+        raise UsageError(f"${TOKEN_ENV} is too short a token: use at least 16 characters")
+    return token
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; choose a free port of an "
+            "address of this host"
+        ) from None
+    sock.listen(128)
+    sock.set_inheritable(False)  # VMs are started from this process: keep it out of them
+    return sock
+
+
+def url_of(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m esc.vim.host",
+        description="Serve ESC's local VIM over HTTP, with VMs on this host.",
+    )
+    parser.add_argument("--dir", required=True, type=Path, help="where the VMs are kept")
+    parser.add_argument("--listen", required=True, help="IP:PORT to serve on")
+    parser.add_argument(
+        "--token-file", type=Path, help=f"the shared token (mode 0600); else ${TOKEN_ENV}"
+    )
+    parser.add_argument("--vm-address", help="the IP the VMs listen on (default: the --listen IP)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        host, port = parse_listen(args.listen)
+        vm_address = vm_address_for(host, args.vm_address)
+        token = host_token(args.token_file)
+        vim = LocalVim(args.dir.absolute(), vm_address)
+        try:
+            vim.check()
+        except VimError as exc:
+            raise UsageError(str(exc)) from None
+        sock = bind(host, port)
+    except UsageError as exc:
+        print(f"esc.vim.host: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    vim.recover()  # deletions this host's crash interrupted
+    url = url_of(host, sock.getsockname()[1])
+    config = uvicorn.Config(
+        create_app(vim, token),
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HEAD,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=KEEP_ALIVE,
+        timeout_graceful_shutdown=5,
+    )
+    # The socket listens already: a client connecting from now on is served.
+    print(json.dumps({"url": url, "pid": os.getpid(), "vm_address": vm_address}), flush=True)
+    log.info(
+        "VIM host serving %s on %s, VMs on %s (%d VMs held)",
+        vim.data_dir,
+        url,
+        vm_address,
+        len(vim.list_instances()),
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+    log.info("VIM host stopped; its VMs keep running")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
