@@ -1,0 +1,1 @@
+"""High availability: an active/standby pair of nodes sharing a virtual IP."""
