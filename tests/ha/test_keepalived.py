@@ -7,27 +7,27 @@ Measured figures are printed (run with -s to see them) and bounded generously.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from esc.config import HaSettings
 from esc.ha import keepalived as ka
-from esc.ha.gateway import watch_command
 
 sys.path.insert(0, str(Path(__file__).parent))
 from lab import Lab, LabError, availability, who_answers
+from pair import BANNER_PORT, VIP_HOST, Node, Pair
 
 IN_CI = os.environ.get("CI") == "true"
 NET = "198.18.22"  # this module's /24 inside 198.18.0.0/15, apart from other labs
 PREFIX = "kat"
-VIP = f"{NET}.100"
-BANNER_PORT = 7100
+VIP = f"{NET}.{VIP_HOST}"
 TAKEOVER_BOUND = 3.0  # seconds; measured here: about 0.4 (host down)
 
 
@@ -165,80 +165,6 @@ def test_track_file_holds_zero_when_healthy_and_one_for_fault(tmp_path: Path) ->
 
 
 # ---------------------------------------------------------------- the pair in the lab
-class Node:
-    """One node of the pair on a lab host: keepalived, its gateway watch, a banner
-    server (who answers on the VIP), and a thread reading the notify FIFO."""
-
-    def __init__(self, lab: Lab, ns: str, home: Path) -> None:
-        self.lab = lab
-        self.ns = ns
-        self.ha = settings(str(lab.address(ns)))
-        self.paths = ka.KeepalivedPaths.under(home / ns)
-        self.events: list[ka.NotifyEvent] = []
-        self._changed = threading.Condition()
-        self._stop = threading.Event()
-        self._logs: list = []
-        ka.write_config(self.ha, ns, self.paths)
-        ka.reset_track_files(self.paths)
-        self.fifo = ka.NotifyFifo(self.paths.notify_fifo)
-        self.fifo.open()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while not self._stop.is_set():
-            event = self.fifo.read(timeout=0.1)
-            if event is not None:
-                with self._changed:
-                    self.events.append(event)
-                    self._changed.notify_all()
-
-    def start(self, healthy: bool = True) -> None:
-        self.health = ka.TrackFile(self.paths.health_file)
-        self.health.set(healthy)
-        log = open(self.paths.conf.with_name("keepalived.log"), "a")  # noqa: SIM115
-        watch_log = open(self.paths.conf.with_name("gateway.log"), "a")  # noqa: SIM115
-        self._logs += [log, watch_log]
-        self.lab.popen(
-            self.ns, watch_command(self.ha, self.paths), stdout=watch_log, stderr=watch_log
-        )
-        self.lab.popen(self.ns, ka.command(self.paths), stdout=log, stderr=log)
-        self.lab.serve_banner(self.ns, BANNER_PORT)
-
-    @property
-    def state(self) -> str | None:
-        with self._changed:
-            states = [e.state for e in self.events if e.state in ("MASTER", "BACKUP", "FAULT")]
-        return states[-1] if states else None
-
-    def wait_state(self, state: str, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while self.state != state:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(
-                        f"{self.ns} did not reach {state} within {timeout} s: "
-                        f"events {self.events}\n{self.log_tail()}"
-                    )
-                self._changed.wait(left)
-
-    def holds_vip(self) -> bool:
-        return any(str(a.ip) == VIP for a in self.lab.addresses(self.ns))
-
-    def log_tail(self) -> str:
-        path = self.paths.conf.with_name("keepalived.log")
-        lines = path.read_text().splitlines()[-15:] if path.exists() else []
-        return "\n".join(lines)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._reader.join(timeout=2)
-        self.fifo.close()
-        for log in self._logs:
-            log.close()
-
-
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     need(availability())
@@ -248,43 +174,23 @@ def lab() -> Iterator[Lab]:
 
 
 @pytest.fixture
-def pair(lab: Lab, tmp_path: Path) -> Iterator[tuple[Node, Node]]:
-    """Both nodes running and healthy, one of them MASTER: (master, backup)."""
-    nodes = [Node(lab, host.ns, tmp_path) for host in lab.hosts]
+def nodes(lab: Lab, tmp_path: Path) -> Iterator[Pair]:
+    pair = Pair(lab, tmp_path, port=BANNER_PORT)
     try:
-        for node in nodes:
-            node.start()
-        master = wait_for_vip(nodes, timeout=10)
-        backup = next(n for n in nodes if n is not master)
-        master.wait_state("MASTER")
-        backup.wait_state("BACKUP")
-        yield master, backup
+        yield pair
     finally:
-        lab.reset()
-        for node in nodes:
-            node.close()
+        pair.close()
 
 
-def wait_for_vip(nodes: list[Node], timeout: float, exclude: Node | None = None) -> Node:
-    """The node whose banner answers on the VIP from the root namespace."""
-    by_name = {n.ns: n for n in nodes}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        name = who_answers(VIP, BANNER_PORT, timeout=0.05)
-        if name in by_name and by_name[name] is not exclude:
-            return by_name[name]
-        time.sleep(0.01)
-    tails = "\n".join(f"--- {n.ns}: {n.events}\n{n.log_tail()}" for n in nodes)
-    raise AssertionError(f"no node answered on {VIP} within {timeout} s\n{tails}")
+@pytest.fixture
+def pair(nodes: Pair) -> tuple[Node, Node]:
+    """Both nodes running and healthy, one of them MASTER: (master, backup)."""
+    return nodes.start()
 
 
-def takeover(nodes: tuple[Node, Node], fault, label: str) -> float:
-    """Run fault against the MASTER; seconds until the other node answers on the VIP."""
-    master, backup = nodes
-    started = time.monotonic()
-    fault()
-    assert wait_for_vip(list(nodes), TAKEOVER_BOUND * 3, exclude=master) is backup
-    elapsed = time.monotonic() - started
+def takeover(nodes: Pair, fault: Callable[[], object], label: str) -> float:
+    """Seconds from fault on the MASTER until the other node answers on the VIP."""
+    elapsed = nodes.takeover(fault, timeout=TAKEOVER_BOUND * 3)
     print(f"\nVIP takeover on {label}: {elapsed:.3f} s")
     return elapsed
 
@@ -306,10 +212,10 @@ def test_one_master_holds_the_vip_and_the_root_namespace_reaches_it(
 
 
 def test_host_down_moves_the_vip_and_the_returning_node_does_not_take_it_back(
-    lab: Lab, pair: tuple[Node, Node]
+    lab: Lab, nodes: Pair, pair: tuple[Node, Node]
 ) -> None:
     master, backup = pair
-    elapsed = takeover(pair, lambda: lab.host_down(master.ns), "host down")
+    elapsed = takeover(nodes, lambda: lab.host_down(master.ns), "host down")
     assert elapsed < TAKEOVER_BOUND
     backup.wait_state("MASTER")
 
@@ -325,9 +231,9 @@ def test_host_down_moves_the_vip_and_the_returning_node_does_not_take_it_back(
     assert who_answers(VIP, BANNER_PORT) == backup.ns
 
 
-def test_a_health_fault_on_the_master_moves_the_vip(pair: tuple[Node, Node]) -> None:
+def test_a_health_fault_on_the_master_moves_the_vip(nodes: Pair, pair: tuple[Node, Node]) -> None:
     master, backup = pair
-    elapsed = takeover(pair, lambda: master.health.set(False), "health track file fault")
+    elapsed = takeover(nodes, lambda: master.health.set(False), "health track file fault")
     assert elapsed < TAKEOVER_BOUND
     master.wait_state("FAULT")
     assert not master.holds_vip()
@@ -337,9 +243,9 @@ def test_a_health_fault_on_the_master_moves_the_vip(pair: tuple[Node, Node]) -> 
     assert backup.state == "MASTER" and backup.holds_vip()
 
 
-def test_losing_the_gateway_moves_the_vip(lab: Lab, pair: tuple[Node, Node]) -> None:
+def test_losing_the_gateway_moves_the_vip(lab: Lab, nodes: Pair, pair: tuple[Node, Node]) -> None:
     master, backup = pair
-    elapsed = takeover(pair, lambda: lab.gateway_down(master.ns), "gateway loss")
+    elapsed = takeover(nodes, lambda: lab.gateway_down(master.ns), "gateway loss")
     assert elapsed < TAKEOVER_BOUND
     master.wait_state("FAULT")
     assert not master.holds_vip()
@@ -362,7 +268,7 @@ def test_a_node_that_never_became_healthy_does_not_take_the_vip(
 
 
 def test_a_partition_makes_two_masters_and_healing_leaves_one(
-    lab: Lab, pair: tuple[Node, Node]
+    lab: Lab, nodes: Pair, pair: tuple[Node, Node]
 ) -> None:
     # VRRP alone cannot prevent a split brain: cut off from each other, both nodes
     # hold the VIP. Whatever acts on becoming MASTER must fence the other node first.
@@ -378,25 +284,38 @@ def test_a_partition_makes_two_masters_and_healing_leaves_one(
         time.sleep(0.05)
     holders = [n for n in pair if n.holds_vip()]
     assert len(holders) == 1, f"after healing {[n.ns for n in holders]} hold the VIP"
+    # The lower priority (the second of node_list) is the one that steps down.
+    assert holders[0].ha.address == holders[0].ha.node_list[0]
     other = next(n for n in pair if n is not holders[0])
     other.wait_state("BACKUP")
     assert holders[0].state == "MASTER"
     # Clients follow the one that kept it (it repeats its gratuitous ARPs).
-    wait_for_vip(list(pair), 5)
-    assert who_answers(VIP, BANNER_PORT) == holders[0].ns
+    assert nodes.holder(5) is holders[0]
 
 
-def test_a_graceful_stop_hands_the_vip_over(pair: tuple[Node, Node]) -> None:
+def test_a_graceful_stop_hands_the_vip_over(nodes: Pair, pair: tuple[Node, Node]) -> None:
     master, _ = pair
     stopped: list[bool] = []
     stopper = threading.Thread(target=lambda: stopped.append(ka.stop(master.paths)))
-    elapsed = takeover(pair, stopper.start, "keepalived stopped (SIGTERM)")
+    elapsed = takeover(nodes, stopper.start, "keepalived stopped (SIGTERM)")
     stopper.join(timeout=10)
     assert stopped == [True]
     assert elapsed < TAKEOVER_BOUND
     assert ka.running_pid(master.paths) is None
     assert not master.holds_vip()
     assert "STOP" in [e.state for e in master.events]
+
+
+def test_stop_reports_a_keepalived_it_had_to_kill(nodes: Pair, pair: tuple[Node, Node]) -> None:
+    master, backup = pair
+    pids = [int(p.read_text()) for p in (master.paths.pidfile, master.paths.vrrp_pidfile)]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)  # a hung keepalived: SIGTERM does nothing
+    assert ka.stop(master.paths, timeout=0.5) is False
+    assert ka.running_pid(master.paths) is None
+    # What the caller is warned about: a killed keepalived leaves the VIP behind.
+    assert master.holds_vip()
+    backup.wait_state("MASTER")
 
 
 # ---------------------------------------------------------------- the lab itself
@@ -465,3 +384,35 @@ def test_lab_refuses_addresses_outside_the_test_range() -> None:
         Lab(2, net="192.168.122.0/24")
     with pytest.raises(LabError, match=r"inside 198\.18\.0\.0/15"):
         Lab(2, net="198.18.0.0/16")
+
+
+SIGTERM_LAB = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from lab import Lab
+with Lab(1, net="198.18.23.0/24", prefix="kaz") as lab:
+    sleeper = lab.popen("kaz1", ["sleep", "600"])
+    print("built", sleeper.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_sigterm_tears_the_lab_down() -> None:
+    need(availability())
+    here = str(Path(__file__).parent)
+    script = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_LAB, here], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert script.stdout is not None
+        word, pid = script.stdout.readline().split()
+        assert word == "built"
+        assert lab_leftovers("kaz", "198.18.23") != []
+        assert Path(f"/proc/{pid}").exists()
+        script.send_signal(signal.SIGTERM)
+        assert script.wait(timeout=20) == 128 + signal.SIGTERM
+    finally:
+        if script.poll() is None:
+            script.kill()
+    assert lab_leftovers("kaz", "198.18.23") == []
+    assert not Path(f"/proc/{pid}").exists(), "the process started in the lab survived"
