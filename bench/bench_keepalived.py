@@ -69,7 +69,6 @@ def main() -> None:
     reason = availability()
     if reason:
         sys.exit(reason)
-    ka.find_keepalived()
     version = subprocess.run(
         [ka.find_keepalived(), "--version"], capture_output=True, text=True
     ).stderr.splitlines()[0]

@@ -144,10 +144,6 @@ class Pair:
     def other(self, node: Node) -> Node:
         return next(n for n in self.nodes if n is not node)
 
-    def answering(self) -> str | None:
-        """The name of the host answering on the VIP from the root namespace."""
-        return who_answers(self.vip, self.port)
-
     def holder(self, timeout: float, exclude: Node | None = None) -> Node:
         """The node answering on the VIP (not exclude), waiting up to timeout."""
         by_name = {n.ns: n for n in self.nodes}

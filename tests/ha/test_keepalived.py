@@ -21,7 +21,7 @@ from esc.config import HaSettings
 from esc.ha import keepalived as ka
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lab import Lab, LabError, availability, who_answers
+from lab import Lab, LabError, availability, tcp_probe, who_answers
 from pair import BANNER_PORT, VIP_HOST, Node, Pair
 
 IN_CI = os.environ.get("CI") == "true"
@@ -341,6 +341,30 @@ def lab_leftovers(prefix: str, net: str) -> list[str]:
             words = cmdline.replace(b"\0", b" ").decode(errors="replace")
             found.append(f"process {proc.name}: {words}")
     return found
+
+
+def test_lab_faults_cut_exactly_what_they_say(lab: Lab) -> None:
+    one, two = (host.ns for host in lab.hosts)
+    gateway = str(lab.gateway)
+
+    def paths() -> dict[str, str]:
+        # A closed port: an RST ("refused") proves the path works both ways.
+        return {
+            "1-2": lab.probe(one, str(lab.address(two)), 9),
+            "1-gw": lab.probe(one, gateway, 9),
+            "2-gw": lab.probe(two, gateway, 9),
+            "root-1": tcp_probe(str(lab.address(one)), 9),
+        }
+
+    every_path = {"1-2": "refused", "1-gw": "refused", "2-gw": "refused", "root-1": "refused"}
+    assert paths() == every_path
+    lab.partition(one, two)
+    assert paths() == {**every_path, "1-2": "silent"}
+    lab.heal(one, two)
+    lab.gateway_down(one)
+    assert paths() == {**every_path, "1-gw": "silent", "root-1": "silent"}
+    lab.gateway_up(one)
+    assert paths() == every_path
 
 
 @pytest.mark.parametrize("failure", [RuntimeError, KeyboardInterrupt])
