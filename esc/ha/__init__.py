@@ -1,1 +1,2 @@
-"""High availability: an active/standby pair of nodes (PostgreSQL replication, its status)."""
+"""High availability: an active/standby pair of nodes sharing a virtual IP (keepalived),
+with streaming PostgreSQL replication between them."""
