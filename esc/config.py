@@ -272,6 +272,21 @@ class HaSettings(_Section):
         5432, description="Port the node's PostgreSQL listens on, on its own address."
     )
 
+    provider: str = Field(
+        "",
+        description="The node provider that fences a node and keeps the pair's witness "
+        "record (which node is outdated): lab (nodes as network namespaces of one host), "
+        "or empty for none (a standby then never takes over from a peer it cannot fence).",
+    )
+    provider_url: str = Field(
+        "", description="Where the node provider's API answers, e.g. http://198.18.0.1:7700."
+    )
+    provider_token_file: str = Field(
+        "",
+        description="File holding the node provider's token (relative: to the node home); "
+        "never logged.",
+    )
+
     @model_validator(mode="after")
     def _a_consistent_pair(self) -> HaSettings:
         if not self.enabled:
