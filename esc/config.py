@@ -419,7 +419,7 @@ class NodeHome:
             raise ConfigError(f"{self.config_file}: {_describe(exc)}") from exc
 
     def save(self, settings: Settings) -> None:
-        data = settings.model_dump(mode="json", exclude_none=True)
+        data = toml_data(settings)
         tmp = self.config_file.with_suffix(".toml.tmp")
         tmp.write_text(tomli_w.dumps(data))
         tmp.chmod(0o600)
@@ -427,6 +427,11 @@ class NodeHome:
 
     def database_url(self, settings: Settings) -> str:
         return settings.database.url or f"sqlite:///{self.data / 'esc.db'}"
+
+
+def toml_data(settings: Settings) -> dict:
+    """The settings as esc.toml holds them: TOML has no null, so unset keys are left out."""
+    return settings.model_dump(mode="json", exclude_none=True)
 
 
 def api_base_url(settings: Settings) -> str:

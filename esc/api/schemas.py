@@ -294,3 +294,28 @@ class ScriptView(BaseModel):
     size: int
     updated_at: datetime
     content: str | None = None
+
+
+class HaView(BaseModel):
+    role: str = Field(description="ACTIVE, STANDBY, FAULT or STARTING")
+    reason: str = Field(description="Why the node has that role (for FAULT: what to do)")
+    node: str
+    address: str
+    peer: str
+
+
+class SwitchoverView(BaseModel):
+    from_node: str = Field(alias="from", description="The address of the old active")
+    to: str = Field(description="The address of the new active")
+    seconds: float = Field(description="From the handover to the peer answering as primary")
+    left_in_flight: list[str] = Field(
+        description="Transactions in flight at the handover, resumed by the new active"
+    )
+
+    model_config = {"populate_by_name": True}
+
+
+class ForceActiveIn(_In):
+    discard_unreplicated: bool = Field(
+        description="Must be true: what the lost active did not replicate is given up"
+    )

@@ -10,6 +10,7 @@ from esc.cli.backup_key import backup_key_group
 from esc.cli.common import add_shared_options
 from esc.cli.deployment import deployment_group
 from esc.cli.dynamic_mapping import dynamic_mapping_group
+from esc.cli.ha import ha_group, switchover_command
 from esc.cli.monitor import monitor_group, script_group
 from esc.cli.node import init_command, passwd_command, run_command
 from esc.cli.operations import ip_trans_command, log_group, op_mode_group
@@ -60,6 +61,8 @@ for command in (
     restore_command,
     backup_key_group,
     replication_group,
+    switchover_command,
+    ha_group,
 ):
     cli.add_command(command)
 # What a group alone runs: a look, never a change.
@@ -70,6 +73,7 @@ DEFAULT_SUBCOMMANDS = {
     "dynamic_mapping": "show",
     "script": "list",
     "replication": "status",
+    "ha": "show",
 }
 add_shared_options(cli, DEFAULT_SUBCOMMANDS)
 

@@ -281,6 +281,9 @@ class ActiveLease(Base):
     # Where clients reach the holder's API (a standby names it when it refuses a write).
     address: Mapped[str] = mapped_column(String(256), default="")
     renewed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # A planned switchover: the holder gave the role to this node (by address) and stopped;
+    # that node takes it without fencing the old holder. Cleared when it is taken.
+    handover_to: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class Severity(enum.StrEnum):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import select
 
@@ -52,18 +53,29 @@ class Controller:
         self.active: ActiveRole | None = None
         self._role_lock = threading.Lock()
         self.northbound = Northbound(self.db, self.vim, settings, self._enqueue, self.lease)
+        # The role manager of a node of a pair (esc.ha.roles), None when standalone:
+        # it decides when this node takes and drops the active role.
+        self.ha: Any = None
         self.stage = STAGE_INIT
         self._credentials = VerifiedCache()
 
+    @property
+    def standalone(self) -> bool:
+        return not self.settings.ha.enabled
+
     def start(self) -> None:
-        """Standalone: the node holds the active role from its start."""
-        self.take_active()
+        """Standalone: the node holds the active role from its start. A node of a pair
+        starts its API side only; its role manager decides on the active role."""
+        if self.standalone:
+            self.take_active()
         self.stage = STAGE_READY
         log.info("controller ready (database %s, VIM %s)", self.db.display_url, self.vim.name)
 
     def stop(self, timeout: float = 30.0) -> list[str]:
         """Stop gracefully; returns transactions left for reconciliation at next start."""
         self.stage = STAGE_INIT
+        if self.ha is not None:
+            self.ha.stop()  # an active hands its role over before the engine stops
         left = self.drop_active(timeout)
         self.db.dispose()
         if left:
@@ -102,7 +114,15 @@ class Controller:
         results = [check_database(self.db), check_vim(self.vim)]
         role = self.active
         if role is None:
-            results.append(CheckResult("engine", False, "this node does not hold the active role"))
+            # A standby's engine runs on the active; a standalone node always holds it.
+            results.append(
+                CheckResult(
+                    "engine",
+                    not self.standalone,
+                    "this node does not hold the active role"
+                    + ("" if self.standalone else ": it runs on the pair's active node"),
+                )
+            )
         else:
             workers = role.executor.workers
             results.append(

@@ -104,6 +104,7 @@ class DatabaseLease(StandaloneLease):
             previous = row.node
             row.epoch += 1
             row.node, row.address, row.renewed_at = self.node, self.address, utcnow()
+            row.handover_to = None
             epoch = row.epoch
             # The executors of earlier holdings hold nothing now: their open transactions
             # are resumed at once, not after their heartbeats time out (their writes are
@@ -136,6 +137,19 @@ class DatabaseLease(StandaloneLease):
             return False
         self._confirmed_until = started + self.ttl
         return True
+
+    def hand_over(self, to_node: str) -> None:
+        """A planned switchover: record that `to_node` (its address) takes the role from
+        here (it then need not fence this node), and release it. The record is a write
+        like any other, so on a pair it is on the standby before this returns."""
+        epoch = self.epoch
+        self.release()
+        with self.db.write() as session:
+            session.execute(
+                update(ActiveLease)
+                .where(ActiveLease.name == NAME, ActiveLease.epoch == epoch)
+                .values(handover_to=to_node)
+            )
 
     def release(self) -> None:
         """Drop the role at once: from now on this node refuses writes. The row stays;
@@ -196,3 +210,8 @@ def holder(session: Session) -> tuple[str, str, int] | None:
         )
     ).one_or_none()
     return (row.node, row.address, row.epoch) if row else None
+
+
+def handed_over_to(session: Session) -> str | None:
+    """The node the last holder handed the role to in a planned switchover, if any."""
+    return session.scalar(select(ActiveLease.handover_to).where(ActiveLease.name == NAME))

@@ -47,6 +47,7 @@ behind; on a standby that is behind, the age of the last replayed transaction
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -191,6 +192,47 @@ def _ask_primary(cluster: Cluster, host: str, port: int) -> dict | None:
         return None
 
 
+PEER_STANDBY = "standby"  # answers, in recovery: it cannot take a write
+PEER_PRIMARY = "primary"  # answers, not in recovery
+PEER_DOWN = "down"  # its host refuses the connection: reachable, PostgreSQL not running
+PEER_UNREACHABLE = "unreachable"  # no answer at all: dead, or cut off from this node
+
+
+def peer_state(cluster: Cluster, timeout: float = 0.2) -> str:
+    """What the peer's PostgreSQL is, as far as it answers within about `timeout`. A TCP
+    connect comes first, bounded by `timeout`: libpq's own connect timeout is 2 s at
+    least, too long on the failover's path."""
+    peer = cluster.peer
+    try:
+        socket.create_connection((peer.host, peer.port), timeout=timeout).close()
+    except ConnectionRefusedError:
+        return PEER_DOWN
+    except OSError:
+        return PEER_UNREACHABLE
+    try:
+        with psycopg.connect(
+            host=peer.host,
+            port=peer.port,
+            user=REPLICATION_ROLE,
+            dbname="postgres",
+            passfile=str(cluster.secret_file),
+            connect_timeout=PEER_QUERY_TIMEOUT_S,
+            autocommit=True,
+        ) as conn:
+            conn.execute(f"SET statement_timeout = '{int(timeout * 1000) + 1}ms'")
+            in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+    except psycopg.OperationalError as exc:
+        # Starting up or shutting down: it takes no write.
+        return (
+            PEER_DOWN
+            if "starting up" in str(exc) or "shutting down" in str(exc)
+            else (PEER_UNREACHABLE)
+        )
+    except psycopg.Error:
+        return PEER_UNREACHABLE
+    return PEER_STANDBY if in_recovery else PEER_PRIMARY
+
+
 def _primary_status(cluster: Cluster, conn: psycopg.Connection) -> ReplicationStatus:
     lsn, names = conn.execute(
         "SELECT pg_current_wal_lsn()::text, current_setting('synchronous_standby_names')"
@@ -286,7 +328,7 @@ def wait_uptodate(cluster: Cluster, timeout: float, poll: float = 0.2) -> Replic
             last = read_status(cluster)
             if last.uptodate:
                 return last
-            why = _not_uptodate_reason(last)
+            why = not_uptodate_reason(last)
         except PgsqlError as exc:
             last, why = None, str(exc)
         if time.monotonic() >= deadline:
@@ -296,7 +338,7 @@ def wait_uptodate(cluster: Cluster, timeout: float, poll: float = 0.2) -> Replic
         time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
 
 
-def _not_uptodate_reason(status: ReplicationStatus) -> str:
+def not_uptodate_reason(status: ReplicationStatus) -> str:
     if not status.connected:
         return f"the peer {status.peer.address} is not connected (connection:Connecting)"
     if status.disk != UP_TO_DATE:

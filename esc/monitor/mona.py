@@ -47,9 +47,18 @@ RECENT_ACTIONS = 20
 
 class Mona:
     def __init__(
-        self, db: Database, settings: MonitorSettings, run_dir: Path, *, status: bool = True
+        self,
+        db: Database,
+        settings: MonitorSettings,
+        run_dir: Path,
+        *,
+        status: bool = True,
+        held_off: Callable[[], str | None] | None = None,
     ) -> None:
         self.db = db
+        # Why this node must not monitor now (a node of a pair that is not the active),
+        # None when it may: asked at each refresh.
+        self.held_off = held_off or (lambda: None)
         self.settings = settings
         self.run_dir = run_dir
         self.write_status_file = status
@@ -109,7 +118,9 @@ class Mona:
 
     def _load(self) -> Snapshot:
         with self.db.read() as session:
-            return load_snapshot(session)
+            snapshot = load_snapshot(session)
+        why = self.held_off()
+        return Snapshot(why, mappings=snapshot.mappings) if why else snapshot
 
     # watchers -------------------------------------------------------------------
 
@@ -326,9 +337,15 @@ class Mona:
             self._warn_once(f"cannot write {path}: {exc}")
 
 
-def run_mona(db: Database, settings: MonitorSettings, run_dir: Path, stop: threading.Event) -> None:
+def run_mona(
+    db: Database,
+    settings: MonitorSettings,
+    run_dir: Path,
+    stop: threading.Event,
+    held_off: Callable[[], str | None] | None = None,
+) -> None:
     """Run MONA in this thread until `stop` is set (used by the service and `escadm run`)."""
-    mona = Mona(db, settings, run_dir)
+    mona = Mona(db, settings, run_dir, held_off=held_off)
     asyncio.run(mona.run(stop.is_set))
 
 

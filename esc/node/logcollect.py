@@ -19,7 +19,7 @@ from pathlib import Path
 
 import tomli_w
 
-from esc.config import NodeHome, Settings
+from esc.config import NodeHome, Settings, toml_data
 from esc.node.control import node_state, status_lines
 from esc.node.health import node_checks
 from esc.version import version_lines
@@ -38,7 +38,7 @@ def redacted_config(settings: Settings) -> str:
     """esc.toml as the node uses it, with passwords in URLs and secret keys hidden."""
     from sqlalchemy.engine import make_url
 
-    data = settings.model_dump(mode="json")
+    data = toml_data(settings)
     if data["database"]["url"]:
         # SQLAlchemy's own rendering shows the password as ***.
         data["database"]["url"] = make_url(data["database"]["url"]).render_as_string(

@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("node", sa.String(length=128), nullable=False),
         sa.Column("address", sa.String(length=256), nullable=False),
         sa.Column("renewed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("handover_to", sa.String(length=128), nullable=True),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_active_lease")),
     )
 

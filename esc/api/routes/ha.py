@@ -1,0 +1,53 @@
+"""The HA pair: this node's role, the planned switchover, and forcing the active role."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from esc.api.deps import ControllerDep, require_user
+from esc.api.schemas import ForceActiveIn, HaView, SwitchoverView
+from esc.engine.controller import Controller
+from esc.errors import Conflict, InvalidRequest
+
+router = APIRouter(prefix="/esc/ha", tags=["ha"], dependencies=[Depends(require_user)])
+
+
+def _manager(controller: Controller) -> Any:  # esc.ha's RoleManager
+    if controller.ha is None:
+        raise Conflict("this node is standalone, not one of an HA pair")
+    return controller.ha
+
+
+@router.get("", response_model=HaView)
+def ha_role(controller: ControllerDep) -> HaView:
+    manager = _manager(controller)
+    ha = controller.settings.ha
+    return HaView(
+        role=manager.role,
+        reason=manager.reason,
+        node=controller.settings.node.name,
+        address=str(ha.address),
+        peer=str(ha.peer),
+    )
+
+
+@router.post("/switchover", response_model=SwitchoverView)
+def switchover(controller: ControllerDep) -> SwitchoverView:
+    """Hand the active role to the in-sync standby (run on the active): no acknowledged
+    write lost, transactions in flight resumed there."""
+    return SwitchoverView(**_manager(controller).switchover())
+
+
+@router.post("/force-active", response_model=HaView)
+def force_active(body: ForceActiveIn, controller: ControllerDep) -> HaView:
+    """The operator's explicit choice on a node in FAULT because it may lack writes the
+    lost active acknowledged: take the active role anyway, giving those writes up."""
+    if not body.discard_unreplicated:
+        raise InvalidRequest(
+            "forcing the active role gives up what the lost active did not replicate: "
+            "say so with discard_unreplicated=true"
+        )
+    _manager(controller).force_active()
+    return ha_role(controller)
