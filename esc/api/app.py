@@ -44,6 +44,7 @@ def create_app(controller: Controller, *, manage_lifecycle: bool = True) -> Fast
     app.add_middleware(problems.JsonDepthLimit)
     app.add_middleware(problems.BodySizeLimit, limit=controller.settings.api.max_body_bytes)
     app.add_middleware(problems.NulInUrl)
+    app.add_middleware(problems.NodeHeader, node=controller.settings.node.name)
     app.include_router(system.router)
     app.include_router(deployments.router)
     app.include_router(activity.router)

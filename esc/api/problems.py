@@ -203,3 +203,24 @@ class JsonDepthLimit:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+class NodeHeader:
+    """Name the node that answered in every response (`ESC-Node`): behind a pair's VIP a
+    client, an operator with curl, or a test can tell which node served a request."""
+
+    def __init__(self, app: ASGIApp, node: str) -> None:
+        self.app = app
+        self.header = (b"esc-node", node.encode("utf-8", "replace"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def named(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self.header]
+            await send(message)
+
+        await self.app(scope, receive, named)

@@ -64,3 +64,9 @@ def test_bad_mode_is_422(api: TestClient) -> None:
     response = api.put("/esc/op_mode", json={"mode": "NAP"})
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_every_answer_names_the_node_that_gave_it(api: TestClient, node: Node) -> None:
+    # Behind a pair's VIP this is how a client tells which node served it.
+    for response in (api.get("/esc/health"), api.get("/esc/op_mode", auth=("nobody", "x"))):
+        assert response.headers["ESC-Node"] == node.settings.node.name
