@@ -166,20 +166,23 @@ def _outside_links(netns: str) -> list[str]:
     return [link["ifname"] for link in _links(netns) if link.get("link_type") != "loopback"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Node:
     address: str
     netns: str
-    lock: threading.Lock
 
 
 class LabAgent:
     """The nodes (address → namespace) and the witness record in `state_file`."""
 
     def __init__(self, nodes: dict[str, str], state_file: Path) -> None:
-        self.nodes = {a: Node(a, ns, threading.Lock()) for a, ns in nodes.items()}
+        self.nodes = {a: Node(a, ns) for a, ns in nodes.items()}
         self.state_file = state_file
         self._state_lock = threading.Lock()
+        # One power operation at a time, over all nodes: when both nodes of a split pair
+        # ask to fence each other at once, the second request finds its caller fenced
+        # and is refused, so that one node survives. (A fence takes milliseconds.)
+        self._power_lock = threading.Lock()
         self.state = load_state(state_file)
 
     # the state file -----------------------------------------------------------------------
@@ -212,11 +215,17 @@ class LabAgent:
 
     # power --------------------------------------------------------------------------------
 
-    def fence(self, address: str, grace: float = 0.0) -> dict[str, Any]:
+    def fence(self, address: str, grace: float = 0.0, caller: str | None = None) -> dict[str, Any]:
+        """Cut the node off and kill its processes (after `grace` seconds of SIGTERM).
+
+        `caller` is the requester's address: a node is not fenced on behalf of itself
+        (it would never get the answer) nor of a node that is fenced.
+        """
         node = self.node(address)
         started = time.monotonic()
-        with node.lock:
+        with self._power_lock:
             self._check_netns(node)
+            self._check_caller(node, caller)
             if grace > 0:
                 self._terminate(node, grace)
             changes: dict[str, Any] = {"power": "off"}
@@ -242,6 +251,19 @@ class LabAgent:
             seconds,
         )
         return {"address": node.address, "power": "off", "killed": killed, "seconds": seconds}
+
+    def _check_caller(self, node: Node, caller: str | None) -> None:
+        if caller == node.address:
+            raise PermanentProviderError(
+                f"node {node.address} asked to fence itself: a node is fenced by its peer "
+                "(or by an operator from elsewhere)"
+            )
+        if caller in self.nodes and self._record(caller).get("power") == "off":
+            log.warning("refused to fence %s for %s, itself fenced", node.address, caller)
+            raise PermanentProviderError(
+                f"node {caller} asked to fence {node.address}, but {caller} is itself fenced "
+                "(both nodes asked at once: the other one's request came first)"
+            )
 
     def _check_netns(self, node: Node) -> None:
         if not (NETNS_DIR / node.netns).exists():
@@ -290,7 +312,7 @@ class LabAgent:
     def power_on(self, address: str) -> dict[str, Any]:
         node = self.node(address)
         started = time.monotonic()
-        with node.lock:
+        with self._power_lock:
             self._check_netns(node)
             boot = self._record(node.address).get("boot") or {}
             link = boot.get("link")
@@ -442,12 +464,12 @@ def create_app(agent: LabAgent, token: str) -> Any:
         return agent.status(address)
 
     @app.post(f"{API}/nodes/{{address}}/fence")
-    def fence(address: str) -> dict[str, Any]:
-        return agent.fence(address)
+    def fence(address: str, request: Request) -> dict[str, Any]:
+        return agent.fence(address, caller=caller(request))
 
     @app.post(f"{API}/nodes/{{address}}/power-off")
-    def power_off(address: str, body: PowerOffBody) -> dict[str, Any]:
-        return agent.fence(address, grace=body.grace)
+    def power_off(address: str, body: PowerOffBody, request: Request) -> dict[str, Any]:
+        return agent.fence(address, grace=body.grace, caller=caller(request))
 
     @app.post(f"{API}/nodes/{{address}}/power-on")
     def power_on(address: str) -> dict[str, Any]:

@@ -127,14 +127,23 @@ class Node:
             text=True,
         )
 
-    def call(self, op: str, **arguments: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+    def send(self, op: str, **arguments: Any) -> None:
+        assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps({"op": op, **arguments}) + "\n")
         self.proc.stdin.flush()
-        ready, _, _ = select.select([self.proc.stdout], [], [], 20)
+
+    def receive(self, timeout: float = 20) -> dict[str, Any] | None:
+        """The answer to the last request; None when the client died without one."""
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline() if ready else ""
-        assert line, f"the client in {self.ns} did not answer {op} (exit {self.proc.poll()})"
-        return json.loads(line)
+        return json.loads(line) if line else None
+
+    def call(self, op: str, **arguments: Any) -> dict[str, Any]:
+        self.send(op, **arguments)
+        reply = self.receive()
+        assert reply, f"the client in {self.ns} did not answer {op} (exit {self.proc.poll()})"
+        return reply
 
     def ok(self, op: str, **arguments: Any) -> Any:
         reply = self.call(op, **arguments)
@@ -309,6 +318,43 @@ def test_power_off_lets_processes_stop_before_it_kills(lab: Lab, nodes: dict[str
     assert stubborn.wait(2) == -signal.SIGKILL
     assert lab.pids("pv2") == []
     assert link_state("pv2") == "DOWN"
+
+
+def test_of_two_nodes_fencing_each_other_at_once_one_survives(
+    agent: Agent, nodes: dict[str, Node]
+) -> None:
+    # Both requests are in the agent's sockets before it reads either: a split pair's
+    # nodes asking at the same moment, without a race in the test.
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGSTOP)
+    try:
+        nodes["pv1"].send("fence", address=NODE["pv2"])
+        nodes["pv2"].send("fence", address=NODE["pv1"])
+        time.sleep(0.3)
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+    # The loser's client is killed (its output ends), the survivor's answers.
+    replies = {ns: node.receive() for ns, node in nodes.items()}
+    deadline = time.monotonic() + 5
+    while agent.log.read_text().count("/fence from ") < 2:  # both handled
+        assert time.monotonic() < deadline, agent.log.read_text()[-1000:]
+        time.sleep(0.02)
+    states = {ns: link_state(ns) for ns in NODE}
+    assert sorted(states.values()) == ["DOWN", "UP"], (states, replies)
+    survivor = next(ns for ns, state in states.items() if state == "UP")
+    loser = next(ns for ns in NODE if ns != survivor)
+    assert replies[survivor] is not None and replies[survivor]["ok"] is True, replies
+    assert replies[loser] is None
+    assert killed_by_sigkill(nodes[loser].proc.pid)
+    log = agent.log.read_text()
+    assert f"refused to fence {NODE[survivor]} for {NODE[loser]}, itself fenced" in log
+
+
+def test_a_node_does_not_fence_itself(nodes: dict[str, Node]) -> None:
+    reply = nodes["pv1"].call("fence", address=NODE["pv1"])
+    assert reply["kind"] == "PermanentProviderError"
+    assert "asked to fence itself" in reply["error"]
+    assert link_state("pv1") == "UP"
 
 
 # ---------------------------------------------------------------- the witness record
