@@ -217,26 +217,36 @@ def agent_process(lab: Lab) -> Iterator[Agent]:
 
 
 @pytest.fixture
-def agent(lab: Lab, agent_process: Agent) -> Agent:
-    """The agent running, every host up and running nothing, no node marked."""
-    lab.reset()
+def agent(agent_process: Agent) -> Agent:
+    """The agent, running."""
     if not agent_process.running():
         agent_process.start()
     return agent_process
 
 
-@pytest.fixture
-def nodes(lab: Lab, agent: Agent) -> Iterator[dict[str, Node]]:
-    assert lab.dir is not None
-    started = {ns: Node(lab, ns, lab.dir / f"home-{ns}", agent.token_file) for ns in NODE}
-    for node in started.values():
-        # Loaded and connected, as on a running node: a call's time is then the provider's.
-        assert node.ok("check") is None
+@pytest.fixture(scope="module")
+def clients(lab: Lab, agent_process: Agent) -> Iterator[dict[str, Node]]:
+    """Each node's client, kept across tests (a fence kills the fenced node's)."""
+    running: dict[str, Node] = {}
     try:
-        yield started
+        yield running
     finally:
-        for node in started.values():
+        for node in running.values():
             node.close()
+
+
+@pytest.fixture
+def nodes(lab: Lab, agent: Agent, clients: dict[str, Node]) -> Iterator[dict[str, Node]]:
+    """Both nodes powered on and unmarked, each with its client running."""
+    assert lab.dir is not None
+    for ns in NODE:
+        if ns not in clients or clients[ns].proc.poll() is not None:
+            clients[ns] = Node(lab, ns, lab.dir / f"home-{ns}", agent.token_file)
+            # Loaded and connected, as on a running node: a call's time is the provider's.
+            assert clients[ns].ok("check") is None
+    try:
+        yield clients
+    finally:
         # Leave both nodes powered on and unmarked, as the next test expects them.
         provider = LabProvider(AGENT_URL, agent.token_file)
         try:
