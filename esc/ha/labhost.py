@@ -12,6 +12,9 @@ nodes cannot take down with them.
 - fence: every link of the node's namespace but `lo` goes down (the node is cut off
   at once), then every process in the namespace gets SIGKILL, until none is left.
   Returns once that holds; fencing a fenced node does it again (cheap, idempotent).
+  One power operation runs at a time, and a node asking while it is fenced (both
+  nodes of a split pair asked at once, the other one first) or asking to fence
+  itself is refused, so one node survives.
 - power-off: SIGTERM first, `grace` seconds for the processes to stop, then as fence.
 - power-on: as after a reboot: the node's own address alone on its link (a VIP it
   held is gone), links up, its default route back. Processes are the caller's to
@@ -33,9 +36,10 @@ of $ESC_PROVIDER_TOKEN); the token is never logged. JSON both ways, under /v1:
     PUT    /nodes/ADDRESS/outdated   {"reason": R}: 204
     DELETE /nodes/ADDRESS/outdated   204 (a node without a mark too)
 
-A refusal is {"error": MESSAGE, "kind": CLASS}: 404 an unknown node, 409 another
-permanent refusal (PermanentProviderError), 503 a fence that could not be completed
-within its bound (TransientProviderError: ask again), 401 a wrong or missing token.
+A refusal is {"error": MESSAGE, "kind": CLASS}: 404 an unknown node, 422 a malformed
+body, 409 another permanent refusal (PermanentProviderError), 503 a fence that could
+not be completed within its bound (TransientProviderError: ask again), 401 a wrong or
+missing token.
 
 Processes are found as `ip netns pids` finds them (their /proc/PID/ns/net is the
 namespace's), and signalled through a pidfd opened after the namespace was checked,
