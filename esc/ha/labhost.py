@@ -188,25 +188,34 @@ class LabAgent:
         # and is refused, so that one node survives. (A fence takes milliseconds.)
         self._power_lock = threading.Lock()
         self.state = load_state(state_file)
+        try:  # found now, not when the first mark is refused
+            write_atomic(state_file, _encode(self.state), 0o600, durable=True)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write the state file {state_file}: {exc.strerror}; give a --state "
+                "in a directory the agent may write"
+            ) from None
 
     # the state file -----------------------------------------------------------------------
 
     def _record(self, address: str) -> dict[str, Any]:
-        return self.state["nodes"].setdefault(address, {})
-
-    def _save(self) -> None:
-        data = json.dumps(self.state, indent=2, sort_keys=True).encode() + b"\n"
-        write_atomic(self.state_file, data, 0o600, durable=True)
+        """A copy of what the state file holds for the node (changed by _update only)."""
+        with self._state_lock:
+            return dict(self.state["nodes"].get(address, {}))
 
     def _update(self, address: str, **changes: Any) -> None:
+        """Change the node's record (a None value removes the key), on disk first: a
+        write that fails changes nothing, and the caller gets the error."""
         with self._state_lock:
-            record = self._record(address)
+            record = dict(self.state["nodes"].get(address, {}))
             for key, value in changes.items():
                 if value is None:
                     record.pop(key, None)
                 else:
                     record[key] = value
-            self._save()
+            state = {**self.state, "nodes": {**self.state["nodes"], address: record}}
+            write_atomic(self.state_file, _encode(state), 0o600, durable=True)
+            self.state = state
 
     def node(self, address: str) -> Node:
         try:
@@ -397,6 +406,10 @@ class LabAgent:
     def outdated(self, address: str) -> dict[str, Any]:
         mark = self._record(self.node(address).address).get("outdated") or {}
         return {"outdated": mark.get("reason"), "since": mark.get("since"), "by": mark.get("by")}
+
+
+def _encode(state: dict[str, Any]) -> bytes:
+    return json.dumps(state, indent=2, sort_keys=True).encode() + b"\n"
 
 
 def load_state(path: Path) -> dict[str, Any]:

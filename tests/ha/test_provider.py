@@ -501,3 +501,12 @@ def test_a_damaged_state_file_is_refused_with_the_fix(tmp_path: Path) -> None:
     with pytest.raises(labhost.UsageError, match=r"not one of this agent"):
         labhost.load_state(state)
     assert labhost.load_state(tmp_path / "absent.json") == {"format": 1, "nodes": {}}
+
+
+def test_the_agent_refuses_a_state_file_it_cannot_write(
+    lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = ["--listen", f"{GATEWAY}:0", "--token-file", str(write_token(tmp_path / "t"))]
+    options += ["--node", f"{NODE['pv1']}=pv1", "--state", str(tmp_path / "absent" / "state")]
+    assert labhost.main(options) == labhost.EXIT_USAGE
+    assert "cannot write the state file" in capsys.readouterr().err
