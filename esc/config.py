@@ -286,6 +286,11 @@ class HaSettings(_Section):
         description="File holding the node provider's token (relative: to the node home); "
         "never logged.",
     )
+    provider_timeout: Annotated[float, Field(ge=0.5, le=120)] = Field(
+        5.0,
+        description="Seconds one node provider call (a fence included) may take before it "
+        "counts as a transient failure; a fence is on the failover's critical path.",
+    )
 
     @model_validator(mode="after")
     def _a_consistent_pair(self) -> HaSettings:

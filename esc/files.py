@@ -9,13 +9,19 @@ import os
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Readers see the old content or the new, never a partial write."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = False) -> None:
+    """Readers see the old content or the new, never a partial write; durable: the new
+    content survives a power cut once this returns."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as out:
         out.write(data)
+        if durable:
+            out.flush()
+            os.fsync(out.fileno())
     os.replace(tmp, path)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(directory: Path) -> None:

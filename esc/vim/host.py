@@ -34,24 +34,22 @@ process) run in the server's thread pool, connections are kept alive.
 from __future__ import annotations
 
 import argparse
-import hmac
 import ipaddress
 import json
 import logging
 import os
-import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from esc import service
+from esc.service import UsageError, bind, error_response, url_of
 from esc.vim.base import (
     InstanceStatus,
     TransientVimError,
@@ -61,13 +59,12 @@ from esc.vim.base import (
     VmSpec,
 )
 from esc.vim.local import LocalVim
-from esc.vim.vimhost import API, SERVICE, TokenError, read_token
+from esc.vim.vimhost import API, SERVICE
 
 log = logging.getLogger("esc.vim.host")
 
 TOKEN_ENV = "ESC_VIM_TOKEN"
 MAX_BODY = 1_048_576  # a VM's day-0 configuration included
-MAX_HEAD = 16_384
 # Longer than the driver keeps an idle connection (httpx: 5 s), so the driver is the one
 # that closes it, never the host just as the driver sends on it.
 KEEP_ALIVE = 60
@@ -93,17 +90,13 @@ class FlavorBody(BaseModel):
     flavor: str = Field(max_length=255)
 
 
-def _error(status: int, message: str, kind: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "kind": kind}, status_code=status)
-
-
 def _refusal(exc: VimError) -> JSONResponse:
     if isinstance(exc, TransientVimError):
-        return _error(503, str(exc), "TransientVimError")
+        return error_response(503, str(exc), "TransientVimError")
     if isinstance(exc, UnknownImage | UnknownFlavor):
-        return _error(422, str(exc), type(exc).__name__)
+        return error_response(422, str(exc), type(exc).__name__)
     # A plain VimError is permanent, as the driver interface says.
-    return _error(409, str(exc), "PermanentVimError")
+    return error_response(409, str(exc), "PermanentVimError")
 
 
 def _status(status: InstanceStatus) -> dict[str, Any]:
@@ -113,58 +106,6 @@ def _status(status: InstanceStatus) -> dict[str, Any]:
         "address": status.address,
         "detail": status.detail,
     }
-
-
-class _Guard:
-    """Before any route: the token, and a bounded body; then one log line per change.
-
-    An ASGI wrapper, not a FastAPI dependency: FastAPI reads a request's body before
-    its dependencies run, and nothing is read from a client without the token.
-    """
-
-    def __init__(self, app: Any, token: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {token}".encode()
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        method, path = scope["method"], scope["path"]
-        client = scope.get("client") or ("?", 0)
-        if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
-            log.warning("refused %s %s from %s: wrong or missing token", method, path, client[0])
-            await _error(
-                401, "wrong or missing token: send the VIM host's token as a Bearer token"
-            )(scope, receive, send)
-            return
-        length = headers.get(b"content-length", b"0")
-        if b"transfer-encoding" in headers or not length.isdigit():
-            await _error(411, "send the body with a Content-Length")(scope, receive, send)
-            return
-        if int(length) > MAX_BODY:
-            await _error(413, f"the body is larger than {MAX_BODY} bytes")(scope, receive, send)
-            return
-        started, answered = time.monotonic(), [0]
-
-        async def noting_status(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                answered[0] = message["status"]
-            await send(message)
-
-        await self.app(scope, receive, noting_status)
-        # Queries are polled (is the VM alive?) and would flood the log: changes only.
-        level = logging.DEBUG if method == "GET" and answered[0] < 400 else logging.INFO
-        log.log(
-            level,
-            "%s %s from %s: %d in %.3f s",
-            method,
-            path,
-            client[0],
-            answered[0],
-            time.monotonic() - started,
-        )
 
 
 def create_app(vim: LocalVim, token: str) -> Any:
@@ -180,16 +121,16 @@ def create_app(vim: LocalVim, token: str) -> Any:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()
         )
-        return _error(422, f"bad request: {problems}")
+        return error_response(422, f"bad request: {problems}")
 
     @app.exception_handler(HTTPException)
     async def not_served(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
+        return error_response(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
 
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception) -> JSONResponse:
         log.exception("%s %s failed", request.method, request.url.path)
-        return _error(500, f"the VIM host failed: {exc.__class__.__name__}: {exc}")
+        return error_response(500, f"the VIM host failed: {exc.__class__.__name__}: {exc}")
 
     @app.get(f"{API}/check")
     def check() -> dict[str, Any]:
@@ -240,31 +181,15 @@ def create_app(vim: LocalVim, token: str) -> Any:
         vim.delete_vm(vm_id)
         return Response(status_code=204)
 
-    return _Guard(app, token)
+    return service.BearerGuard(app, token, service="VIM host", log=log, max_body=MAX_BODY)
 
 
 # the service ------------------------------------------------------------------------------
 
 
-class UsageError(Exception):
-    """A bad option; the message names it and the fix."""
-
-
 def parse_listen(text: str) -> tuple[str, int]:
     """IP:PORT (IPv6 as [IP]:PORT) → (ip, port); port 0: any free port."""
-    host, sep, port = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    try:
-        ipaddress.ip_address(host)
-        number = int(port)
-        if not sep or not 0 <= number <= 65535:
-            raise ValueError
-    except ValueError:
-        raise UsageError(
-            f"--listen {text!r}: give IP:PORT, e.g. 198.18.0.10:8470 (an IP address, since "
-            "the VMs listen on it too)"
-        ) from None
-    return host, number
+    return service.parse_listen(text, "198.18.0.10:8470", "since the VMs listen on it too")
 
 
 def vm_address_for(listen_host: str, vm_address: str | None) -> str:
@@ -283,38 +208,7 @@ def vm_address_for(listen_host: str, vm_address: str | None) -> str:
 
 
 def host_token(token_file: Path | None) -> str:
-    if token_file is not None:
-        try:
-            return read_token(token_file)
-        except TokenError as exc:
-            raise UsageError(str(exc)) from None
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    if not token:
-        raise UsageError(f"no token: give --token-file FILE or set ${TOKEN_ENV}")
-    if len(token) < 16 or " " in token:
-        raise UsageError(f"${TOKEN_ENV} is too short a token: use at least 16 characters")
-    return token
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise UsageError(
-            f"cannot listen on {host}:{port}: {exc.strerror}; choose a free port of an "
-            "address of this host"
-        ) from None
-    sock.listen(128)
-    sock.set_inheritable(False)  # VMs are started from this process: keep it out of them
-    return sock
-
-
-def url_of(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return service.service_token(token_file, TOKEN_ENV, "VIM host")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,16 +243,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     vim.recover()  # deletions this host's crash interrupted
     url = url_of(host, sock.getsockname()[1])
-    config = uvicorn.Config(
-        create_app(vim, token),
-        http="h11",
-        h11_max_incomplete_event_size=MAX_HEAD,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        timeout_keep_alive=KEEP_ALIVE,
-        timeout_graceful_shutdown=5,
-    )
     # The socket listens already: a client connecting from now on is served.
     print(json.dumps({"url": url, "pid": os.getpid(), "vm_address": vm_address}), flush=True)
     log.info(
@@ -368,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         vm_address,
         len(vim.list_instances()),
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    service.serve(create_app(vim, token), sock, keep_alive=KEEP_ALIVE)
     log.info("VIM host stopped; its VMs keep running")
     return 0
 

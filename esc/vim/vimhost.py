@@ -15,7 +15,6 @@ local VIM's refusal, or a wrong token).
 
 from __future__ import annotations
 
-import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import httpx
 
 from esc.config import VimSettings
+from esc.service import TokenError, read_token
 from esc.vim.base import (
     InstanceState,
     InstanceStatus,
@@ -43,36 +43,8 @@ SERVICE = "esc-vim-host"
 ERROR_KINDS: dict[str, type[VimError]] = {
     cls.__name__: cls for cls in (PermanentVimError, TransientVimError, UnknownImage, UnknownFlavor)
 }
-MIN_TOKEN_LENGTH = 16
 # Connecting is quick or the host is not there: no need to wait the full call timeout.
 CONNECT_TIMEOUT = 3.0
-
-
-class TokenError(ValueError):
-    """The token file cannot be used; the message names the file and the fix."""
-
-
-def read_token(path: Path) -> str:
-    """The shared token in `path`: its first line, refused when others may read it."""
-    try:
-        mode = path.stat().st_mode
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TokenError(f"cannot read the VIM host token file {path}: {exc.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise TokenError(
-            f"the VIM host token file {path} may be read by other users "
-            f"(mode {stat.S_IMODE(mode):04o}): chmod 600 {path}"
-        )
-    lines = text.splitlines()
-    token = lines[0].strip() if lines else ""
-    if len(token) < MIN_TOKEN_LENGTH or not token.isprintable() or " " in token:
-        raise TokenError(
-            f"the VIM host token file {path} holds no usable token (one line of at least "
-            f"{MIN_TOKEN_LENGTH} characters, no spaces); make one with: "
-            f"(umask 077; openssl rand -hex 32 > {path})"
-        )
-    return token
 
 
 class VimHostDriver(VimDriver):
@@ -110,7 +82,7 @@ class VimHostDriver(VimDriver):
         with self._token_lock:
             if self._token is None:
                 try:
-                    self._token = read_token(self.token_file)
+                    self._token = read_token(self.token_file, "VIM host")
                 except TokenError as exc:
                     raise PermanentVimError(f"{exc} ([vim] token_file)") from None
             return self._token

@@ -1,0 +1,189 @@
+"""The lab node provider: the host agent (esc.ha.labhost) that owns the network
+namespaces the pair's nodes run in, over HTTP.
+
+`[ha] provider = "lab"`, `provider_url` the agent's --listen address
+(http://IP:PORT), `provider_token_file` a file holding the agent's token. Both nodes
+of a pair name the same agent. Each call is one JSON request: a connection refused
+or reset, a timeout or a 5xx is a TransientProviderError (the agent is down,
+restarting, or could not finish a fence yet: ask again); a 4xx is a
+PermanentProviderError with the agent's own message (a wrong token, an unknown node).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from esc.config import HaSettings
+from esc.ha.provider import (
+    CONNECT_TIMEOUT,
+    NodeProvider,
+    PermanentProviderError,
+    ProviderError,
+    TransientProviderError,
+)
+from esc.service import TokenError, read_token
+
+API = "/v1"
+# What the agent answers GET /v1/check with, so a wrong URL (another service) is named.
+SERVICE = "esc-lab-provider"
+TOKEN_SERVICE = "node provider"
+# The agent names the kind of a refusal, so the caller sees the same class as here.
+ERROR_KINDS: dict[str, type[ProviderError]] = {
+    cls.__name__: cls for cls in (PermanentProviderError, TransientProviderError)
+}
+
+
+def node_path(address: str) -> str:
+    """The agent's URL path of the node at `address`, which must be an IP address."""
+    try:
+        return f"/nodes/{ipaddress.ip_address(address)}"
+    except ValueError:
+        raise PermanentProviderError(
+            f"{address!r} is not a node address: the provider names nodes by their IP "
+            "address ([ha] node_list)"
+        ) from None
+
+
+class LabProvider(NodeProvider):
+    name = "lab"
+
+    def __init__(self, url: str, token_file: Path, timeout: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self.token_file = Path(token_file)
+        self.timeout = timeout
+        self._token: str | None = None
+        self._token_lock = threading.Lock()
+        self._client = httpx.Client(
+            base_url=self.url + API,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
+            follow_redirects=False,
+            trust_env=False,  # a proxy from the environment must not see the token
+        )
+
+    @classmethod
+    def from_settings(cls, ha: HaSettings, home: Path) -> LabProvider:
+        if not ha.provider_url or not ha.provider_token_file:
+            raise PermanentProviderError(
+                "the lab node provider needs [ha] provider_url and provider_token_file in "
+                "esc.toml (the agent's --listen and --token-file)"
+            )
+        return cls(ha.provider_url, home / ha.provider_token_file, ha.provider_timeout)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # the HTTP exchange ------------------------------------------------------------------
+
+    def _bearer(self) -> str:
+        with self._token_lock:
+            if self._token is None:
+                try:
+                    self._token = read_token(self.token_file, TOKEN_SERVICE)
+                except TokenError as exc:
+                    raise PermanentProviderError(f"{exc} ([ha] provider_token_file)") from None
+            return self._token
+
+    def _call(self, method: str, path: str, what: str, body: Any = None) -> Any:
+        headers = {"Authorization": f"Bearer {self._bearer()}"}
+        try:
+            response = self._client.request(method, path, json=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            phase = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "answering"
+            raise TransientProviderError(
+                f"the node provider at {self.url} timed out {phase} to {what} (connect bound "
+                f"{min(self.timeout, CONNECT_TIMEOUT):g} s, call bound {self.timeout:g} s, "
+                "[ha] provider_timeout): check that it runs and that this node reaches it"
+            ) from None
+        except httpx.TransportError as exc:
+            raise TransientProviderError(
+                f"the node provider at {self.url} cannot be reached to {what}: "
+                f"{exc or exc.__class__.__name__}; start it (python -m esc.ha.labhost) "
+                "or correct [ha] provider_url"
+            ) from None
+        try:
+            answer = response.json() if response.content else None
+        except ValueError:
+            answer = None
+        message = answer.get("error") if isinstance(answer, dict) else None
+        status = response.status_code
+        if status == 401:
+            with self._token_lock:
+                self._token = None  # read the file again next time: it may have been fixed
+            raise PermanentProviderError(
+                f"the node provider at {self.url} refused the token of {self.token_file}: "
+                f"{message or 'unauthorized'}; put the agent's token (its --token-file) there "
+                "([ha] provider_token_file)"
+            )
+        if status >= 400:
+            named = answer.get("kind") if isinstance(answer, dict) else None
+            kind = ERROR_KINDS.get(named or "")
+            if kind is None:
+                kind = TransientProviderError if status >= 500 else PermanentProviderError
+            raise kind(
+                f"the node provider at {self.url} could not {what}: {message or f'HTTP {status}'}"
+            )
+        if status >= 300 or (response.content and answer is None):
+            raise PermanentProviderError(
+                f"{self.url} answered HTTP {status} to {method} {API}{path}, not as the lab "
+                "node provider does: check [ha] provider_url"
+            )
+        return answer
+
+    def _expect(self, answer: Any, key: str, value: Any, what: str) -> None:
+        if not isinstance(answer, dict) or answer.get(key) != value:
+            raise TransientProviderError(
+                f"the node provider answered {answer!r} to {what}, not {key} {value!r}"
+            )
+
+    # fencing and power ------------------------------------------------------------------
+
+    def fence(self, address: str) -> None:
+        what = f"fence {address}"
+        self._expect(self._call("POST", f"{node_path(address)}/fence", what), "power", "off", what)
+
+    def power_off(self, address: str, grace: float = 0.0) -> None:
+        what = f"power {address} off"
+        answer = self._call("POST", f"{node_path(address)}/power-off", what, {"grace": grace})
+        self._expect(answer, "power", "off", what)
+
+    def power_on(self, address: str) -> None:
+        what = f"power {address} on"
+        answer = self._call("POST", f"{node_path(address)}/power-on", what)
+        self._expect(answer, "power", "on", what)
+
+    def status(self, address: str) -> dict[str, Any]:
+        """What the agent knows of the node: power, links, processes, outdated mark."""
+        answer = self._call("GET", node_path(address), f"tell the status of {address}")
+        if not isinstance(answer, dict):
+            raise TransientProviderError(f"the node provider sent a malformed status: {answer!r}")
+        return answer
+
+    # the witness record -----------------------------------------------------------------
+
+    def mark_outdated(self, address: str, reason: str) -> None:
+        body = {"reason": reason}
+        self._call("PUT", f"{node_path(address)}/outdated", f"mark {address} outdated", body)
+
+    def clear_outdated(self, address: str) -> None:
+        self._call("DELETE", f"{node_path(address)}/outdated", f"clear {address}'s outdated mark")
+
+    def outdated(self, address: str) -> str | None:
+        what = f"tell whether {address} is outdated"
+        answer = self._call("GET", f"{node_path(address)}/outdated", what)
+        if not isinstance(answer, dict) or not (
+            answer.get("outdated") is None or isinstance(answer.get("outdated"), str)
+        ):
+            raise TransientProviderError(f"the node provider sent a malformed mark: {answer!r}")
+        return answer["outdated"]
+
+    def check(self) -> None:
+        answer = self._call("GET", "/check", "check its service")
+        if not isinstance(answer, dict) or answer.get("service") != SERVICE:
+            raise PermanentProviderError(
+                f"{self.url} answers, but is not the lab node provider: check [ha] provider_url"
+            )

@@ -1,0 +1,192 @@
+"""What ESC's small HTTP services have in common: a shared token, checked before any
+route, and a listening socket bound before the service says it is ready.
+
+The VIM host (esc.vim.host) and the lab's node provider (esc.ha.labhost) are both
+such a service: one process, one token file, JSON both ways, and a driver on the
+controller's side that reads the same token file. The token is never logged, and a
+token file others may read is refused, at both ends.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+import socket
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+MIN_TOKEN_LENGTH = 16
+MAX_HEAD = 16_384
+
+
+class TokenError(ValueError):
+    """The token file cannot be used; the message names the file and the fix."""
+
+
+class UsageError(Exception):
+    """A bad option of a service; the message names it and the fix."""
+
+
+def read_token(path: Path, service: str) -> str:
+    """The shared token of `service` (e.g. "VIM host") in `path`: its first line,
+    refused when others may read it."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TokenError(f"cannot read the {service} token file {path}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise TokenError(
+            f"the {service} token file {path} may be read by other users "
+            f"(mode {stat.S_IMODE(mode):04o}): chmod 600 {path}"
+        )
+    lines = text.splitlines()
+    token = lines[0].strip() if lines else ""
+    if len(token) < MIN_TOKEN_LENGTH or not token.isprintable() or " " in token:
+        raise TokenError(
+            f"the {service} token file {path} holds no usable token (one line of at least "
+            f"{MIN_TOKEN_LENGTH} characters, no spaces); make one with: "
+            f"(umask 077; openssl rand -hex 32 > {path})"
+        )
+    return token
+
+
+def service_token(token_file: Path | None, env: str, service: str) -> str:
+    """A service's token: from --token-file, else from the environment variable `env`."""
+    if token_file is not None:
+        try:
+            return read_token(token_file, service)
+        except TokenError as exc:
+            raise UsageError(str(exc)) from None
+    token = os.environ.get(env, "").strip()
+    if not token:
+        raise UsageError(f"no token: give --token-file FILE or set ${env}")
+    if len(token) < MIN_TOKEN_LENGTH or " " in token:
+        raise UsageError(f"${env} is too short a token: use at least {MIN_TOKEN_LENGTH} characters")
+    return token
+
+
+def parse_listen(text: str, example: str, why_ip: str) -> tuple[str, int]:
+    """IP:PORT (IPv6 as [IP]:PORT) → (ip, port); port 0: any free port."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+        if not sep or not 0 <= number <= 65535:
+            raise ValueError
+    except ValueError:
+        raise UsageError(
+            f"--listen {text!r}: give IP:PORT, e.g. {example} (an IP address, {why_ip})"
+        ) from None
+    return host, number
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, bound before the service announces its URL: a client that
+    connects from then on is served."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; choose a free port of an "
+            "address of this host"
+        ) from None
+    sock.listen(128)
+    sock.set_inheritable(False)  # the services start processes: keep the socket out of them
+    return sock
+
+
+def url_of(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def error_response(status: int, message: str, kind: str | None = None) -> JSONResponse:
+    """A refusal as the drivers read it: {"error": MESSAGE, "kind": CLASS}."""
+    return JSONResponse({"error": message, "kind": kind}, status_code=status)
+
+
+class BearerGuard:
+    """Before any route: the token, and a bounded body; then one log line per change.
+
+    An ASGI wrapper, not a FastAPI dependency: FastAPI reads a request's body before
+    its dependencies run, and nothing is read from a client without the token.
+    """
+
+    def __init__(
+        self, app: Any, token: str, *, service: str, log: logging.Logger, max_body: int
+    ) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+        self.service = service
+        self.log = log
+        self.max_body = max_body
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        method, path = scope["method"], scope["path"]
+        client = scope.get("client") or ("?", 0)
+        if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+            self.log.warning(
+                "refused %s %s from %s: wrong or missing token", method, path, client[0]
+            )
+            refusal = f"wrong or missing token: send the {self.service}'s token as a Bearer token"
+            await error_response(401, refusal)(scope, receive, send)
+            return
+        length = headers.get(b"content-length", b"0")
+        if b"transfer-encoding" in headers or not length.isdigit():
+            await error_response(411, "send the body with a Content-Length")(scope, receive, send)
+            return
+        if int(length) > self.max_body:
+            too_large = f"the body is larger than {self.max_body} bytes"
+            await error_response(413, too_large)(scope, receive, send)
+            return
+        started, answered = time.monotonic(), [0]
+
+        async def noting_status(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                answered[0] = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, noting_status)
+        # Queries are polled and would flood the log: changes only.
+        level = logging.DEBUG if method == "GET" and answered[0] < 400 else logging.INFO
+        self.log.log(
+            level,
+            "%s %s from %s: %d in %.3f s",
+            method,
+            path,
+            client[0],
+            answered[0],
+            time.monotonic() - started,
+        )
+
+
+def serve(app: Any, sock: socket.socket, *, keep_alive: float) -> None:
+    """Serve the ASGI `app` on the listening `sock` until SIGTERM or SIGINT."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HEAD,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=int(keep_alive),
+        timeout_graceful_shutdown=5,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
