@@ -10,6 +10,7 @@ from esc.cli.backup_key import backup_key_group
 from esc.cli.common import add_shared_options
 from esc.cli.deployment import deployment_group
 from esc.cli.dynamic_mapping import dynamic_mapping_group
+from esc.cli.keepalived import keepalived_group
 from esc.cli.monitor import monitor_group, script_group
 from esc.cli.node import init_command, passwd_command, run_command
 from esc.cli.operations import ip_trans_command, log_group, op_mode_group
@@ -60,6 +61,7 @@ for command in (
     restore_command,
     backup_key_group,
     replication_group,
+    keepalived_group,
 ):
     cli.add_command(command)
 # What a group alone runs: a look, never a change.

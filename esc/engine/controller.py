@@ -56,8 +56,11 @@ class Controller:
         self._credentials = VerifiedCache()
 
     def start(self) -> None:
-        """Standalone: the node holds the active role from its start."""
-        self.take_active()
+        """Standalone: the node holds the active role from its start. A node of a pair
+        starts with its API side only: it takes the role when it becomes the active one
+        (a standby's database is read-only, and the role's first step is a migration)."""
+        if not isinstance(self.lease, DatabaseLease):
+            self.take_active()
         self.stage = STAGE_READY
         log.info("controller ready (database %s, VIM %s)", self.db.display_url, self.vim.name)
 
@@ -110,7 +113,11 @@ class Controller:
             )
             results.append(CheckResult("notifier", role.notifier.alive(), "event delivery"))
         if (self.home.run / "supervisor.json").exists():  # supervised: the others too
-            results += [r for r in check_services(self.home) if r.name != "escmanager"]
+            results += [
+                r
+                for r in check_services(self.home, self.settings.ha.enabled)
+                if r.name != "escmanager"
+            ]
         return results
 
     # authentication ------------------------------------------------------------
