@@ -127,16 +127,20 @@ def ha_service_specs(home: NodeHome, settings: Settings) -> list[ServiceSpec]:
 def ha_periodic_tasks(
     home: NodeHome, settings: Settings
 ) -> list[tuple[str, float, Callable[[], None]]]:
-    from esc.ha.pgsql import Cluster
+    from esc.ha.pgsql import Cluster, PgsqlUnavailable
     from esc.ha.replication import keep_synchronous_while_connected
 
     cluster = Cluster(home, settings.ha)
 
     def keep_synchronous() -> None:
-        # Only while the server runs and is the primary: a standby has nothing to set.
+        # Only while the server runs and is the primary: a standby has nothing to set,
+        # and a server still starting (or being cloned) answers nothing yet.
         if live_record(home.run, PGSQL) is None or not cluster.is_running():
             return
-        if cluster.in_recovery():
+        try:
+            if cluster.in_recovery():
+                return
+        except PgsqlUnavailable:
             return
         keep_synchronous_while_connected(cluster)
 

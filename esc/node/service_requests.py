@@ -88,6 +88,8 @@ def request_stop(home: NodeHome, name: str, timeout: float = REQUEST_TIMEOUT) ->
     False when it was not running."""
     supervisor = _supervisor(home, name)
     was_running = live_record(home.run, name) is not None
+    if not was_running and held_path(home.run, name).exists():
+        return False
     write_request(home.run, name, STOP)
     os.kill(supervisor.pid, REQUEST_SIGNAL)
     _wait(

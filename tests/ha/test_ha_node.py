@@ -32,7 +32,8 @@ from esc.ha import keepalived as ka
 from esc.ha.pairing import read_pair_file
 from esc.ha.pgsql import Cluster
 from esc.ha.role_record import ACTIVE, STANDBY, RoleRecord, read_role, write_role
-from esc.node.processes import HA_SERVICE_NAMES
+from esc.node.processes import HA_SERVICE_NAMES, live_record
+from esc.node.service_requests import request_restart
 
 IN_CI = os.environ.get("CI") == "true"
 NET = "198.18.50"  # this module's /24 inside 198.18.0.0/15, apart from other labs
@@ -78,7 +79,8 @@ def base() -> Iterator[Path]:
     yield root
     import shutil
 
-    shutil.rmtree(root, ignore_errors=True)
+    if not os.environ.get("HN_KEEP"):
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def escadm(lab: Lab, ns: str, *args: str, home: Path, timeout: float = 120):
@@ -111,6 +113,21 @@ def ha_init(*extra: str) -> list[str]:
         "--node-name",
         *extra,
     ]
+
+
+def supervisor_log(home: Path) -> str:
+    return (home / "log" / "supervisor.log").read_text()
+
+
+def holds(lab: Lab, ns: str) -> bool:
+    return any(str(a.ip) == VIP for a in lab.addresses(ns))
+
+
+def wait_for(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.05)
 
 
 def log_tails(*homes: Path) -> str:
@@ -146,9 +163,20 @@ def test_a_pair_is_installed_started_replicates_and_stops_clean(lab: Lab, base: 
     assert str(settings1.ha.address) == N1
     assert settings1.database.url == Cluster(NodeHome(h1), settings1.ha).database_url()
 
-    # The operator copies the pair file to the second host; it joins.
+    # The operator copies the pair file to the second host; it joins. A file that does
+    # not fit the node's options, or was damaged on the way, is refused.
     pair_copy.write_bytes(pair_file.read_bytes())
     pair_copy.chmod(0o600)
+    other = ha_init("n2")
+    other[other.index("--kad-vip") + 1] = f"{NET}.101/24"
+    wrong = escadm(lab, ns2, *other, "--ha-pair-file", str(pair_copy), home=h2)
+    assert wrong.returncode == 2
+    assert f"is the pair file of another pair: kad_vip is {NET}.101/24 here" in wrong.stderr
+    damaged = base / "damaged.json"
+    damaged.write_text(pair_copy.read_text().replace('"kad_vri": 62', '"kad_vri": 63'))
+    broken = escadm(lab, ns2, *ha_init("n2"), "--ha-pair-file", str(damaged), home=h2)
+    assert broken.returncode == 2 and "is corrupt" in broken.stderr
+    assert not h2.exists()
     joined = json.loads(
         ok(lab, ns2, *ha_init("n2"), "--ha-pair-file", str(pair_copy), "--json", home=h2)
     )
@@ -202,6 +230,33 @@ def test_a_pair_is_installed_started_replicates_and_stops_clean(lab: Lab, base: 
         assert [s["name"] for s in active["services"]] == list(HA_SERVICE_NAMES)
         assert all(s["pgid"] for s in active["services"])
         print(f"\ninit {init_seconds:.1f} s; first start to UpToDate {uptodate_seconds:.1f} s")
+
+        # A planned restart of the standby's PostgreSQL (what the role manager asks for
+        # when it demotes): a new postmaster, no death, streaming again.
+        old = live_record(NodeHome(h2).run, "pgsql")
+        new = request_restart(NodeHome(h2), "pgsql")
+        assert new.pid != old.pid
+        ok(lab, ns2, "replication", "status", "--wait-uptodate", "--timeout", "30", home=h2)
+        assert "pgsql stopped (exit 0) for its requested restart" in supervisor_log(h2)
+
+        # keepalived: with both nodes' health set healthy (in place of the node's health
+        # loop) the first node up takes the VIP; `keepalived stop` hands it over at once,
+        # `keepalived start` brings the node back as BACKUP without taking it back.
+        ka.TrackFile(ka.KeepalivedPaths.under(h1 / "run").health_file).set(True)
+        wait_for(lambda: holds(lab, ns1), 10, f"{ns1} holds the VIP")
+        ka.TrackFile(ka.KeepalivedPaths.under(h2 / "run").health_file).set(True)
+        stopped = ok(lab, ns1, "keepalived", "stop", home=h1)
+        assert stopped.strip() == f"keepalived stopped: the VIP {VIP} was handed over to {N2}"
+        wait_for(lambda: holds(lab, ns2) and not holds(lab, ns1), 5, f"{ns2} takes the VIP")
+        held = escadm(lab, ns1, "status", home=h1)
+        assert held.returncode == 1
+        assert held.stdout.strip().endswith(
+            "ESC HA Active Unhealthy: keepalived is stopped on request (escadm keepalived start)"
+        )
+        assert "keepalived is already stopped" in ok(lab, ns1, "keepalived", "stop", home=h1)
+        ok(lab, ns1, "keepalived", "start", home=h1)
+        time.sleep(1.0)  # ten advert intervals: time enough to take the VIP back, were it to
+        assert holds(lab, ns2) and not holds(lab, ns1)
     finally:
         for ns, home in ((ns2, h2), (ns1, h1)):
             escadm(lab, ns, "stop", home=home)
@@ -211,5 +266,5 @@ def test_a_pair_is_installed_started_replicates_and_stops_clean(lab: Lab, base: 
         )
         assert lab.pids(ns) == [], f"processes left in {ns}"
         assert not (home / "data" / "pgsql" / "postmaster.pid").exists()
-        assert not any(str(a.ip) == VIP for a in lab.addresses(ns))
+        assert not holds(lab, ns)
         assert read_role(NodeHome(home)) is not None  # the role record is the role manager's
