@@ -73,7 +73,8 @@ def lab() -> Iterator[Lab]:
 
 @pytest.fixture
 def base() -> Iterator[Path]:
-    """A directory postgres may enter on its way to the homes (mkdtemp's are 0700)."""
+    """A directory postgres may enter on its way to the homes (mkdtemp's are 0700).
+    HN_KEEP=1 keeps it, with the nodes' logs, for a look after a failure."""
     root = Path(tempfile.mkdtemp(prefix="hn-"))
     root.chmod(0o711)
     yield root
