@@ -38,7 +38,8 @@ def redacted_config(settings: Settings) -> str:
     """esc.toml as the node uses it, with passwords in URLs and secret keys hidden."""
     from sqlalchemy.engine import make_url
 
-    data = settings.model_dump(mode="json")
+    # As esc.toml is saved: TOML has no null, and an unset [ha] address is None.
+    data = settings.model_dump(mode="json", exclude_none=True)
     if data["database"]["url"]:
         # SQLAlchemy's own rendering shows the password as ***.
         data["database"]["url"] = make_url(data["database"]["url"]).render_as_string(
