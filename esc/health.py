@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from esc.config import NodeHome
-from esc.node.processes import SERVICE_NAMES, live_record
+from esc.node.processes import live_record, service_names
 
 if TYPE_CHECKING:  # the database and VIM modules are imported only by checks that use them
     from esc.db.session import Database
@@ -58,9 +58,10 @@ def check_vim(vim: VimDriver) -> CheckResult:
     return CheckResult("vim", True, f"{vim.name} VIM usable")
 
 
-def check_services(home: NodeHome) -> list[CheckResult]:
+def check_services(home: NodeHome, ha: bool = False) -> list[CheckResult]:
+    """Each service of the node (an HA node's when `ha`) running, from its record."""
     results = []
-    for name in SERVICE_NAMES:
+    for name in service_names(ha):
         record = live_record(home.run, name)
         if record:
             results.append(CheckResult(name, True, f"running (pgid {record.pgid})"))

@@ -50,6 +50,8 @@ def api_hosts(settings: Settings) -> list[str]:
     hosts = ["127.0.0.1", "localhost", settings.node.name]
     if settings.api.host not in ("0.0.0.0", "::", ""):
         hosts.append(settings.api.host)
+    if settings.ha.enabled and settings.ha.address and settings.ha.kad_vip:
+        hosts += [str(settings.ha.kad_vip.ip), str(settings.ha.address)]
     # A certificate names hosts in ASCII (IDNA A-labels); other node names are left out.
     return list(dict.fromkeys(h for h in hosts if h and h.isascii()))
 

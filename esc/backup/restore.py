@@ -55,7 +55,7 @@ from esc.config import NodeHome, Settings
 from esc.db.migrate import alembic_config
 from esc.db.session import Database
 from esc.files import fsync_dir
-from esc.node.processes import SERVICE_NAMES, SUPERVISOR, live_record
+from esc.node.processes import ALL_SERVICE_NAMES, SUPERVISOR, live_record
 from esc.release.catalog import load_catalog
 from esc.release.numbers import Change, ReleaseNumber, ReleaseNumberError
 from esc.release.planner import plan_upgrade
@@ -83,7 +83,7 @@ class RestoreResult:
 
 
 def require_stopped(home: NodeHome) -> None:
-    running = [n for n in (SUPERVISOR, *SERVICE_NAMES) if live_record(home.run, n)]
+    running = [n for n in (SUPERVISOR, *ALL_SERVICE_NAMES) if live_record(home.run, n)]
     if running:
         raise RestoreError(f"ESC is running ({', '.join(running)}): stop ESC first: escadm stop")
 

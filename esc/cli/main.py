@@ -11,6 +11,7 @@ from esc.cli.common import add_shared_options
 from esc.cli.deployment import deployment_group
 from esc.cli.dynamic_mapping import dynamic_mapping_group
 from esc.cli.ha import ha_group, switchover_command
+from esc.cli.keepalived import keepalived_group
 from esc.cli.monitor import monitor_group, script_group
 from esc.cli.node import init_command, passwd_command, run_command
 from esc.cli.operations import ip_trans_command, log_group, op_mode_group
@@ -63,6 +64,7 @@ for command in (
     replication_group,
     switchover_command,
     ha_group,
+    keepalived_group,
 ):
     cli.add_command(command)
 # What a group alone runs: a look, never a change.

@@ -79,24 +79,41 @@ def restart_command(home: NodeHome) -> None:
 def status_command(home: NodeHome, verbose: bool, as_json: bool) -> None:
     """Is the node running and healthy?
 
+    A standalone node: ESC Standalone Healthy / Unhealthy / is stopped. An HA
+    node: ESC HA Active Healthy, ESC HA Standby Healthy, ESC HA <role>
+    Unhealthy: <the failed check>, ESC HA Fault: <why, what to do>, ESC HA
+    Starting: <why>, or ESC HA is stopped.
+
     Exit code: 0 running and healthy, 1 running but unhealthy (a service the
-    supervisor gave up is named, with why), 3 stopped.
+    supervisor gave up is named, with why; on an HA node also a fault or a
+    role not decided yet), 3 stopped.
     """
-    state = node_state(home, load_settings(home), ca_file())
+    settings = load_settings(home)
+    state = node_state(home, settings, ca_file())
     lines, code = status_lines(state, verbose=verbose)
+    ha = None
+    if settings.ha.enabled:
+        from esc.node.ha_status import ha_status
+
+        ha = ha_status(home, settings, state)
+        lines, code = [*lines[:-1], ha.line], ha.code
     line = lines[-1]
     if as_json:
         print_json(
             {
                 "running": state.running,
-                "healthy": state.healthy,
-                "role": "standalone",
+                "healthy": ha.healthy if ha else state.healthy,
+                "role": (ha.role or "UNKNOWN") if ha else "standalone",
+                "ha": ha is not None,
                 "message": line,
+                "reason": ha.reason if ha else None,
+                "role_record": ha.record.as_dict() if ha and ha.record else None,
                 "given_up": [g.name for g in state.given_up],
                 "services": [
                     {
                         "name": s.name,
                         "running": s.running,
+                        "held": s.held,
                         "pid": s.record.pid if s.record else None,
                         "pgid": s.record.pgid if s.record else None,
                         "given_up": s.given_up.as_dict() if s.given_up else None,

@@ -130,7 +130,11 @@ class Controller:
             )
             results.append(CheckResult("notifier", role.notifier.alive(), "event delivery"))
         if (self.home.run / "supervisor.json").exists():  # supervised: the others too
-            results += [r for r in check_services(self.home) if r.name != "escmanager"]
+            results += [
+                r
+                for r in check_services(self.home, self.settings.ha.enabled)
+                if r.name != "escmanager"
+            ]
         return results
 
     # authentication ------------------------------------------------------------

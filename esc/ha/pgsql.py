@@ -392,6 +392,19 @@ class Cluster:
             for line in auto.read_text().splitlines()
         )
 
+    def was_primary(self) -> bool:
+        """The data last ran as a primary (initialised, or promoted, or started without
+        standby.signal): following a peer that has been promoted since needs a rewind."""
+        return self.is_initialised() and not (self.data_dir / "standby.signal").exists()
+
+    def stand_by_for(self, peer: Endpoint | None = None) -> None:
+        """Set the data up as a standby of `peer` as it is, without rewinding: for a
+        former primary whose peer is not (yet) known to be the new primary. Its data
+        stays as it was, so promoting it later loses nothing; if the peer has been
+        promoted meanwhile, follow() rewinds it."""
+        self._require_initialised()
+        self._write_standby_config(peer or self.peer)
+
     def configure_role(self, *, as_standby: bool) -> None:
         """Set the data directory up to start as a standby (standby.signal) or a primary.
         A standby's data started as a primary ends its recovery at once: a promotion,

@@ -16,12 +16,13 @@ from esc.config import NodeHome, Settings, api_base_url
 from esc.node import processes
 from esc.node.ports import PortInUse, check_port_free
 from esc.node.processes import (
-    SERVICE_NAMES,
     SUPERVISOR,
     GivenUp,
     ProcessRecord,
+    is_held,
     read_given_up,
     remove_given_up,
+    service_names,
 )
 from esc.node.supervisor import START_SIGNAL, STOP_TIMEOUT
 from esc.tls import TlsError, certificate_problem, client_verify, server_files, trusted_ca
@@ -36,6 +37,7 @@ class ServiceState:
     name: str
     record: ProcessRecord | None  # None: not running
     given_up: GivenUp | None = None  # the running supervisor stopped restarting it
+    held: bool = False  # stopped on request (escadm keepalived stop) and kept stopped
 
     @property
     def running(self) -> bool:
@@ -48,6 +50,8 @@ class NodeState:
     services: list[ServiceState]
     api_ready: bool
     api_problem: str | None = None  # why the API's certificate is not trusted
+    api_status: int | None = None  # the HTTP status of GET /esc/health; None: no answer
+    api_checks: list[dict] | None = None  # the controller's own checks, when it answered
 
     @property
     def running(self) -> bool:
@@ -79,15 +83,27 @@ def _probe(
     home: NodeHome, settings: Settings, timeout: float, ca: Path | None
 ) -> tuple[bool, str | None]:
     """(healthy, why its certificate is refused when it is)."""
+    status, problem, _checks = _health(home, settings, timeout, ca)
+    return status == 200, problem
+
+
+def _health(
+    home: NodeHome, settings: Settings, timeout: float, ca: Path | None
+) -> tuple[int | None, str | None, list[dict] | None]:
+    """GET /esc/health: (HTTP status or None, why its certificate is refused, checks)."""
     url = api_base_url(settings)
     try:
         verify = client_verify(home, settings, ca)
         response = httpx.get(f"{url}/esc/health", timeout=timeout, verify=verify)
     except TlsError as exc:
-        return False, str(exc)
+        return None, str(exc), None
     except httpx.HTTPError as exc:
-        return False, certificate_problem(exc, url, trusted_ca(home, settings, ca))
-    return response.status_code == 200, None
+        return None, certificate_problem(exc, url, trusted_ca(home, settings, ca)), None
+    try:
+        checks = response.json().get("checks")
+    except (ValueError, AttributeError):
+        checks = None
+    return response.status_code, None, checks if isinstance(checks, list) else None
 
 
 def node_state(home: NodeHome, settings: Settings, ca: Path | None = None) -> NodeState:
@@ -98,12 +114,15 @@ def node_state(home: NodeHome, settings: Settings, ca: Path | None = None) -> No
             record := live_record(home, name),
             # A record left by a supervisor that is gone says nothing about today.
             read_given_up(home.run, name) if supervisor and not record else None,
+            bool(supervisor) and not record and is_held(home.run, name),
         )
-        for name in SERVICE_NAMES
+        for name in service_names(settings.ha.enabled)
     ]
     running = supervisor is not None or any(s.running for s in services)
-    ready, problem = _probe(home, settings, 0.5, ca) if running else (False, None)
-    return NodeState(supervisor, services, ready, problem)
+    if not running:
+        return NodeState(supervisor, services, False)
+    status, problem, checks = _health(home, settings, 0.5 if not settings.ha.enabled else 2.0, ca)
+    return NodeState(supervisor, services, status == 200, problem, status, checks)
 
 
 def not_answering_hint(home: NodeHome) -> str:
@@ -131,7 +150,8 @@ def start_node(home: NodeHome, settings: Settings, timeout: float = 60.0) -> str
     supervisor_record = live_record(home, SUPERVISOR)
     if supervisor_record:
         return _start_stopped_services(home, settings, supervisor_record, timeout)
-    foreground = [name for name in SERVICE_NAMES if live_record(home, name)]
+    names = service_names(settings.ha.enabled)
+    foreground = [name for name in names if live_record(home, name)]
     if foreground:
         return (
             f"ESC is already running in the foreground ({', '.join(foreground)}: escadm run); "
@@ -144,7 +164,7 @@ def start_node(home: NodeHome, settings: Settings, timeout: float = 60.0) -> str
         raise ControlError(str(exc)) from None
     home.log.mkdir(mode=0o700, exist_ok=True)
     home.run.mkdir(mode=0o700, exist_ok=True)
-    for name in SERVICE_NAMES:
+    for name in names:
         remove_given_up(home.run, name)
     supervisor = subprocess.Popen(
         # -P and the home as working directory: `-m` would otherwise import an `esc` from
@@ -163,7 +183,7 @@ def start_node(home: NodeHome, settings: Settings, timeout: float = 60.0) -> str
                 f"the supervisor exited with code {supervisor.returncode}; "
                 f"see {home.log / 'supervisor.log'}"
             )
-        ready, refused = _probe(home, settings, 0.5, None)
+        ready, refused = _started(home, settings)
         if ready:
             return "ESC started"
         if refused:  # waiting longer would not help
@@ -175,10 +195,24 @@ def start_node(home: NodeHome, settings: Settings, timeout: float = 60.0) -> str
     )
 
 
+def _started(home: NodeHome, settings: Settings) -> tuple[bool, str | None]:
+    """Has the node started: (yes, why the API cannot be trusted). A standalone node
+    once its API is healthy. An HA node once every service runs and the API answers at
+    all: a standby's API answers 503 by design (it does not hold the active role), and
+    the standby's database may still be being cloned from its peer."""
+    if not settings.ha.enabled:
+        return _probe(home, settings, 0.5, None)
+    if not all(live_record(home, name) for name in service_names(True)):
+        return False, None
+    status, problem, _checks = _health(home, settings, 0.5, None)
+    return status is not None, problem
+
+
 def _start_stopped_services(
     home: NodeHome, settings: Settings, supervisor: ProcessRecord, timeout: float
 ) -> str:
-    stopped = [name for name in SERVICE_NAMES if not live_record(home, name)]
+    names = service_names(settings.ha.enabled)
+    stopped = [name for name in names if not live_record(home, name)]
     if not stopped:
         return "ESC is already running"
     given_up = {name: read_given_up(home.run, name) for name in stopped}
@@ -196,7 +230,7 @@ def _start_stopped_services(
         again = [g for name in stopped if (g := read_given_up(home.run, name))]
         if again:
             raise ControlError("started again, but " + "; ".join(g.describe() for g in again))
-        if all(live_record(home, name) for name in SERVICE_NAMES) and api_ready(home, settings):
+        if all(live_record(home, name) for name in names) and _started(home, settings)[0]:
             done = [
                 f"{name} (it had been given up: {g.reason})" if g else name
                 for name, g in given_up.items()
@@ -241,6 +275,8 @@ def status_lines(state: NodeState, *, verbose: bool = False) -> tuple[list[str],
             lines.append(service.given_up.describe())
         elif verbose and service.record:
             lines.append(f"{service.name} (pgid {service.record.pgid}) is running")
+        elif service.held and service.name == "keepalived":
+            lines.append("keepalived is stopped on request (escadm keepalived start)")
         elif verbose:
             lines.append(f"{service.name} is stopped")
     if not state.running:

@@ -7,13 +7,15 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import uvicorn
 
 from esc.api.app import create_app
 from esc.config import ConfigError, NodeHome, Settings
+from esc.db.session import Database
 from esc.engine.controller import Controller
+from esc.engine.lease import DatabaseLease, StandaloneLease
 from esc.monitor.mona import run_mona
 from esc.node.http_server import server_config
 from esc.node.ports import PortInUse, check_port_free
@@ -41,12 +43,20 @@ class _Server(uvicorn.Server):
                 self._captured_signals.clear()
 
 
+def _pair_lease(settings: Settings) -> Callable[[Database], StandaloneLease] | None:
+    """A node of a pair holds the active role under the lease; a standalone one always."""
+    if not settings.ha.enabled:
+        return None
+    url = f"{settings.api.scheme}://{settings.ha.address}:{settings.api.port}"
+    return lambda db: DatabaseLease(db, settings.node.name, url)
+
+
 def serve(home: NodeHome, settings: Settings, *, with_mona: bool = False) -> None:
     """Run the controller in the foreground until SIGINT/SIGTERM; `with_mona` also runs
     monitoring in this process (`escadm run`: the whole node in one foreground process)."""
     tls = server_files(home, settings)  # TlsError names the file before anything starts
     check_port_free(settings.api.host, settings.api.port)
-    controller = Controller(home, settings)
+    controller = Controller(home, settings, lease_for=_pair_lease(settings))
     config = server_config(
         create_app(controller),
         settings.api,

@@ -59,4 +59,6 @@ def node_checks(home: NodeHome, settings: Settings, ca: Path | None = None) -> l
         results = [CheckResult("api", True, "answering"), *controller]
     # The controller reports the services it sees itself (mona): each check once.
     reported = {r.name for r in results}
-    return results + [r for r in check_services(home) if r.name not in reported]
+    return results + [
+        r for r in check_services(home, settings.ha.enabled) if r.name not in reported
+    ]

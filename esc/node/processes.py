@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -74,6 +75,25 @@ def live_record(run_dir: Path, name: str) -> ProcessRecord | None:
         return record
     remove_record(run_dir, name)
     return None
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """How the supervisor runs one service: its argv and how it is stopped."""
+
+    name: str
+    command: list[str]
+    stop_signal: int = signal.SIGTERM
+    # The whole process group, or the process alone: a postmaster stops its own
+    # children in order, and a signal of the group would reach them first.
+    signal_group: bool = True
+    # Stopped once the others have stopped: the database outlives its clients, so an
+    # escmanager finishing its transactions can still write them.
+    stop_last: bool = False
+    # Called before each start; True at the supervisor's own start, False at a restart.
+    before_start: Callable[[bool], None] | None = None
+    # A stop of its own (it blocks until done) in place of stop_signal.
+    stop: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +164,57 @@ def remove_given_up(run_dir: Path, name: str) -> None:
 
 
 SUPERVISOR = "supervisor"
-# The node's services in start order, each run as `python -m MODULE --home H`.
+# A standalone node's services in start order, each run as `python -m MODULE --home H`.
 SERVICE_MODULES = {"escmanager": "esc.node.escmanager", "mona": "esc.monitor.service"}
 SERVICE_NAMES = tuple(SERVICE_MODULES)
+# An HA node's, in start order: its database first (escmanager needs it), keepalived
+# before the gateway watch (keepalived's start resets the track files the watch keeps).
+PGSQL = "pgsql"
+KEEPALIVED = "keepalived"
+GATEWAY_WATCH = "gateway-watch"
+HA_SERVICE_NAMES = (PGSQL, KEEPALIVED, GATEWAY_WATCH, *SERVICE_NAMES)
+ALL_SERVICE_NAMES = HA_SERVICE_NAMES
+
+
+def service_names(ha: bool) -> tuple[str, ...]:
+    """The services of a node: an HA node's (`[ha] enabled`) or a standalone one's."""
+    return HA_SERVICE_NAMES if ha else SERVICE_NAMES
+
+
+# Asking the running supervisor to restart or stop one service: the request is a file
+# run/<name>.request holding the verb, and a signal tells the supervisor to look. A
+# file, not a signal alone, so that it names the service and survives until taken.
+RESTART = "restart"
+STOP = "stop"
+REQUESTS = (RESTART, STOP)
+
+
+def request_path(run_dir: Path, name: str) -> Path:
+    return run_dir / f"{name}.request"
+
+
+def write_request(run_dir: Path, name: str, verb: str) -> None:
+    if verb not in REQUESTS:
+        raise ValueError(f"unknown service request {verb!r}")
+    write_atomic(request_path(run_dir, name), verb.encode())
+
+
+def take_request(run_dir: Path, name: str) -> str | None:
+    """The pending request for `name` (removed as it is read), None when there is none."""
+    path = request_path(run_dir, name)
+    try:
+        verb = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    path.unlink(missing_ok=True)
+    return verb if verb in REQUESTS else None
+
+
+def held_path(run_dir: Path, name: str) -> Path:
+    """Present while `name` is stopped on request (escadm keepalived stop): the
+    supervisor does not restart it until asked to start it."""
+    return run_dir / f"{name}.held"
+
+
+def is_held(run_dir: Path, name: str) -> bool:
+    return held_path(run_dir, name).exists()

@@ -32,26 +32,40 @@ def init_node(home: NodeHome, settings: Settings, *, self_signed_tls: bool = Fal
     home.root.mkdir(parents=True, exist_ok=True)
     for directory in (home.data, home.log, home.run):
         directory.mkdir(mode=0o700, exist_ok=True)
-    db = Database(home.database_url(settings))
-    try:
-        upgrade_to_head(db.engine)
-        admin_password = generate_password()
-        local_password = generate_password()
-        with db.write() as session:
-            existing = set(session.scalars(select(User.name)))
-            if ADMIN_USER in existing:
-                admin_password = None  # a shared database keeps its admin
-            else:
-                session.add(User(name=ADMIN_USER, password_hash=hash_password(admin_password)))
-            session.merge(User(name=LOCAL_USER, password_hash=hash_password(local_password)))
-        display_url = db.display_url
-    finally:
-        db.dispose()
-    credential = home.local_credential_file
-    credential.touch(mode=0o600)
-    credential.write_text(local_password + "\n")
+    admin_password, local_password, display_url = create_schema_and_accounts(
+        home.database_url(settings)
+    )
+    write_local_credential(home, local_password)
     if self_signed_tls:
         generate_self_signed(*home.tls_files(settings), api_hosts(settings))
     # esc.toml last: its presence is what marks a complete node.
     home.save(settings)
     return InitResult(home, admin_password, display_url)
+
+
+def create_schema_and_accounts(url: str) -> tuple[str | None, str, str]:
+    """The schema at its head and the accounts: `admin` (unless the database has one
+    already: a shared database keeps its admin) and the node-local `escadm`. Returns
+    (admin password or None, escadm's secret, the database's display URL)."""
+    db = Database(url)
+    try:
+        upgrade_to_head(db.engine)
+        admin_password: str | None = generate_password()
+        local_password = generate_password()
+        with db.write() as session:
+            existing = set(session.scalars(select(User.name)))
+            if ADMIN_USER in existing:
+                admin_password = None
+            else:
+                session.add(User(name=ADMIN_USER, password_hash=hash_password(admin_password)))
+            session.merge(User(name=LOCAL_USER, password_hash=hash_password(local_password)))
+        return admin_password, local_password, db.display_url
+    finally:
+        db.dispose()
+
+
+def write_local_credential(home: NodeHome, secret: str) -> None:
+    """The node-local escadm account's secret, readable by the node's owner only."""
+    credential = home.local_credential_file
+    credential.touch(mode=0o600)
+    credential.write_text(secret + "\n")

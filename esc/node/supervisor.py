@@ -6,9 +6,14 @@ dying, so a broken service does not spin), and on SIGTERM stop them all,
 gracefully first. A service that dies too often is given up and that is
 recorded under run/ (`escadm status` shows it); SIGUSR1 (what `escadm start`
 sends to a running node) starts every service that is not running, at once.
-`escadm start` runs it detached; `escadm stop` sends it SIGTERM. Today the
-node has two services, escmanager (REST API and transaction engine) and mona
-(monitoring and recovery); pgsql and keepalived join in later releases.
+SIGUSR2 makes it read the requests under run/ (`esc.node.service_requests`):
+restart one service, or stop it and keep it stopped; an exit it was asked for
+is not a death. `escadm start` runs it detached; `escadm stop` sends it SIGTERM.
+
+A standalone node has two services, escmanager (REST API and transaction
+engine) and mona (monitoring and recovery). An HA node has also its
+PostgreSQL (pgsql), keepalived and the gateway watch (`esc.ha.node_services`),
+and the supervisor keeps its primary synchronous while the standby streams.
 """
 
 from __future__ import annotations
@@ -21,19 +26,26 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from esc.config import NodeHome
+from esc.config import ConfigError, NodeHome, Settings
 from esc.node.logs import service_home
 from esc.node.processes import (
+    RESTART,
     SERVICE_MODULES,
+    STOP,
     SUPERVISOR,
     Death,
     GivenUp,
     ProcessRecord,
+    ServiceSpec,
+    held_path,
     remove_given_up,
     remove_record,
+    request_path,
+    take_request,
     write_given_up,
     write_record,
 )
@@ -62,23 +74,58 @@ class RestartPolicy:
 RESTART_POLICY = RestartPolicy()
 
 
+REQUEST_SIGNAL = signal.SIGUSR2  # "read the service requests under run/"
+
+
 @dataclass
 class Service:
-    name: str
-    command: list[str]
+    spec: ServiceSpec
     process: subprocess.Popen | None = None
     started_at: float = 0.0
     deaths: deque[tuple[float, Death]] = field(default_factory=deque)  # within the window
     quick_deaths: int = 0  # consecutive deaths after runs shorter than stable_after
     restart_at: float | None = None  # dead, to be restarted then
     given_up: bool = False
+    # RESTART or STOP while an exit that was asked for is awaited: not a death.
+    planned: str | None = None
+    kill_at: float | None = None  # a planned stop not done by then is a SIGKILL
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def command(self) -> list[str]:
+        return self.spec.command
 
 
-def services(home: NodeHome) -> list[Service]:
+@dataclass(frozen=True)
+class PeriodicTask:
+    """Something the supervisor does every `interval` seconds while it runs."""
+
+    name: str
+    interval: float
+    run: Callable[[], None]
+
+
+def services(home: NodeHome, settings: Settings | None = None) -> list[Service]:
+    """The node's services: an HA node's when settings say so, else a standalone one's."""
+    if settings is not None and settings.ha.enabled:
+        from esc.ha.node_services import ha_service_specs
+
+        return [Service(spec) for spec in ha_service_specs(home, settings)]
     return [
-        Service(name, [sys.executable, "-P", "-m", module, "--home", str(home.root)])
+        Service(ServiceSpec(name, [sys.executable, "-P", "-m", module, "--home", str(home.root)]))
         for name, module in SERVICE_MODULES.items()
     ]
+
+
+def periodic_tasks(home: NodeHome, settings: Settings | None) -> list[PeriodicTask]:
+    if settings is not None and settings.ha.enabled:
+        from esc.ha.node_services import ha_periodic_tasks
+
+        return [PeriodicTask(*task) for task in ha_periodic_tasks(home, settings)]
+    return []
 
 
 def _now_iso() -> str:
@@ -86,14 +133,31 @@ def _now_iso() -> str:
 
 
 class Supervisor:
-    def __init__(self, home: NodeHome, policy: RestartPolicy = RESTART_POLICY) -> None:
+    def __init__(
+        self,
+        home: NodeHome,
+        policy: RestartPolicy = RESTART_POLICY,
+        settings: Settings | None = None,
+    ) -> None:
         self.home = home
         self.policy = policy
-        self.services = services(home)
+        self.services = services(home, settings)
+        self.tasks = periodic_tasks(home, settings)
         self.stopping = threading.Event()
         self.start_requested = threading.Event()
+        self.requests_pending = threading.Event()
 
-    def _start(self, service: Service) -> None:
+    def _start(self, service: Service, *, first: bool = False) -> None:
+        service.planned = None
+        service.kill_at = None
+        if service.spec.before_start is not None:
+            try:
+                service.spec.before_start(first)
+            except Exception as exc:  # counted as a death: retried, then given up
+                log.error("%s cannot start: %s", service.name, exc)
+                service.started_at = time.monotonic()
+                self._died(service, 1)
+                return
         output = open(self.home.log / f"{service.name}.out", "ab")  # noqa: SIM115 - child owns it
         os.chmod(output.name, 0o600)
         service.process = subprocess.Popen(
@@ -109,6 +173,73 @@ class Supervisor:
         service.restart_at = None
         write_record(self.home.run, ProcessRecord.of(service.name, service.process.pid))
         log.info("%s started (pid %d)", service.name, service.process.pid)
+
+    def _signal(self, service: Service, signum: int, group: bool) -> None:
+        if service.process is None:
+            return
+        try:
+            if group:
+                os.killpg(service.process.pid, signum)
+            else:
+                service.process.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    def _begin_stop(self, service: Service) -> None:
+        """Ask a running service to stop, its own way; it is killed if it has not
+        stopped within STOP_TIMEOUT."""
+        service.kill_at = time.monotonic() + STOP_TIMEOUT
+        if service.spec.stop is not None:
+            threading.Thread(target=self._own_stop, args=(service,), daemon=True).start()
+        else:
+            self._signal(service, service.spec.stop_signal, service.spec.signal_group)
+
+    def _own_stop(self, service: Service) -> None:
+        try:
+            service.spec.stop()
+        except Exception as exc:
+            log.error("stopping %s failed: %s; it is killed", service.name, exc)
+            self._signal(service, signal.SIGKILL, True)
+
+    def _exited(self, service: Service, code: int) -> None:
+        planned, service.planned = service.planned, None
+        service.kill_at = None
+        if planned is None:
+            self._died(service, code)
+            return
+        service.process = None
+        remove_record(self.home.run, service.name)
+        if planned == RESTART:
+            log.info("%s stopped (exit %d) for its requested restart", service.name, code)
+            self._start(service)
+        else:
+            log.info("%s stopped on request (exit %d); held until started", service.name, code)
+
+    def _take_requests(self) -> None:
+        """SIGUSR2: the requests under run/ (a restart, or a stop that holds it)."""
+        for service in self.services:
+            verb = take_request(self.home.run, service.name)
+            if verb is None:
+                continue
+            log.info("%s: %s requested", service.name, verb)
+            if verb == STOP:
+                held_path(self.home.run, service.name).touch(mode=0o600)
+                service.restart_at = None
+            else:
+                held_path(self.home.run, service.name).unlink(missing_ok=True)
+            if service.process is not None:
+                if service.planned is None:
+                    self._begin_stop(service)
+                service.planned = verb
+            elif verb == RESTART:
+                self._reset_deaths(service)
+                self._start(service)
+
+    def _reset_deaths(self, service: Service) -> None:
+        service.given_up = False
+        service.deaths.clear()
+        service.quick_deaths = 0
+        remove_given_up(self.home.run, service.name)
 
     def _died(self, service: Service, code: int) -> None:
         """Record a death; schedule the restart, or give the service up."""
@@ -140,10 +271,8 @@ class Supervisor:
                 continue
             if service.given_up:
                 log.info("%s: start requested after it was given up", service.name)
-            service.given_up = False
-            service.deaths.clear()
-            service.quick_deaths = 0
-            remove_given_up(self.home.run, service.name)
+            held_path(self.home.run, service.name).unlink(missing_ok=True)
+            self._reset_deaths(service)
             self._start(service)
 
     def run(self) -> int:
@@ -151,45 +280,81 @@ class Supervisor:
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
         signal.signal(START_SIGNAL, lambda *_: self.start_requested.set())
+        signal.signal(REQUEST_SIGNAL, lambda *_: self.requests_pending.set())
         for service in self.services:
             remove_given_up(self.home.run, service.name)
-            self._start(service)
+            held_path(self.home.run, service.name).unlink(missing_ok=True)
+            request_path(self.home.run, service.name).unlink(missing_ok=True)
+            self._start(service, first=True)
+        for task in self.tasks:
+            threading.Thread(target=self._repeat, args=(task,), name=task.name, daemon=True).start()
         while not self.stopping.wait(0.1):
             if self.start_requested.is_set():
                 self.start_requested.clear()
                 self._start_what_is_stopped()
+            if self.requests_pending.is_set():
+                self.requests_pending.clear()
+                self._take_requests()
             for service in self.services:
                 if service.process is not None:
                     code = service.process.poll()
                     if code is not None:
-                        self._died(service, code)
+                        self._exited(service, code)
+                    elif service.kill_at is not None and time.monotonic() >= service.kill_at:
+                        log.error("%s did not stop when asked; killing it", service.name)
+                        self._signal(service, signal.SIGKILL, True)
+                        service.kill_at = None
                 elif service.restart_at is not None and time.monotonic() >= service.restart_at:
                     self._start(service)
         self._stop_all()
         remove_record(self.home.run, SUPERVISOR)
         return 0
 
-    def _stop_all(self) -> None:
-        running = [s for s in reversed(self.services) if s.process and s.process.poll() is None]
-        for service in running:
-            log.info("stopping %s", service.name)
-            os.killpg(service.process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for service in running:
+    def _repeat(self, task: PeriodicTask) -> None:
+        failing = ""
+        while not self.stopping.wait(task.interval):
             try:
-                service.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.error("%s did not stop within %.0f s; killing it", service.name, STOP_TIMEOUT)
-                os.killpg(service.process.pid, signal.SIGKILL)
-                service.process.wait()
+                task.run()
+                failing = ""
+            except Exception as exc:  # said once per new failure, not at every round
+                if str(exc) != failing:
+                    log.warning("%s: %s", task.name, exc)
+                failing = str(exc)
+
+    def _stop_all(self) -> None:
+        """Stop every service gracefully (SIGKILL after STOP_TIMEOUT): those marked
+        stop_last (the database) once all the others have stopped."""
+        first = [s for s in self.services if not s.spec.stop_last]
+        last = [s for s in self.services if s.spec.stop_last]
+        for group in (first, last):
+            running = [s for s in reversed(group) if s.process and s.process.poll() is None]
+            for service in running:
+                log.info("stopping %s", service.name)
+                self._begin_stop(service)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            for service in running:
+                try:
+                    service.process.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    log.error(
+                        "%s did not stop within %.0f s; killing it", service.name, STOP_TIMEOUT
+                    )
+                    self._signal(service, signal.SIGKILL, True)
+                    service.process.wait()
         for service in self.services:
             remove_record(self.home.run, service.name)
             remove_given_up(self.home.run, service.name)
+            held_path(self.home.run, service.name).unlink(missing_ok=True)
 
 
 def main() -> int:
     home = service_home(SUPERVISOR, "ESC node supervisor (started by escadm start)", tagged=False)
-    return Supervisor(home).run()
+    try:
+        settings = home.load()
+    except ConfigError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return Supervisor(home, settings=settings).run()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,147 @@
+"""The services of an HA node, as its supervisor runs them, in start order:
+
+- `pgsql`: the node's PostgreSQL (`esc.ha.pgsql_service` decides how it starts, then
+  execs the postmaster, so the supervisor's child is the server itself); stopped with
+  PostgreSQL's "fast" signal, after the other services, so that escmanager can still
+  write while it finishes its transactions;
+- `keepalived`: its config rendered from esc.toml at every start (and both track
+  files set to fault at the supervisor's start, so a value left from before never
+  hands this node the VIP); stopped with SIGTERM (the peer takes the VIP over at
+  once) and, if it had to be killed, the VIP it left on kad_vif removed;
+- `gateway-watch`: the ICMP watch of the gateway that keeps the gateway track file;
+- `escmanager` and `mona`, as on a standalone node.
+
+Besides, while the node's PostgreSQL is the primary, the supervisor keeps it
+synchronous exactly while the standby streams (`keep_synchronous_while_connected`).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+
+import psutil
+
+from esc.config import HaSettings, NodeHome, Settings
+from esc.ha import keepalived as ka
+from esc.ha.gateway import watch_command
+from esc.node.processes import (
+    GATEWAY_WATCH,
+    KEEPALIVED,
+    PGSQL,
+    SERVICE_MODULES,
+    ServiceSpec,
+    live_record,
+)
+
+log = logging.getLogger("esc.supervisor")
+
+# How often the primary's synchronous setting is brought in line with its standby.
+SYNC_INTERVAL = 0.5
+
+
+def keepalived_paths(home: NodeHome) -> ka.KeepalivedPaths:
+    return ka.KeepalivedPaths.under(home.run)
+
+
+def _module(module: str, home: NodeHome) -> list[str]:
+    # -P and the home as working directory: never an `esc` from wherever it was started.
+    return [sys.executable, "-P", "-m", module, "--home", str(home.root)]
+
+
+def holds_vip(ha: HaSettings) -> bool:
+    """Is the VIP on kad_vif of this host (network namespace) now?"""
+    if ha.kad_vip is None:
+        return False
+    wanted = str(ha.kad_vip.ip)
+    return any(
+        a.family == socket.AF_INET and a.address == wanted
+        for a in psutil.net_if_addrs().get(ha.kad_vif, [])
+    )
+
+
+def remove_vip(ha: HaSettings) -> bool:
+    """Remove the VIP from kad_vif if it is there (a killed keepalived leaves it);
+    True when it was removed."""
+    if not holds_vip(ha):
+        return False
+    subprocess.run(
+        ["ip", "addr", "del", str(ha.kad_vip), "dev", ha.kad_vif],
+        check=True,
+        capture_output=True,
+        timeout=10,
+    )
+    return True
+
+
+def stop_keepalived(ha: HaSettings, paths: ka.KeepalivedPaths) -> None:
+    """SIGTERM (the peer takes the VIP over at once); killed after 5 s, then the VIP
+    it left behind is removed so that only the peer answers for it."""
+    if ka.stop(paths):
+        return
+    log.error("keepalived did not stop on SIGTERM and was killed")
+    if remove_vip(ha):
+        log.warning(
+            "the VIP %s the killed keepalived left on %s was removed", ha.kad_vip, ha.kad_vif
+        )
+
+
+def _prepare_keepalived(settings: Settings, paths: ka.KeepalivedPaths) -> Callable[[bool], None]:
+    def prepare(first: bool) -> None:
+        ka.write_config(settings.ha, settings.node.name, paths)
+        if first:
+            # Only at the supervisor's start: at a keepalived restart the gateway watch
+            # keeps running and would not write its (unchanged) verdict again.
+            ka.reset_track_files(paths)
+
+    return prepare
+
+
+def ha_service_specs(home: NodeHome, settings: Settings) -> list[ServiceSpec]:
+    from esc.ha.pgsql import STOP_SIGNAL
+
+    paths = keepalived_paths(home)
+    ha = settings.ha
+    return [
+        ServiceSpec(
+            PGSQL,
+            _module("esc.ha.pgsql_service", home),
+            stop_signal=STOP_SIGNAL,
+            signal_group=False,
+            stop_last=True,
+        ),
+        ServiceSpec(
+            KEEPALIVED,
+            ka.command(paths),
+            before_start=_prepare_keepalived(settings, paths),
+            stop=lambda: stop_keepalived(ha, paths),
+        ),
+        ServiceSpec(GATEWAY_WATCH, watch_command(ha, paths)),
+        *(ServiceSpec(name, _module(module, home)) for name, module in SERVICE_MODULES.items()),
+    ]
+
+
+def ha_periodic_tasks(
+    home: NodeHome, settings: Settings
+) -> list[tuple[str, float, Callable[[], None]]]:
+    from esc.ha.pgsql import Cluster, PgsqlUnavailable
+    from esc.ha.replication import keep_synchronous_while_connected
+
+    cluster = Cluster(home, settings.ha)
+
+    def keep_synchronous() -> None:
+        # Only while the server runs and is the primary: a standby has nothing to set,
+        # and a server still starting (or being cloned) answers nothing yet.
+        if live_record(home.run, PGSQL) is None or not cluster.is_running():
+            return
+        try:
+            if cluster.in_recovery():
+                return
+        except PgsqlUnavailable:
+            return
+        keep_synchronous_while_connected(cluster)
+
+    return [("synchronous-replication", SYNC_INTERVAL, keep_synchronous)]

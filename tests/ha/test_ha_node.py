@@ -1,0 +1,271 @@
+"""An HA pair installed and run as an operator does it: `escadm init --ha` on two
+network-namespace test hosts (the first creates the pair's database and writes the
+pair file, the second joins with it), `escadm start` on both, the second node's
+PostgreSQL cloned from the first and streaming from it, `escadm status --v` listing
+the five services, `escadm stop` on both, and nothing left behind.
+
+The role manager (which turns keepalived's state into the node's role) is not part
+of this test: the role record of each node is written before its start, ACTIVE on
+the first node and STANDBY on the second, as the role manager would after keepalived
+reported MASTER and BACKUP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from lab import Lab, availability
+from pg_server import availability as pg_availability
+
+from esc.config import NodeHome
+from esc.ha import keepalived as ka
+from esc.ha.pairing import read_pair_file
+from esc.ha.pgsql import Cluster
+from esc.ha.role_record import ACTIVE, STANDBY, RoleRecord, read_role, write_role
+from esc.node.processes import HA_SERVICE_NAMES, live_record
+from esc.node.service_requests import request_restart
+
+IN_CI = os.environ.get("CI") == "true"
+NET = "198.18.50"  # this module's /24 inside 198.18.0.0/15, apart from other labs
+PREFIX = "hn"
+ESCADM = str(Path(sys.executable).with_name("escadm"))
+N1, N2 = f"{NET}.11", f"{NET}.12"
+VIP = f"{NET}.100"
+
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
+
+
+def need(reason: str | None) -> None:
+    """Skip outside CI when the lab cannot run here; in CI that is a failure."""
+    if reason is None:
+        return
+    if IN_CI:
+        pytest.fail(f"CI must run this test: {reason}")
+    pytest.skip(reason)
+
+
+def keepalived_missing() -> str | None:
+    try:
+        ka.find_keepalived()
+    except ka.KeepalivedError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    need(availability())
+    need(pg_availability())
+    need(keepalived_missing())
+    with Lab(2, net=f"{NET}.0/24", prefix=PREFIX) as made:
+        yield made
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    """A directory postgres may enter on its way to the homes (mkdtemp's are 0700).
+    HN_KEEP=1 keeps it, with the nodes' logs, for a look after a failure."""
+    root = Path(tempfile.mkdtemp(prefix="hn-"))
+    root.chmod(0o711)
+    yield root
+    import shutil
+
+    if not os.environ.get("HN_KEEP"):
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def escadm(lab: Lab, ns: str, *args: str, home: Path, timeout: float = 120):
+    return lab.run(ns, [ESCADM, *args, "--home", str(home)], check=False, timeout=timeout)
+
+
+def ok(lab: Lab, ns: str, *args: str, home: Path, timeout: float = 120) -> str:
+    result = escadm(lab, ns, *args, home=home, timeout=timeout)
+    assert result.returncode == 0, (
+        f"escadm {' '.join(args)} in {ns} exited {result.returncode}:\n"
+        f"{result.stdout}{result.stderr}"
+    )
+    return result.stdout
+
+
+def ha_init(*extra: str) -> list[str]:
+    return [
+        "init",
+        "--ha",
+        "--ha-node-list",
+        f"{N1},{N2}",
+        "--kad-vip",
+        f"{VIP}/24",
+        "--kad-vif",
+        "eth0",
+        "--gateway-ip",
+        f"{NET}.1",
+        "--kad-vri",
+        "62",
+        "--node-name",
+        *extra,
+    ]
+
+
+def supervisor_log(home: Path) -> str:
+    return (home / "log" / "supervisor.log").read_text()
+
+
+def holds(lab: Lab, ns: str) -> bool:
+    return any(str(a.ip) == VIP for a in lab.addresses(ns))
+
+
+def wait_for(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.05)
+
+
+def log_tails(*homes: Path) -> str:
+    out = []
+    for home in homes:
+        for name in ("supervisor.log", "pgsql.out", "pgsql.log", "escmanager.log", "mona.out"):
+            path = home / "log" / name
+            if path.exists():
+                out.append(f"--- {path}\n" + "\n".join(path.read_text().splitlines()[-20:]))
+    return "\n".join(out)
+
+
+def test_a_pair_is_installed_started_replicates_and_stops_clean(lab: Lab, base: Path) -> None:
+    h1, h2 = base / "n1", base / "n2"
+    ns1, ns2 = lab.hosts[0].ns, lab.hosts[1].ns
+    pair_copy = base / "pair.json"
+
+    # The second node cannot join before the pair exists: it needs the pair file.
+    refused = escadm(lab, ns2, *ha_init("n2"), home=h2)
+    assert refused.returncode == 2
+    assert f"this node ({N2}) joins the pair that {N1} creates" in refused.stderr
+    assert not (h2 / "esc.toml").exists()
+
+    started = time.monotonic()
+    created = json.loads(ok(lab, ns1, *ha_init("n1"), "--json", home=h1))
+    init_seconds = time.monotonic() - started
+    assert created["ha"] == "bootstrap" and created["address"] == N1
+    assert created["admin_password"]
+    pair_file = Path(created["pair_files"][0])
+    assert stat.S_IMODE(pair_file.stat().st_mode) == 0o600
+    settings1 = NodeHome(h1).load()
+    assert settings1.api.host == "0.0.0.0"
+    assert str(settings1.ha.address) == N1
+    assert settings1.database.url == Cluster(NodeHome(h1), settings1.ha).database_url()
+
+    # The operator copies the pair file to the second host; it joins. A file that does
+    # not fit the node's options, or was damaged on the way, is refused.
+    pair_copy.write_bytes(pair_file.read_bytes())
+    pair_copy.chmod(0o600)
+    other = ha_init("n2")
+    other[other.index("--kad-vip") + 1] = f"{NET}.101/24"
+    wrong = escadm(lab, ns2, *other, "--ha-pair-file", str(pair_copy), home=h2)
+    assert wrong.returncode == 2
+    assert f"is the pair file of another pair: kad_vip is {NET}.101/24 here" in wrong.stderr
+    damaged = base / "damaged.json"
+    damaged.write_text(pair_copy.read_text().replace('"kad_vri": 62', '"kad_vri": 63'))
+    broken = escadm(lab, ns2, *ha_init("n2"), "--ha-pair-file", str(damaged), home=h2)
+    assert broken.returncode == 2 and "is corrupt" in broken.stderr
+    assert not h2.exists()
+    joined = json.loads(
+        ok(lab, ns2, *ha_init("n2"), "--ha-pair-file", str(pair_copy), "--json", home=h2)
+    )
+    assert joined["ha"] == "join" and joined["address"] == N2
+    assert joined["admin_password"] is None
+    for shared in ("data/escadm.credential", "data/backup.key", "data/pgsql.passfile"):
+        assert (h1 / shared).read_text() == (h2 / shared).read_text(), shared
+    assert read_pair_file(h2 / "data" / "ha-pair.json") == read_pair_file(pair_file)
+    assert not (h2 / "data" / "pgsql" / "PG_VERSION").exists()  # cloned at its first start
+
+    # A second bootstrap while the pair's database runs would split the pair: refused.
+    write_role(NodeHome(h1), RoleRecord.now(ACTIVE, "test: as after MASTER", peer=N2, active=N1))
+    write_role(NodeHome(h2), RoleRecord.now(STANDBY, "test: as after BACKUP", peer=N1, active=N1))
+    try:
+        started = time.monotonic()
+        assert ok(lab, ns1, "start", home=h1).strip() == "ESC started"
+        ok(lab, ns2, "start", home=h2)
+        again = escadm(lab, ns2, *ha_init("n2", "--ha-bootstrap"), home=base / "n2-again")
+        assert again.returncode == 2
+        assert f"the peer's PostgreSQL answers on {N1}:5432" in again.stderr
+        assert "split the pair" in again.stderr
+
+        ok(lab, ns2, "replication", "status", "--wait-uptodate", "--timeout", "60", home=h2)
+        uptodate_seconds = time.monotonic() - started
+        primary = ok(lab, ns1, "replication", "status", home=h1)
+        assert primary.splitlines()[:4] == [
+            "esc role:Primary",
+            "  disk:UpToDate",
+            f"  {N2} role:Secondary",
+            "    peer-disk:UpToDate",
+        ]
+
+        for ns, home in ((ns1, h1), (ns2, h2)):
+            status = escadm(lab, ns, "status", "--v", home=home)
+            lines = status.stdout.splitlines()
+            for name in HA_SERVICE_NAMES:
+                assert any(
+                    line.startswith(f"{name} (pgid ") and line.endswith(") is running")
+                    for line in lines
+                ), f"{name} missing in {ns}'s status:\n{status.stdout}"
+        standby = escadm(lab, ns2, "status", home=h2)
+        assert standby.stdout.strip() == "ESC status=0 ESC HA Standby Healthy", (
+            standby.stdout + log_tails(h2)
+        )
+        assert standby.returncode == 0
+        # Nothing takes the active role without the role manager: the active node says
+        # which check fails, and so does the JSON.
+        active = json.loads(escadm(lab, ns1, "status", "--json", home=h1).stdout)
+        assert active["role"] == ACTIVE and active["healthy"] is False
+        assert active["message"].startswith("ESC status=1 ESC HA Active Unhealthy: api: engine:")
+        assert [s["name"] for s in active["services"]] == list(HA_SERVICE_NAMES)
+        assert all(s["pgid"] for s in active["services"])
+        print(f"\ninit {init_seconds:.1f} s; first start to UpToDate {uptodate_seconds:.1f} s")
+
+        # A planned restart of the standby's PostgreSQL (what the role manager asks for
+        # when it demotes): a new postmaster, no death, streaming again.
+        old = live_record(NodeHome(h2).run, "pgsql")
+        new = request_restart(NodeHome(h2), "pgsql")
+        assert new.pid != old.pid
+        ok(lab, ns2, "replication", "status", "--wait-uptodate", "--timeout", "30", home=h2)
+        assert "pgsql stopped (exit 0) for its requested restart" in supervisor_log(h2)
+
+        # keepalived: with both nodes' health set healthy (in place of the node's health
+        # loop) the first node up takes the VIP; `keepalived stop` hands it over at once,
+        # `keepalived start` brings the node back as BACKUP without taking it back.
+        ka.TrackFile(ka.KeepalivedPaths.under(h1 / "run").health_file).set(True)
+        wait_for(lambda: holds(lab, ns1), 10, f"{ns1} holds the VIP")
+        ka.TrackFile(ka.KeepalivedPaths.under(h2 / "run").health_file).set(True)
+        stopped = ok(lab, ns1, "keepalived", "stop", home=h1)
+        assert stopped.strip() == f"keepalived stopped: the VIP {VIP} was handed over to {N2}"
+        wait_for(lambda: holds(lab, ns2) and not holds(lab, ns1), 5, f"{ns2} takes the VIP")
+        held = escadm(lab, ns1, "status", home=h1)
+        assert held.returncode == 1
+        assert held.stdout.strip().endswith(
+            "ESC HA Active Unhealthy: keepalived is stopped on request (escadm keepalived start)"
+        )
+        assert "keepalived is already stopped" in ok(lab, ns1, "keepalived", "stop", home=h1)
+        ok(lab, ns1, "keepalived", "start", home=h1)
+        time.sleep(1.0)  # ten advert intervals: time enough to take the VIP back, were it to
+        assert holds(lab, ns2) and not holds(lab, ns1)
+    finally:
+        for ns, home in ((ns2, h2), (ns1, h1)):
+            escadm(lab, ns, "stop", home=home)
+    for ns, home in ((ns1, h1), (ns2, h2)):
+        assert (
+            escadm(lab, ns, "status", home=home).stdout.strip() == "ESC status=0 ESC HA is stopped"
+        )
+        assert lab.pids(ns) == [], f"processes left in {ns}"
+        assert not (home / "data" / "pgsql" / "postmaster.pid").exists()
+        assert not holds(lab, ns)
+        assert read_role(NodeHome(home)) is not None  # the role record is the role manager's

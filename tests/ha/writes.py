@@ -1,0 +1,156 @@
+"""A steady northbound write load through a pair's VIP, and what it saw across a fault.
+
+One `POST /v0/tenants` every `interval` seconds, each with a new name (`w-<seq>`),
+over a kept-alive connection that is dropped and made anew after any failure. A
+write counts as acknowledged when the API answered 201; the answer's `ESC-Node`
+header names the node that took it. The figures are those of the Patroni peer's
+failover client (failover_s, max_gap_s, lost), so the two compare directly:
+
+- failover_s: from the fault to the first write acknowledged by another node
+  than the one that acknowledged the last write before the fault;
+- max_gap_s: the longest time between two consecutive acknowledged writes, from
+  1 s before the fault to that first write on the new active;
+- lost: acknowledged writes missing from the surviving active's database;
+- overlap: writes the old node acknowledged after the new node's first one
+  (two nodes accepting writes at once: must be none).
+
+Used by the HA tests and by bench/bench_failover.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+
+@dataclass
+class Ack:
+    seq: int
+    sent: float  # time.time() when sent
+    acked: float  # when the 201 arrived
+    node: str
+
+
+@dataclass
+class WriteLoad:
+    base_url: str  # through the VIP, e.g. http://198.18.60.100:8080
+    auth: tuple[str, str]
+    interval: float = 0.01
+    timeout: float = 0.5
+    prefix: str = "w"
+    acks: list[Ack] = field(default_factory=list)
+    failures: int = 0
+    _seq: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> WriteLoad:
+        self._thread = threading.Thread(target=self._run, name="write-load", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url, auth=self.auth, timeout=self.timeout, trust_env=False
+        )
+
+    def _run(self) -> None:
+        client = self._client()
+        try:
+            while not self._stop.is_set():
+                began = time.monotonic()
+                self._seq += 1
+                seq, sent = self._seq, time.time()
+                try:
+                    response = client.post("/v0/tenants", json={"name": self.name(seq)})
+                    ok = response.status_code == 201
+                except httpx.HTTPError:
+                    ok, response = False, None
+                if ok and response is not None:
+                    self.acks.append(Ack(seq, sent, time.time(), response.headers["ESC-Node"]))
+                else:
+                    self.failures += 1
+                    client.close()  # the next attempt makes a new connection
+                    client = self._client()
+                self._stop.wait(max(0.0, self.interval - (time.monotonic() - began)))
+        finally:
+            client.close()
+
+    def name(self, seq: int) -> str:
+        return f"{self.prefix}-{seq:07d}"
+
+    def wait_acks(self, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.acks) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"only {len(self.acks)} of {count} writes acknowledged in {timeout} s "
+                    f"({self.failures} failed)"
+                )
+            time.sleep(0.05)
+
+    def wait_ack_from(self, node: str, after: float, timeout: float) -> Ack:
+        deadline = time.monotonic() + timeout
+        while True:
+            for ack in reversed(self.acks):
+                if ack.node == node and ack.sent >= after:
+                    return ack
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no write acknowledged by {node} within {timeout} s")
+            time.sleep(0.02)
+
+
+@dataclass
+class FailoverFigures:
+    old: str
+    new: str
+    failover_s: float
+    max_gap_s: float
+    acked: int
+    lost: list[str]
+    overlap: list[int]
+
+    def as_json(self) -> dict:
+        return {
+            "old_primary": self.old,
+            "new_primary": self.new,
+            "failover_s": round(self.failover_s, 3),
+            "max_gap_s": round(self.max_gap_s, 3),
+            "acked": self.acked,
+            "lost": len(self.lost),
+            "overlap": len(self.overlap),
+        }
+
+
+def figures(load: WriteLoad, fault_at: float, present: set[str]) -> FailoverFigures:
+    """The figures of one fault at `fault_at` (time.time()), `present` being the tenant
+    names the surviving active holds."""
+    before = [a for a in load.acks if a.acked <= fault_at]
+    if not before:
+        raise AssertionError("no write was acknowledged before the fault")
+    old = before[-1].node
+    first_new = next((a for a in load.acks if a.acked > fault_at and a.node != old), None)
+    if first_new is None:
+        raise AssertionError(f"no node but {old} acknowledged a write after the fault")
+    window = [a.acked for a in load.acks if fault_at - 1 <= a.acked <= first_new.acked]
+    gaps = [b - a for a, b in itertools.pairwise(window)]
+    overlap = [a.seq for a in load.acks if a.node == old and a.acked > first_new.acked]
+    lost = [load.name(a.seq) for a in load.acks if load.name(a.seq) not in present]
+    return FailoverFigures(
+        old=old,
+        new=first_new.node,
+        failover_s=first_new.acked - fault_at,
+        max_gap_s=max(gaps, default=0.0),
+        acked=len(load.acks),
+        lost=lost,
+        overlap=overlap,
+    )
