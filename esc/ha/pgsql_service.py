@@ -32,7 +32,9 @@ import psutil
 
 from esc.config import ConfigError, NodeHome
 from esc.ha.pgsql import Cluster, PgsqlError
+from esc.ha.replication import PEER_PRIMARY, peer_state
 from esc.ha.role_record import ACTIVE, RoleRecord, RoleRecordError, read_role
+from esc.ha.role_record import STANDBY as STANDBY_ROLE
 
 log = logging.getLogger("esc.ha.pgsql_service")
 
@@ -141,6 +143,20 @@ def prepare_data(cluster: Cluster, plan: StartPlan, *, stop_after: float | None 
     cluster.configure_role(as_standby=plan.as_standby)
 
 
+def _checked_against_peer(cluster: Cluster, record: RoleRecord | None) -> RoleRecord | None:
+    """A record saying ACTIVE may be older than a failover this node did not see (it
+    was down meanwhile): when the peer's PostgreSQL answers as the primary, the peer is
+    the active one and this node follows it."""
+    if record is None or record.role != ACTIVE:
+        return record
+    if peer_state(cluster, timeout=1.0) != PEER_PRIMARY:
+        return record
+    log.warning("the role record says ACTIVE but the peer %s is the primary", cluster.peer.host)
+    return RoleRecord.now(
+        STANDBY_ROLE, "the peer became the active meanwhile", peer=record.peer, active=record.peer
+    )
+
+
 def _stop_helpers(signum: int, _frame: object) -> None:
     """Stopped while cloning or rewinding: the helper programs (pg_basebackup,
     pg_rewind, under runuser) are in this process group; end them with it."""
@@ -162,7 +178,7 @@ def main() -> int:
         return 1
     signal.signal(signal.SIGTERM, _stop_helpers)
     signal.signal(signal.SIGINT, _stop_helpers)
-    plan = plan_start(cluster, current_role(home))
+    plan = plan_start(cluster, _checked_against_peer(cluster, current_role(home)))
     log.info(
         "PostgreSQL starts as %s: %s", "standby" if plan.as_standby else "primary", plan.reason
     )

@@ -16,10 +16,14 @@ from esc.config import ConfigError, NodeHome, Settings
 from esc.db.session import Database
 from esc.engine.controller import Controller
 from esc.engine.lease import DatabaseLease, StandaloneLease
+from esc.ha.pgsql import Cluster
+from esc.ha.provider import load_provider
+from esc.ha.roles import RoleManager
 from esc.monitor.mona import run_mona
 from esc.node.http_server import server_config
 from esc.node.ports import PortInUse, check_port_free
 from esc.node.processes import ProcessRecord, remove_record, write_record
+from esc.node.service_requests import request_restart
 from esc.tls import server_files
 
 log = logging.getLogger("esc.escmanager")
@@ -51,12 +55,30 @@ def _pair_lease(settings: Settings) -> Callable[[Database], StandaloneLease] | N
     return lambda db: DatabaseLease(db, settings.node.name, url)
 
 
+def _role_manager(home: NodeHome, settings: Settings, controller: Controller) -> RoleManager:
+    """A node of a pair: the role manager that takes and drops the active role."""
+
+    def restart_pgsql() -> None:
+        request_restart(home, "pgsql")
+
+    return RoleManager(
+        home,
+        settings,
+        controller,
+        Cluster(home, settings.ha),
+        load_provider(home, settings.ha),
+        restart_pgsql,
+    )
+
+
 def serve(home: NodeHome, settings: Settings, *, with_mona: bool = False) -> None:
     """Run the controller in the foreground until SIGINT/SIGTERM; `with_mona` also runs
     monitoring in this process (`escadm run`: the whole node in one foreground process)."""
     tls = server_files(home, settings)  # TlsError names the file before anything starts
     check_port_free(settings.api.host, settings.api.port)
     controller = Controller(home, settings, lease_for=_pair_lease(settings))
+    if settings.ha.enabled:
+        controller.ha = _role_manager(home, settings, controller)
     config = server_config(
         create_app(controller),
         settings.api,
@@ -79,6 +101,8 @@ def serve(home: NodeHome, settings: Settings, *, with_mona: bool = False) -> Non
     try:
         if with_mona:
             mona.start()
+        if controller.ha is not None:
+            controller.ha.start()  # stopped by the controller's stop, before its engine
         server = _Server(config)
         server.run()
     finally:
