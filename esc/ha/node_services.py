@@ -9,10 +9,10 @@
   hands this node the VIP); stopped with SIGTERM (the peer takes the VIP over at
   once) and, if it had to be killed, the VIP it left on kad_vif removed;
 - `gateway-watch`: the ICMP watch of the gateway that keeps the gateway track file;
-- `escmanager` and `mona`, as on a standalone node.
-
-Besides, while the node's PostgreSQL is the primary, the supervisor keeps it
-synchronous exactly while the standby streams (`keep_synchronous_while_connected`).
+- `escmanager` and `mona`, as on a standalone node; escmanager's role manager
+  (esc.ha.roles) decides the node's role and the replication's synchronous setting,
+  and escmanager is stopped first, so an active hands its role over while the rest
+  still runs.
 """
 
 from __future__ import annotations
@@ -34,13 +34,9 @@ from esc.node.processes import (
     PGSQL,
     SERVICE_MODULES,
     ServiceSpec,
-    live_record,
 )
 
 log = logging.getLogger("esc.supervisor")
-
-# How often the primary's synchronous setting is brought in line with its standby.
-SYNC_INTERVAL = 0.5
 
 
 def keepalived_paths(home: NodeHome) -> ka.KeepalivedPaths:
@@ -120,28 +116,8 @@ def ha_service_specs(home: NodeHome, settings: Settings) -> list[ServiceSpec]:
             stop=lambda: stop_keepalived(ha, paths),
         ),
         ServiceSpec(GATEWAY_WATCH, watch_command(ha, paths)),
-        *(ServiceSpec(name, _module(module, home)) for name, module in SERVICE_MODULES.items()),
+        *(
+            ServiceSpec(name, _module(module, home), stop_first=name == "escmanager")
+            for name, module in SERVICE_MODULES.items()
+        ),
     ]
-
-
-def ha_periodic_tasks(
-    home: NodeHome, settings: Settings
-) -> list[tuple[str, float, Callable[[], None]]]:
-    from esc.ha.pgsql import Cluster, PgsqlUnavailable
-    from esc.ha.replication import keep_synchronous_while_connected
-
-    cluster = Cluster(home, settings.ha)
-
-    def keep_synchronous() -> None:
-        # Only while the server runs and is the primary: a standby has nothing to set,
-        # and a server still starting (or being cloned) answers nothing yet.
-        if live_record(home.run, PGSQL) is None or not cluster.is_running():
-            return
-        try:
-            if cluster.in_recovery():
-                return
-        except PgsqlUnavailable:
-            return
-        keep_synchronous_while_connected(cluster)
-
-    return [("synchronous-replication", SYNC_INTERVAL, keep_synchronous)]

@@ -349,18 +349,3 @@ def not_uptodate_reason(status: ReplicationStatus) -> str:
         f"the standby's sync_state is {status.peer.sync_state or 'unknown'}, not sync "
         "(synchronous_standby_names on the primary does not name it)"
     )
-
-
-def keep_synchronous_while_connected(cluster: Cluster) -> bool | None:
-    """On a primary, one step of "synchronous while the standby is connected": turn
-    synchronous replication on once the standby streams (has caught up), off when it is
-    gone, so that commits neither wait for a standby that is not there nor go
-    unconfirmed while it is. Returns the setting now in force; None on a standby.
-    The node's supervisor calls this periodically."""
-    status = read_status(cluster)
-    if status.role != PRIMARY:
-        return None
-    wanted = status.connected and status.peer.state == "streaming"
-    if status.synchronous_standby_names != cluster.synchronous_standby_names(wanted):
-        cluster.set_synchronous(wanted)
-    return wanted

@@ -90,6 +90,10 @@ class ServiceSpec:
     # Stopped once the others have stopped: the database outlives its clients, so an
     # escmanager finishing its transactions can still write them.
     stop_last: bool = False
+    # Stopped before the others: an HA node's escmanager hands the active role over to
+    # the peer while keepalived and PostgreSQL still run (stopped first, they would make
+    # the peer take over as from a failed node, fencing this one).
+    stop_first: bool = False
     # Called before each start; True at the supervisor's own start, False at a restart.
     before_start: Callable[[bool], None] | None = None
     # A stop of its own (it blocks until done) in place of stop_signal.

@@ -27,7 +27,7 @@ from esc.cli.main import cli
 from esc.cli.replication import drbdadm_command
 from esc.config import NodeHome, Settings
 from esc.ha.pgsql import PG_BIN, PG_USER, STOP_SIGNAL, Cluster, Endpoint, PgsqlError
-from esc.ha.replication import keep_synchronous_while_connected, read_status, wait_uptodate
+from esc.ha.replication import read_status, wait_uptodate
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 
@@ -287,13 +287,14 @@ def test_wait_uptodate_succeeds_and_times_out(pair: Pair) -> None:
     assert usage.exit_code == 2 and "--wait-uptodate only" in usage.stderr
 
 
-def test_a_lost_stream_is_connecting_and_outdated_and_sync_follows_it(pair: Pair) -> None:
+def test_a_lost_stream_is_connecting_and_outdated(pair: Pair) -> None:
     primary, standby = pair.primary, pair.standby
     standby.cluster.stop()
     _wait_for(lambda: not read_status(primary.cluster).connected, what="the primary noticing")
-    # Synchronous with no standby: a commit would wait; the supervisor's step turns it off.
+    # Synchronous with no standby: a commit would wait (the role manager decides when
+    # the active may commit alone); the status says so.
     assert "commits wait" in read_status(primary.cluster).notes[0]
-    assert keep_synchronous_while_connected(primary.cluster) is False
+    primary.cluster.set_synchronous(False)
     _write(primary, "while alone")
     assert read_status(primary.cluster).drbd_text() == (
         f"esc role:Primary\n  disk:UpToDate\n  {standby.endpoint.host} connection:Connecting\n"
@@ -307,8 +308,7 @@ def test_a_lost_stream_is_connecting_and_outdated_and_sync_follows_it(pair: Pair
     _wait_for(
         lambda: read_status(primary.cluster).peer.state == "streaming", what="the standby back"
     )
-    assert keep_synchronous_while_connected(primary.cluster) is True
-    assert keep_synchronous_while_connected(standby.cluster) is None
+    primary.cluster.set_synchronous(True)
     wait_uptodate(standby.cluster, timeout=15)
     assert "while alone" in _values(standby)
 
