@@ -11,8 +11,10 @@
 - `gateway-watch`: the ICMP watch of the gateway that keeps the gateway track file;
 - `escmanager` and `mona`, as on a standalone node.
 
-Besides, while the node's PostgreSQL is the primary, the supervisor keeps it
-synchronous exactly while the standby streams (`keep_synchronous_while_connected`).
+Besides, the supervisor runs the node's health loop: `run/ha-health.track` is 0
+while the node's PostgreSQL and its API answer, 1 otherwise (keepalived then releases
+the VIP); and while the node's PostgreSQL is the primary, it keeps it synchronous
+exactly while the standby streams (`keep_synchronous_while_connected`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ log = logging.getLogger("esc.supervisor")
 
 # How often the primary's synchronous setting is brought in line with its standby.
 SYNC_INTERVAL = 0.5
+# How often the node's health is written to keepalived's health track file, and how
+# long each of its checks may take: a node whose database or API hangs gives up the VIP
+# within about a second.
+HEALTH_INTERVAL = 0.5
+HEALTH_TIMEOUT = 1.0
 
 
 def keepalived_paths(home: NodeHome) -> ka.KeepalivedPaths:
@@ -144,4 +151,32 @@ def ha_periodic_tasks(
             return
         keep_synchronous_while_connected(cluster)
 
-    return [("synchronous-replication", SYNC_INTERVAL, keep_synchronous)]
+    health = ka.TrackFile(keepalived_paths(home).health_file)
+
+    def keep_health() -> None:
+        healthy = node_serves(home, settings, cluster)
+        if health.healthy() != healthy:
+            log.warning("node health %s", "passes" if healthy else "FAILS: the VIP is released")
+        health.set(healthy)
+
+    return [
+        ("synchronous-replication", SYNC_INTERVAL, keep_synchronous),
+        ("health", HEALTH_INTERVAL, keep_health),
+    ]
+
+
+def node_serves(home: NodeHome, settings: Settings, cluster) -> bool:
+    """The node's health for keepalived: its PostgreSQL answers on its socket and its
+    API answers at all (a standby's health is 503 by design: it does not hold the
+    active role yet, and must be able to take the VIP to get it)."""
+    from esc.ha.pgsql import PgsqlError
+    from esc.node.control import api_answers
+
+    if live_record(home.run, PGSQL) is None or live_record(home.run, "escmanager") is None:
+        return False
+    try:
+        with cluster.connect(timeout=HEALTH_TIMEOUT) as conn:
+            conn.execute("SELECT 1")
+    except PgsqlError:
+        return False
+    return api_answers(home, settings, HEALTH_TIMEOUT)

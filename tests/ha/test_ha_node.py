@@ -240,12 +240,13 @@ def test_a_pair_is_installed_started_replicates_and_stops_clean(lab: Lab, base: 
         ok(lab, ns2, "replication", "status", "--wait-uptodate", "--timeout", "30", home=h2)
         assert "pgsql stopped (exit 0) for its requested restart" in supervisor_log(h2)
 
-        # keepalived: with both nodes' health set healthy (in place of the node's health
-        # loop) the first node up takes the VIP; `keepalived stop` hands it over at once,
+        # keepalived: the first node up took the VIP once its health passed (the node's
+        # health loop writes the track file); `keepalived stop` hands it over at once,
         # `keepalived start` brings the node back as BACKUP without taking it back.
-        ka.TrackFile(ka.KeepalivedPaths.under(h1 / "run").health_file).set(True)
-        wait_for(lambda: holds(lab, ns1), 10, f"{ns1} holds the VIP")
-        ka.TrackFile(ka.KeepalivedPaths.under(h2 / "run").health_file).set(True)
+        for home in (h1, h2):
+            assert ka.TrackFile(ka.KeepalivedPaths.under(home / "run").health_file).healthy()
+        wait_for(lambda: holds(lab, ns1), 5, f"{ns1} holds the VIP")
+        assert not holds(lab, ns2)
         stopped = ok(lab, ns1, "keepalived", "stop", home=h1)
         assert stopped.strip() == f"keepalived stopped: the VIP {VIP} was handed over to {N2}"
         wait_for(lambda: holds(lab, ns2) and not holds(lab, ns1), 5, f"{ns2} takes the VIP")
