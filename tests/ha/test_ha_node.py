@@ -259,6 +259,19 @@ def test_a_pair_is_installed_started_replicates_and_stops_clean(lab: Lab, base: 
         ok(lab, ns1, "keepalived", "start", home=h1)
         time.sleep(1.0)  # ten advert intervals: time enough to take the VIP back, were it to
         assert holds(lab, ns2) and not holds(lab, ns1)
+
+        # The roles swapped by the pgsql service's own decisions, as the role manager
+        # will drive them: the second node restarted as ACTIVE starts as the primary;
+        # the first, now STANDBY under an active peer, had last run as a primary, so it
+        # follows the new one (rewound) before it starts, and streams from it.
+        write_role(NodeHome(h2), RoleRecord.now(ACTIVE, "test: takeover", peer=N1, active=N2))
+        request_restart(NodeHome(h2), "pgsql")
+        write_role(NodeHome(h1), RoleRecord.now(STANDBY, "test: demoted", peer=N2, active=N2))
+        request_restart(NodeHome(h1), "pgsql")
+        ok(lab, ns1, "replication", "status", "--wait-uptodate", "--timeout", "60", home=h1)
+        assert ok(lab, ns2, "replication", "status", home=h2).startswith("esc role:Primary")
+        assert "it follows" in (h1 / "log" / "pgsql.log").read_text()
+        assert "following 198.18.50.12:5432 by rewind" in (h1 / "log" / "pgsql.log").read_text()
     finally:
         for ns, home in ((ns2, h2), (ns1, h1)):
             escadm(lab, ns, "stop", home=home)
