@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import sys
 import tempfile
@@ -272,6 +273,18 @@ def test_a_pair_is_installed_started_replicates_and_stops_clean(lab: Lab, base: 
         assert ok(lab, ns2, "replication", "status", home=h2).startswith("esc role:Primary")
         assert "it follows" in (h1 / "log" / "pgsql.log").read_text()
         assert "following 198.18.50.12:5432 by rewind" in (h1 / "log" / "pgsql.log").read_text()
+
+        # A keepalived that does not stop on SIGTERM is killed at the node's stop, and the
+        # VIP a killed keepalived leaves on the interface is removed: only the peer, which
+        # takes over after the missed adverts, answers for it.
+        assert holds(lab, ns2)
+        os.kill(live_record(NodeHome(h2).run, "keepalived").pid, signal.SIGSTOP)
+        ok(lab, ns2, "stop", home=h2)
+        assert not holds(lab, ns2)
+        assert f"the VIP {VIP}/24 the killed keepalived left on eth0 was removed" in (
+            supervisor_log(h2)
+        )
+        wait_for(lambda: holds(lab, ns1), 5, f"{ns1} takes the VIP over")
     finally:
         for ns, home in ((ns2, h2), (ns1, h1)):
             escadm(lab, ns, "stop", home=home)
