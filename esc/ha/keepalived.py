@@ -10,13 +10,15 @@ What the rendered config does, and why:
 - Unicast adverts to the peer (from this node's own address): they need no multicast
   support from the network between the nodes, and `check_unicast_src` ignores
   adverts from anyone but the peer.
-- Two track files with weight 0, so that any non-zero value in one puts the instance
-  in FAULT (it releases the VIP, and a MASTER sends a priority-0 advert so the peer
-  takes over at once instead of waiting for three missed adverts):
+- Three track files with weight 0, so that any non-zero value in one puts the
+  instance in FAULT (it releases the VIP, and a MASTER sends a priority-0 advert so the
+  peer takes over at once instead of waiting for three missed adverts):
   `health`, written by the node's health loop (its services: escmanager, PostgreSQL),
-  and `gateway`, written by the gateway watch (`esc.ha.gateway`). keepalived reads a
-  track file through inotify the moment it changes; nothing is forked. Both start at
-  1 (fault) when missing, so a node whose checks have not run yet never takes the VIP.
+  `gateway`, written by the gateway watch (`esc.ha.gateway`), and `role`, written by
+  the role manager (a node in FAULT, or handing its role over, must not hold the VIP).
+  keepalived reads a track file through inotify the moment it changes; nothing is
+  forked. Each starts at 1 (fault) when missing, so a node whose checks have not run
+  yet never takes the VIP.
   Killing keepalived would not model a dead service: a SIGKILLed keepalived leaves the
   VIP on its interface, so two hosts would answer for it.
 - State changes go to a FIFO (`vrrp_notify_fifo`) a long-running process reads with
@@ -84,6 +86,7 @@ class KeepalivedPaths:
     notify_fifo: Path
     health_file: Path
     gateway_file: Path
+    role_file: Path
 
     @classmethod
     def under(cls, run_dir: str | os.PathLike[str]) -> KeepalivedPaths:
@@ -95,6 +98,7 @@ class KeepalivedPaths:
             notify_fifo=run / "keepalived.fifo",
             health_file=run / "ha-health.track",
             gateway_file=run / "ha-gateway.track",
+            role_file=run / "ha-role.track",
         )
 
 
@@ -129,6 +133,7 @@ def render_config(ha: HaSettings, node_name: str, paths: KeepalivedPaths) -> str
     peer, priority = _checked(ha, node_name)
     health = _path(paths.health_file, "health track file")
     gateway = _path(paths.gateway_file, "gateway track file")
+    role = _path(paths.role_file, "role track file")
     fifo = _path(paths.notify_fifo, "notify FIFO")
     return f"""\
 # keepalived.conf of ESC node {node_name}, rendered from the [ha] section of esc.toml.
@@ -155,6 +160,12 @@ track_file esc_gateway {{
     init_file {TRACK_FAULT}
 }}
 
+track_file esc_role {{
+    file "{role}"
+    weight 0
+    init_file {TRACK_FAULT}
+}}
+
 vrrp_instance {INSTANCE} {{
     state BACKUP
     nopreempt
@@ -173,6 +184,7 @@ vrrp_instance {INSTANCE} {{
     track_file {{
         esc_health
         esc_gateway
+        esc_role
     }}
     garp_master_delay {GARP_MASTER_DELAY}
     garp_master_repeat {GARP_MASTER_REPEAT}
@@ -332,10 +344,10 @@ class TrackFile:
 
 
 def reset_track_files(paths: KeepalivedPaths) -> None:
-    """Set both track files to fault: what a node does before it starts keepalived and
+    """Set the track files to fault: what a node does before it starts keepalived and
     its watches, so a value left from before a reboot never hands it the VIP before its
     checks have run."""
-    for path in (paths.health_file, paths.gateway_file):
+    for path in (paths.health_file, paths.gateway_file, paths.role_file):
         TrackFile(path).set(False)
 
 

@@ -13,6 +13,11 @@
   (esc.ha.roles) decides the node's role and the replication's synchronous setting,
   and escmanager is stopped first, so an active hands its role over while the rest
   still runs.
+
+Besides, the supervisor runs the node's health loop: `run/ha-health.track` is 0
+while the node's PostgreSQL and its API answer, 1 otherwise (keepalived then releases
+the VIP). The role manager keeps its own track file (`run/ha-role.track`): fault while
+the node is in FAULT or hands its role over.
 """
 
 from __future__ import annotations
@@ -34,9 +39,16 @@ from esc.node.processes import (
     PGSQL,
     SERVICE_MODULES,
     ServiceSpec,
+    live_record,
 )
 
 log = logging.getLogger("esc.supervisor")
+
+# How often the node's health is written to keepalived's health track file, and how
+# long each of its checks may take: a node whose database or API hangs gives up the VIP
+# within about a second.
+HEALTH_INTERVAL = 0.5
+HEALTH_TIMEOUT = 1.0
 
 
 def keepalived_paths(home: NodeHome) -> ka.KeepalivedPaths:
@@ -121,3 +133,38 @@ def ha_service_specs(home: NodeHome, settings: Settings) -> list[ServiceSpec]:
             for name, module in SERVICE_MODULES.items()
         ),
     ]
+
+
+def ha_periodic_tasks(
+    home: NodeHome, settings: Settings
+) -> list[tuple[str, float, Callable[[], None]]]:
+    from esc.ha.pgsql import Cluster
+
+    cluster = Cluster(home, settings.ha)
+
+    health = ka.TrackFile(keepalived_paths(home).health_file)
+
+    def keep_health() -> None:
+        healthy = node_serves(home, settings, cluster)
+        if health.healthy() != healthy:
+            log.warning("node health %s", "passes" if healthy else "FAILS: the VIP is released")
+        health.set(healthy)
+
+    return [("health", HEALTH_INTERVAL, keep_health)]
+
+
+def node_serves(home: NodeHome, settings: Settings, cluster) -> bool:
+    """The node's health for keepalived: its PostgreSQL answers on its socket and its
+    API answers at all (a standby's health is 503 by design: it does not hold the
+    active role yet, and must be able to take the VIP to get it)."""
+    from esc.ha.pgsql import PgsqlError
+    from esc.node.control import api_answers
+
+    if live_record(home.run, PGSQL) is None or live_record(home.run, "escmanager") is None:
+        return False
+    try:
+        with cluster.connect(timeout=HEALTH_TIMEOUT) as conn:
+            conn.execute("SELECT 1")
+    except PgsqlError:
+        return False
+    return api_answers(home, settings, HEALTH_TIMEOUT)

@@ -588,6 +588,18 @@ class Cluster:
         self._write_standby_config(peer)
         return FollowResult("rewind", time.perf_counter() - started)
 
+    def peer_is_primary(self, peer: Endpoint | None = None) -> bool:
+        """Does `peer` (default: the pair's other node) answer as a primary? PgsqlError
+        when it does not answer (down, or still starting)."""
+        peer = peer or self.peer
+        try:
+            with psycopg.connect(
+                self._source_conninfo(peer, dbname="postgres"), autocommit=True
+            ) as conn:
+                return not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        except psycopg.Error as exc:
+            raise PgsqlError(f"{peer} does not answer: {str(exc).strip()}") from None
+
     def _checkpoint(self, peer: Endpoint) -> None:
         """A checkpoint on a just-promoted peer. Until its first checkpoint after the
         promotion, its control file still names the old timeline, and pg_rewind, which

@@ -120,6 +120,14 @@ def _until_done(what: str, attempt, stop_after: float | None = None):
             delay = min(RETRY_MAX, delay * 2)
 
 
+def _primary(cluster: Cluster):
+    def answers_as_primary() -> None:
+        if not cluster.peer_is_primary():
+            raise PgsqlError(f"{cluster.peer} answers, but as a standby, not as the primary")
+
+    return answers_as_primary
+
+
 def prepare_data(cluster: Cluster, plan: StartPlan, *, stop_after: float | None = None) -> None:
     """Get the data directory ready to start as `plan` says (leaves the server stopped)."""
     cluster.prepare()
@@ -128,6 +136,10 @@ def prepare_data(cluster: Cluster, plan: StartPlan, *, stop_after: float | None 
         seconds = _until_done(f"cloning from {cluster.peer}", cluster.clone_from, stop_after)
         log.info("cloned from %s in %.1f s", cluster.peer, seconds)
     elif plan.action == FOLLOW:
+        # Its primary first: follow() counts a peer that does not answer yet (one just
+        # restarted as the primary) as "rewind impossible" and clones the whole
+        # database instead.
+        _until_done(f"waiting for the primary {cluster.peer}", _primary(cluster), stop_after)
         result = _until_done(f"following {cluster.peer}", cluster.follow, stop_after)
         marker.unlink(missing_ok=True)
         log.info(

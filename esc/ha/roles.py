@@ -92,7 +92,9 @@ class RoleManager:
         self.provider = provider
         self._restart_pgsql = restart_pgsql
         self.paths = KeepalivedPaths.under(home.run)
-        self.health = TrackFile(self.paths.health_file)
+        # The role manager's own track file: fault in FAULT and while handing over (the
+        # node's services are the health loop's, in another file).
+        self.health = TrackFile(self.paths.role_file)
         self.role = STARTING
         self.reason = "starting"
         self._peer_marked_outdated = False

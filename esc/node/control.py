@@ -87,6 +87,11 @@ def _probe(
     return status == 200, problem
 
 
+def api_answers(home: NodeHome, settings: Settings, timeout: float) -> bool:
+    """Does the API answer GET /esc/health at all (whatever its verdict)?"""
+    return _health(home, settings, timeout, None)[0] is not None
+
+
 def _health(
     home: NodeHome, settings: Settings, timeout: float, ca: Path | None
 ) -> tuple[int | None, str | None, list[dict] | None]:

@@ -12,7 +12,8 @@ gave up; a service not running (or keepalived stopped on request); the role reco
 readable; PostgreSQL answering in the role's shape (the primary on the active node, a
 standby streaming from its peer on the standby); the API answering, with the
 controller's own checks passing (on a standby, all but those of the active role it
-does not hold by design).
+does not hold by design); keepalived's track files (the gateway answers, the node's
+health passes), without which the node cannot hold the VIP.
 """
 
 from __future__ import annotations
@@ -85,6 +86,22 @@ def _api_problem(state: NodeState, settings: Settings, role: str) -> str | None:
     return None
 
 
+def _track_problem(home: NodeHome, settings: Settings) -> str | None:
+    """keepalived's view: a fault in a track file keeps (or puts) the node in FAULT, so
+    it cannot hold the VIP."""
+    from esc.ha.keepalived import KeepalivedPaths, TrackFile
+
+    paths = KeepalivedPaths.under(home.run)
+    if not TrackFile(paths.gateway_file).healthy():
+        return (
+            f"the gateway {settings.ha.gateway_ip} does not answer (run/ha-gateway.track): "
+            "keepalived holds no VIP here until it does; see log/gateway-watch.out"
+        )
+    if not TrackFile(paths.health_file).healthy():
+        return "the node's health check fails (run/ha-health.track): see log/supervisor.log"
+    return None
+
+
 def _service_problem(state: NodeState) -> str | None:
     for service in state.services:
         if service.given_up:
@@ -126,7 +143,12 @@ def ha_status(home: NodeHome, settings: Settings, state: NodeState) -> HaStatus:
         return HaStatus(
             f"ESC status=1 ESC HA Starting: {why}", STATUS_UNHEALTHY, role, False, why, record
         )
-    problem = problem or _pgsql_problem(home, settings, role) or _api_problem(state, settings, role)
+    problem = (
+        problem
+        or _pgsql_problem(home, settings, role)
+        or _api_problem(state, settings, role)
+        or _track_problem(home, settings)
+    )
     if problem:
         return HaStatus(
             f"ESC status=1 ESC HA {_words(role)} Unhealthy: {problem}",

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -98,6 +99,15 @@ class Service:
         return self.spec.command
 
 
+@dataclass(frozen=True)
+class PeriodicTask:
+    """Something the supervisor does every `interval` seconds while it runs."""
+
+    name: str
+    interval: float
+    run: Callable[[], None]
+
+
 def services(home: NodeHome, settings: Settings | None = None) -> list[Service]:
     """The node's services: an HA node's when settings say so, else a standalone one's."""
     if settings is not None and settings.ha.enabled:
@@ -108,6 +118,14 @@ def services(home: NodeHome, settings: Settings | None = None) -> list[Service]:
         Service(ServiceSpec(name, [sys.executable, "-P", "-m", module, "--home", str(home.root)]))
         for name, module in SERVICE_MODULES.items()
     ]
+
+
+def periodic_tasks(home: NodeHome, settings: Settings | None) -> list[PeriodicTask]:
+    if settings is not None and settings.ha.enabled:
+        from esc.ha.node_services import ha_periodic_tasks
+
+        return [PeriodicTask(*task) for task in ha_periodic_tasks(home, settings)]
+    return []
 
 
 def _now_iso() -> str:
@@ -124,6 +142,7 @@ class Supervisor:
         self.home = home
         self.policy = policy
         self.services = services(home, settings)
+        self.tasks = periodic_tasks(home, settings)
         self.stopping = threading.Event()
         self.start_requested = threading.Event()
         self.requests_pending = threading.Event()
@@ -267,6 +286,8 @@ class Supervisor:
             held_path(self.home.run, service.name).unlink(missing_ok=True)
             request_path(self.home.run, service.name).unlink(missing_ok=True)
             self._start(service, first=True)
+        for task in self.tasks:
+            threading.Thread(target=self._repeat, args=(task,), name=task.name, daemon=True).start()
         while not self.stopping.wait(0.1):
             if self.start_requested.is_set():
                 self.start_requested.clear()
@@ -288,6 +309,17 @@ class Supervisor:
         self._stop_all()
         remove_record(self.home.run, SUPERVISOR)
         return 0
+
+    def _repeat(self, task: PeriodicTask) -> None:
+        failing = ""
+        while not self.stopping.wait(task.interval):
+            try:
+                task.run()
+                failing = ""
+            except Exception as exc:  # said once per new failure, not at every round
+                if str(exc) != failing:
+                    log.warning("%s: %s", task.name, exc)
+                failing = str(exc)
 
     def _stop_all(self) -> None:
         """Stop every service gracefully (SIGKILL after STOP_TIMEOUT): those marked

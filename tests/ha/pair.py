@@ -65,6 +65,8 @@ class Node:
         self._logs: list[IO[str]] = []
         ka.write_config(self.ha, ns, self.paths)
         ka.reset_track_files(self.paths)
+        # No role manager here: its track file says healthy, the harness steers `health`.
+        ka.TrackFile(self.paths.role_file).set(True)
         self.fifo = ka.NotifyFifo(self.paths.notify_fifo)
         self.fifo.open()
         self._reader = threading.Thread(target=self._read, name=f"fifo-{ns}", daemon=True)

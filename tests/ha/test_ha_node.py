@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import sys
 import tempfile
@@ -240,12 +241,13 @@ def test_a_pair_is_installed_started_replicates_and_stops_clean(lab: Lab, base: 
         ok(lab, ns2, "replication", "status", "--wait-uptodate", "--timeout", "30", home=h2)
         assert "pgsql stopped (exit 0) for its requested restart" in supervisor_log(h2)
 
-        # keepalived: with both nodes' health set healthy (in place of the node's health
-        # loop) the first node up takes the VIP; `keepalived stop` hands it over at once,
+        # keepalived: the first node up took the VIP once its health passed (the node's
+        # health loop writes the track file); `keepalived stop` hands it over at once,
         # `keepalived start` brings the node back as BACKUP without taking it back.
-        ka.TrackFile(ka.KeepalivedPaths.under(h1 / "run").health_file).set(True)
-        wait_for(lambda: holds(lab, ns1), 10, f"{ns1} holds the VIP")
-        ka.TrackFile(ka.KeepalivedPaths.under(h2 / "run").health_file).set(True)
+        for home in (h1, h2):
+            assert ka.TrackFile(ka.KeepalivedPaths.under(home / "run").health_file).healthy()
+        wait_for(lambda: holds(lab, ns1), 5, f"{ns1} holds the VIP")
+        assert not holds(lab, ns2)
         stopped = ok(lab, ns1, "keepalived", "stop", home=h1)
         assert stopped.strip() == f"keepalived stopped: the VIP {VIP} was handed over to {N2}"
         wait_for(lambda: holds(lab, ns2) and not holds(lab, ns1), 5, f"{ns2} takes the VIP")
@@ -258,6 +260,31 @@ def test_a_pair_is_installed_started_replicates_and_stops_clean(lab: Lab, base: 
         ok(lab, ns1, "keepalived", "start", home=h1)
         time.sleep(1.0)  # ten advert intervals: time enough to take the VIP back, were it to
         assert holds(lab, ns2) and not holds(lab, ns1)
+
+        # The roles swapped by the pgsql service's own decisions, as the role manager
+        # will drive them: the second node restarted as ACTIVE starts as the primary;
+        # the first, now STANDBY under an active peer, had last run as a primary, so it
+        # follows the new one (rewound) before it starts, and streams from it.
+        write_role(NodeHome(h2), RoleRecord.now(ACTIVE, "test: takeover", peer=N1, active=N2))
+        request_restart(NodeHome(h2), "pgsql")
+        write_role(NodeHome(h1), RoleRecord.now(STANDBY, "test: demoted", peer=N2, active=N2))
+        request_restart(NodeHome(h1), "pgsql")
+        ok(lab, ns1, "replication", "status", "--wait-uptodate", "--timeout", "60", home=h1)
+        assert ok(lab, ns2, "replication", "status", home=h2).startswith("esc role:Primary")
+        assert "it follows" in (h1 / "log" / "pgsql.log").read_text()
+        assert "following 198.18.50.12:5432 by rewind" in (h1 / "log" / "pgsql.log").read_text()
+
+        # A keepalived that does not stop on SIGTERM is killed at the node's stop, and the
+        # VIP a killed keepalived leaves on the interface is removed: only the peer, which
+        # takes over after the missed adverts, answers for it.
+        assert holds(lab, ns2)
+        os.kill(live_record(NodeHome(h2).run, "keepalived").pid, signal.SIGSTOP)
+        ok(lab, ns2, "stop", home=h2)
+        assert not holds(lab, ns2)
+        assert f"the VIP {VIP}/24 the killed keepalived left on eth0 was removed" in (
+            supervisor_log(h2)
+        )
+        wait_for(lambda: holds(lab, ns1), 5, f"{ns1} takes the VIP over")
     finally:
         for ns, home in ((ns2, h2), (ns1, h1)):
             escadm(lab, ns, "stop", home=home)
