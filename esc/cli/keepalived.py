@@ -45,15 +45,23 @@ def keepalived_group() -> None:
 @keepalived_group.command("stop", epilog=EXIT_CODES_HELP)
 @home_option
 def stop_command(home: NodeHome) -> None:
-    """Stop keepalived and keep it stopped: an active node hands the VIP over at once
-    (keepalived's SIGTERM sends a priority-0 advert, so the peer takes over without
-    waiting for missed adverts). The other services keep running. `escadm
-    keepalived start` (or `escadm start`) starts it again."""
+    """Stop keepalived and keep it stopped. On the active node the active role is first
+    handed over to the standby as by `escadm switchover` (refused unless the standby is
+    UpToDate and synchronous), then keepalived's SIGTERM hands the VIP over at once.
+    The other services keep running. `escadm keepalived start` (or `escadm start`)
+    starts it again."""
     from esc.ha.node_services import holds_vip
     from esc.node.service_requests import request_stop
 
     settings = _ha_home(home)
     held = holds_vip(settings.ha)
+    if held:
+        # Without the handover the peer would take over as from a failed node, and
+        # fence this one.
+        from esc.cli.client import ApiClient
+
+        with ApiClient(home, settings, timeout=60) as client:
+            client.request("POST", "/esc/ha/switchover")
     if not _request(request_stop, home, "keepalived"):
         click.echo("keepalived is already stopped")
         return

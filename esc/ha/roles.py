@@ -122,7 +122,7 @@ class RoleManager:
         first, as in a switchover, so the peer takes over without fencing this node."""
         if self.role == ACTIVE:
             try:
-                self.switchover()
+                self.switchover(follow=False)  # the node stops: its PostgreSQL follows later
             except (Conflict, PgsqlError) as exc:
                 log.warning("stopping without a handover: %s", exc)
         self._stop.set()
@@ -292,9 +292,10 @@ class RoleManager:
 
     # planned switchover --------------------------------------------------------------
 
-    def switchover(self, timeout: float = 15.0) -> dict[str, Any]:
+    def switchover(self, timeout: float = 15.0, *, follow: bool = True) -> dict[str, Any]:
         """Hand the active role to the standby: no acknowledged write lost (the standby
-        is synchronous), transactions in flight resumed there. Returns what happened."""
+        is synchronous), transactions in flight resumed there; then, with `follow`, this
+        node's PostgreSQL follows the new active. Returns what happened."""
         with self._lock:
             if self.role != ACTIVE:
                 raise Conflict(
@@ -328,7 +329,10 @@ class RoleManager:
                 time.sleep(0.02)
             taken_s = time.monotonic() - started
             log.info("switchover: %s is the active after %.3f s", self.ha.peer, taken_s)
-            self._follow_peer()
+            if follow:
+                self._follow_peer()
+            else:
+                self._record(STANDBY, f"handed over to {self.ha.peer}", active=str(self.ha.peer))
         finally:
             self._switching = False
         return {

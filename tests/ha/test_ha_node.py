@@ -4,10 +4,9 @@ pair file, the second joins with it), `escadm start` on both, the second node's
 PostgreSQL cloned from the first and streaming from it, `escadm status --v` listing
 the five services, `escadm stop` on both, and nothing left behind.
 
-The role manager (which turns keepalived's state into the node's role) is not part
-of this test: the role record of each node is written before its start, ACTIVE on
-the first node and STANDBY on the second, as the role manager would after keepalived
-reported MASTER and BACKUP.
+The pair has no node provider: its first node is made the active by a role record
+written before the start (ACTIVE), as after an earlier MASTER; a standby without a
+provider never takes over by itself, but takes the role handed over to it.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -224,13 +224,18 @@ def test_a_pair_is_installed_started_replicates_and_stops_clean(lab: Lab, base: 
             standby.stdout + log_tails(h2)
         )
         assert standby.returncode == 0
-        # Nothing takes the active role without the role manager: the active node says
-        # which check fails, and so does the JSON.
         active = json.loads(escadm(lab, ns1, "status", "--json", home=h1).stdout)
-        assert active["role"] == ACTIVE and active["healthy"] is False
-        assert active["message"].startswith("ESC status=1 ESC HA Active Unhealthy: api: engine:")
+        assert active["role"] == ACTIVE, active
         assert [s["name"] for s in active["services"]] == list(HA_SERVICE_NAMES)
         assert all(s["pgid"] for s in active["services"])
+        wait_for(
+            lambda: (
+                escadm(lab, ns1, "status", home=h1).stdout.strip()
+                == "ESC status=0 ESC HA Active Healthy"
+            ),
+            30,
+            "the first node active and healthy",
+        )
         print(f"\ninit {init_seconds:.1f} s; first start to UpToDate {uptodate_seconds:.1f} s")
 
         # A planned restart of the standby's PostgreSQL (what the role manager asks for
@@ -254,37 +259,43 @@ def test_a_pair_is_installed_started_replicates_and_stops_clean(lab: Lab, base: 
         held = escadm(lab, ns1, "status", home=h1)
         assert held.returncode == 1
         assert held.stdout.strip().endswith(
-            "ESC HA Active Unhealthy: keepalived is stopped on request (escadm keepalived start)"
-        )
+            "Unhealthy: keepalived is stopped on request (escadm keepalived start)"
+        ), held.stdout
         assert "keepalived is already stopped" in ok(lab, ns1, "keepalived", "stop", home=h1)
         ok(lab, ns1, "keepalived", "start", home=h1)
         time.sleep(1.0)  # ten advert intervals: time enough to take the VIP back, were it to
         assert holds(lab, ns2) and not holds(lab, ns1)
 
-        # The roles swapped by the pgsql service's own decisions, as the role manager
-        # will drive them: the second node restarted as ACTIVE starts as the primary;
-        # the first, now STANDBY under an active peer, had last run as a primary, so it
-        # follows the new one (rewound) before it starts, and streams from it.
-        write_role(NodeHome(h2), RoleRecord.now(ACTIVE, "test: takeover", peer=N1, active=N2))
-        request_restart(NodeHome(h2), "pgsql")
-        write_role(NodeHome(h1), RoleRecord.now(STANDBY, "test: demoted", peer=N2, active=N2))
-        request_restart(NodeHome(h1), "pgsql")
+        # The first node, now the standby under an active peer, had last run as a
+        # primary: its role manager has its PostgreSQL follow the new active (rewound
+        # by the pgsql service before it starts), and it streams from it.
         ok(lab, ns1, "replication", "status", "--wait-uptodate", "--timeout", "60", home=h1)
         assert ok(lab, ns2, "replication", "status", home=h2).startswith("esc role:Primary")
         assert "it follows" in (h1 / "log" / "pgsql.log").read_text()
         assert "following 198.18.50.12:5432 by rewind" in (h1 / "log" / "pgsql.log").read_text()
 
-        # A keepalived that does not stop on SIGTERM is killed at the node's stop, and the
-        # VIP a killed keepalived leaves on the interface is removed: only the peer, which
-        # takes over after the missed adverts, answers for it.
+        # A keepalived that does not stop on SIGTERM (here: stopped, VRRP child and all)
+        # is killed at the node's stop, and the VIP it left on the interface removed.
+        # Its peer hears no adverts and becomes MASTER meanwhile, but it has no node
+        # provider to fence the active it cannot see and no handover: it goes FAULT and
+        # says so, instead of a second node writing.
         assert holds(lab, ns2)
-        os.kill(live_record(NodeHome(h2).run, "keepalived").pid, signal.SIGSTOP)
-        ok(lab, ns2, "stop", home=h2)
+        keepalived = psutil.Process(live_record(NodeHome(h2).run, "keepalived").pid)
+        for process in [keepalived, *keepalived.children(recursive=True)]:
+            process.send_signal(signal.SIGSTOP)
+        wait_for(
+            lambda: escadm(lab, ns1, "status", home=h1).stdout.startswith(
+                "ESC status=1 ESC HA Fault: no node provider is configured"
+            ),
+            10,
+            f"{ns1} goes FAULT",
+        )
+        ok(lab, ns2, "stop", home=h2, timeout=180)
         assert not holds(lab, ns2)
         assert f"the VIP {VIP}/24 the killed keepalived left on eth0 was removed" in (
             supervisor_log(h2)
         )
-        wait_for(lambda: holds(lab, ns1), 5, f"{ns1} takes the VIP over")
+        assert not holds(lab, ns1)
     finally:
         for ns, home in ((ns2, h2), (ns1, h1)):
             escadm(lab, ns, "stop", home=home)
