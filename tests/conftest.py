@@ -440,11 +440,3 @@ def without_local_account(rows: Rows) -> Rows:
     copy = dict(rows)
     copy["users"] = [r for r in rows["users"] if r["name"] != LOCAL_USER]
     return copy
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The HA lab tests (network namespaces, keepalived, failover timings) run one after
-    another in one worker of a parallel run (`--dist loadgroup`), beside the rest."""
-    for item in items:
-        if "tests/ha/" in item.nodeid or item.nodeid.startswith("ha/"):
-            item.add_marker(pytest.mark.xdist_group("lab"))

@@ -72,9 +72,12 @@ STOP_SIGNAL = signal.SIGINT
 # catch up from the point the pair diverged; bounded so a dead peer cannot fill
 # the disk (past it, follow() re-clones).
 WAL_KEEP_SIZE = "256MB"
-# How long a broken replication connection takes to be noticed on either side
-# (the status then says Connecting / Outdated).
-REPLICATION_TIMEOUT = "10s"
+# How long a broken replication connection takes to be noticed on either side (the
+# status then says Connecting / Outdated). While the active waits for a standby that
+# is gone, its commits wait too: short, so they wait about this long before the
+# active marks the standby outdated and commits alone. The standby reports every
+# second (wal_receiver_status_interval), so a live one is never taken for gone.
+REPLICATION_TIMEOUT = "3s"
 CONNECT_TIMEOUT_S = 5
 UNIX_SOCKET_PATH_MAX = 107  # sun_path, less its terminating NUL
 
@@ -335,6 +338,7 @@ class Cluster:
             "hot_standby": "on",
             "wal_sender_timeout": _guc_string(REPLICATION_TIMEOUT),
             "wal_receiver_timeout": _guc_string(REPLICATION_TIMEOUT),
+            "wal_receiver_status_interval": _guc_string("1s"),
             # A standby whose primary is away retries this often (default 5 s): it is
             # back in sync about as soon as its primary is.
             "wal_retrieve_retry_interval": _guc_string("1s"),

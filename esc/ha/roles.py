@@ -55,18 +55,14 @@ from esc.ha.keepalived import INSTANCE, KeepalivedPaths, NotifyFifo, TrackFile
 from esc.ha.pgsql import Cluster, PgsqlError
 from esc.ha.pgsql_service import unfollowed_marker
 from esc.ha.provider import NodeProvider, ProviderError
-from esc.ha.role_record import RoleRecord, write_role
+from esc.ha.role_record import ACTIVE, FAULT, STANDBY, STARTING, RoleRecord, write_role
 
 log = logging.getLogger("esc.ha")
 
 CYCLE = 0.1  # seconds between two cycles: the health seen by keepalived is this fresh
-# How often a node that is not active but whose PostgreSQL is a primary asks the peer.
+# How often a node that is not active, but whose data last ran as a primary, asks
+# whether the peer is the primary now (to follow it).
 PEER_CHECK_INTERVAL = 2.0
-
-ACTIVE = "ACTIVE"
-STANDBY = "STANDBY"
-FAULT = "FAULT"
-STARTING = "STARTING"
 
 FORCE_HINT = (
     "if the active node is lost for good and losing what it did not replicate is "
@@ -94,7 +90,7 @@ class RoleManager:
         self.paths = KeepalivedPaths.under(home.run)
         # The role manager's own track file: fault in FAULT and while handing over (the
         # node's services are the health loop's, in another file).
-        self.health = TrackFile(self.paths.role_file)
+        self.role_track = TrackFile(self.paths.role_file)
         self.role = STARTING
         self.reason = "starting"
         self._peer_marked_outdated = False
@@ -126,7 +122,7 @@ class RoleManager:
             except (Conflict, PgsqlError) as exc:
                 log.warning("stopping without a handover: %s", exc)
         self._stop.set()
-        self.health.set(False)  # keepalived hands the VIP on before the engine stops
+        self.role_track.set(False)  # keepalived hands the VIP on before the engine stops
         for thread in self._threads:
             thread.join(10)
 
@@ -173,7 +169,7 @@ class RoleManager:
             self.role = STANDBY
             self._record(STANDBY, "forced to take the active role: waiting for the VIP")
             log.warning("the operator forces the active role, discarding unreplicated writes")
-        self.health.set(True)  # keepalived leaves FAULT: with no MASTER it takes the VIP
+        self.role_track.set(True)  # keepalived leaves FAULT: with no MASTER it takes the VIP
 
     def become_active(self) -> None:
         with self._lock:
@@ -316,7 +312,7 @@ class RoleManager:
             lease.hand_over(str(self.ha.peer))  # writes refused from here
             left = self.controller.drop_active(timeout=2.0)
             self.role = STANDBY
-            self.health.set(False)  # FAULT: keepalived's priority-0 advert moves the VIP now
+            self.role_track.set(False)  # FAULT: keepalived's priority-0 advert moves the VIP now
             self._record(STANDBY, f"handed the active role over to {self.ha.peer}")
         try:
             deadline = time.monotonic() + timeout
@@ -354,11 +350,11 @@ class RoleManager:
                     self._record(STANDBY, "a standby of the pair")
                 self._follow_when_peer_active()
         except PgsqlError as exc:
-            self.health.set(False)
+            self.role_track.set(False)
             if self.role == STARTING:
                 self.reason = f"waiting for PostgreSQL: {exc}"
             return
-        self.health.set(self.role != FAULT and not self._switching)
+        self.role_track.set(self.role != FAULT and not self._switching)
 
     def _follow_when_peer_active(self) -> None:
         """A node that is not active but whose data last ran as a primary (an old active
@@ -426,7 +422,7 @@ class RoleManager:
 
     def _fault(self, reason: str) -> None:
         self.role = FAULT
-        self.health.set(False)  # keepalived hands the VIP on
+        self.role_track.set(False)  # keepalived hands the VIP on
         self._record(FAULT, reason)
         log.error("FAULT: %s", reason)
 

@@ -227,13 +227,23 @@ def bind_server(instance_dir: Path, handler: type, host: str = DEFAULT_ADDRESS) 
 
 
 def server_class(host: str) -> type:
+    import socket
+    import socketserver
     from http.server import ThreadingHTTPServer  # imported late: see main()
 
-    if ":" not in host:
-        return ThreadingHTTPServer
-    import socket
+    def server_bind(self: ThreadingHTTPServer) -> None:
+        # http.server names itself with socket.getfqdn(address): a reverse name lookup
+        # that sends a query to the host's resolver and, where none answers, holds the
+        # VM's start for its timeout. A VM is reached by its address.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
 
-    return type("ThreadingHTTPServer6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return type(
+        "VmHttpServer",
+        (ThreadingHTTPServer,),
+        {"address_family": family, "server_bind": server_bind},
+    )
 
 
 def http_address(host: str, port: int) -> str:

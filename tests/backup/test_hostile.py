@@ -33,6 +33,7 @@ from esc.backup.dump import write_backup
 from esc.backup.restore import RestoreError, restore
 from esc.backup.tables import backed_up_tables
 from esc.db.models import Tenant
+from esc.engine.lease import DatabaseLease
 from esc.node.processes import ProcessRecord, remove_record, write_record
 from esc.version import CURRENT
 
@@ -56,6 +57,11 @@ def good(node: Node, tmp_path: Path) -> Good:
     try:
         with db.write() as session:
             session.add(Tenant(name="in-the-backup"))
+        # As on a node of a pair: the active role's lease has its row, so the archive's
+        # first table (parents first) has rows to tamper with.
+        lease = DatabaseLease(db, "node-a", "")
+        lease.acquire()
+        lease.release()
         bz2 = write_backup(db, tmp_path / "good.tar.bz2", "good").path
         tar = write_backup(db, tmp_path / "good.tar", "good").path
         # Changed after the backup: a restore that wrongly went through would undo it.

@@ -14,19 +14,17 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lab import Lab, availability, tcp_probe
+from esc_pair import Pair, wait_for
+from lab import Lab, availability
 from pg_server import availability as pg_availability
 from writes import WriteLoad, figures
 
@@ -35,14 +33,6 @@ from esc.ha import keepalived as ka
 IN_CI = os.environ.get("CI") == "true"
 NET = "198.18.60"  # this module's /24 inside 198.18.0.0/15, apart from other labs
 PREFIX = "fo"
-ESCADM = str(Path(sys.executable).with_name("escadm"))
-N1, N2 = f"{NET}.11", f"{NET}.12"
-VIP = f"{NET}.100"
-GATEWAY = f"{NET}.1"
-AGENT = f"http://{GATEWAY}:7700"
-API_PORT = 8080
-
-pytestmark = [pytest.mark.postgres, pytest.mark.timeout(600)]
 
 
 def need(reason: str | None) -> None:
@@ -62,169 +52,10 @@ def keepalived_missing() -> str | None:
     return None
 
 
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.1)
-
-
-@dataclass
-class Node:
-    name: str
-    ns: str
-    address: str
-    home: Path
-
-
-class Pair:
-    def __init__(self, lab: Lab, base: Path) -> None:
-        self.lab = lab
-        self.base = base
-        self.nodes = [
-            Node("n1", lab.hosts[0].ns, N1, base / "n1"),
-            Node("n2", lab.hosts[1].ns, N2, base / "n2"),
-        ]
-        self.token = base / "provider.token"
-        self.agent: subprocess.Popen | None = None
-        self.password = ""
-
-    # commands ------------------------------------------------------------------------
-
-    def escadm(self, node: Node, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return self.lab.run(
-            node.ns, [ESCADM, *args, "--home", str(node.home)], check=False, timeout=timeout
-        )
-
-    def ok(self, node: Node, *args: str, timeout: float = 120) -> str:
-        result = self.escadm(node, *args, timeout=timeout)
-        assert result.returncode == 0, (
-            f"escadm {' '.join(args)} on {node.name} exited {result.returncode}:\n"
-            f"{result.stdout}{result.stderr}\n{self.logs()}"
-        )
-        return result.stdout
-
-    def init_args(self, name: str) -> list[str]:
-        return [
-            "init",
-            "--ha",
-            "--ha-node-list",
-            f"{N1},{N2}",
-            "--kad-vip",
-            f"{VIP}/24",
-            "--kad-vif",
-            "eth0",
-            "--gateway-ip",
-            GATEWAY,
-            "--kad-vri",
-            "66",
-            "--api-port",
-            str(API_PORT),
-            "--ha-provider",
-            "lab",
-            "--ha-provider-url",
-            AGENT,
-            "--ha-provider-token-file",
-            str(self.token),
-            "--node-name",
-            name,
-        ]
-
-    # set-up --------------------------------------------------------------------------
-
-    def start_agent(self) -> None:
-        self.token.write_text("lab-agent-token-for-the-failover-tests\n")
-        self.token.chmod(0o600)
-        command = [sys.executable, "-m", "esc.ha.labhost", "--listen", f"{GATEWAY}:7700"]
-        for node in self.nodes:
-            command += ["--node", f"{node.address}={node.ns}"]
-        command += ["--state", str(self.base / "provider.json"), "--token-file", str(self.token)]
-        log = (self.base / "labhost.log").open("w")
-        self.agent = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        wait_for(lambda: tcp_probe(GATEWAY, 7700, 0.2) == "open", 15, "the lab agent listens")
-
-    def create(self) -> None:
-        first, second = self.nodes
-        created = json.loads(self.ok(first, *self.init_args("n1"), "--json"))
-        self.password = created["admin_password"]
-        pair_file = self.base / "pair.json"
-        pair_file.write_bytes(Path(created["pair_files"][0]).read_bytes())
-        pair_file.chmod(0o600)
-        self.ok(second, *self.init_args("n2"), "--ha-pair-file", str(pair_file))
-        self.ok(first, "start")
-        self.ok(second, "start")
-        self.wait_pair(active=first)
-
-    def wait_pair(self, active: Node, timeout: float = 90) -> None:
-        standby = self.other(active)
-        wait_for(
-            lambda: self.status(active) == "ESC status=0 ESC HA Active Healthy",
-            timeout,
-            f"{active.name} active: {self.status(active)}\n{self.logs()}",
-        )
-        self.ok(standby, "replication", "status", "--wait-uptodate", "--timeout", str(timeout))
-        wait_for(
-            lambda: self.status(standby) == "ESC status=0 ESC HA Standby Healthy",
-            timeout,
-            f"{standby.name} standby: {self.status(standby)}\n{self.logs()}",
-        )
-
-    def status(self, node: Node) -> str:
-        return self.escadm(node, "status", timeout=30).stdout.strip()
-
-    def other(self, node: Node) -> Node:
-        return self.nodes[1] if node is self.nodes[0] else self.nodes[0]
-
-    def active(self) -> Node:
-        for node in self.nodes:
-            if self.status(node).startswith("ESC status=0 ESC HA Active"):
-                return node
-        raise AssertionError(f"no active node:\n{self.logs()}")
-
-    def by_name(self, name: str) -> Node:
-        return next(n for n in self.nodes if n.name == name)
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(
-            base_url=f"http://{VIP}:{API_PORT}",
-            auth=("admin", self.password),
-            timeout=10,
-            trust_env=False,
-        )
-
-    def tenants(self) -> set[str]:
-        with self.client() as client:
-            response = client.get("/v0/tenants")
-            response.raise_for_status()
-            return {t["name"] for t in response.json()}
-
-    def power_on_and_start(self, node: Node) -> None:
-        """Bring back a node the new active fenced, as after a reboot, and start it."""
-        with httpx.Client(trust_env=False, timeout=10) as agent:
-            headers = {"Authorization": f"Bearer {self.token.read_text().strip()}"}
-            agent.post(f"{AGENT}/v1/nodes/{node.address}/power-on", headers=headers)
-        self.lab.host_up(node.ns)
-        self.ok(node, "start", timeout=180)
-
-    def logs(self) -> str:
-        out = []
-        for node in self.nodes:
-            for name in ("escmanager.log", "pgsql.out", "supervisor.log"):
-                path = node.home / "log" / name
-                if path.exists():
-                    tail = "\n".join(path.read_text().splitlines()[-25:])
-                    out.append(f"--- {node.name} {name}\n{tail}")
-        return "\n".join(out)
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            self.escadm(node, "stop", timeout=120)
-        if self.agent is not None:
-            self.agent.terminate()
-            self.agent.wait(10)
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.timeout(600),
+]
 
 
 @pytest.fixture(scope="module")
@@ -234,10 +65,11 @@ def pair() -> Iterator[Pair]:
     need(keepalived_missing())
     base = Path(tempfile.mkdtemp(prefix="fo-"))
     base.chmod(0o711)  # postgres goes through it to the homes
-    with Lab(2, net=f"{NET}.0/24", prefix=PREFIX) as lab:
+    with Lab(3, net=f"{NET}.0/24", prefix=PREFIX) as lab:
         made = Pair(lab, base)
         try:
             made.start_agent()
+            made.start_vim_host()
             made.create()
             yield made
         finally:
@@ -247,7 +79,7 @@ def pair() -> Iterator[Pair]:
 
 
 def _under_load(pair: Pair, fault, label: str) -> dict:
-    load = WriteLoad(f"http://{VIP}:{API_PORT}", ("admin", pair.password), prefix=label)
+    load = WriteLoad(pair.api_url, ("admin", pair.password), prefix=label)
     load.start()
     try:
         load.wait_acks(30, 30)
@@ -289,4 +121,127 @@ def test_a_planned_switchover_loses_no_write(pair: Pair) -> None:
     new = pair.other(old)
     result = _under_load(pair, lambda: pair.ok(old, "switchover"), "switchover")
     assert result["new_primary"] == new.name
+    pair.wait_pair(active=new)
+
+
+def test_maintenance_mode_survives_a_failover(pair: Pair) -> None:
+    old = pair.active()
+    new = pair.other(old)
+    with pair.client() as client:
+        assert client.put("/esc/op_mode", json={"mode": "MAINTENANCE"}).status_code == 200
+    pair.lab.host_down(old.ns)
+    wait_for(
+        lambda: pair.status(new) == "ESC status=0 ESC HA Active Healthy",
+        30,
+        f"{new.name} takes over\n{pair.logs()}",
+    )
+    with pair.client() as client:
+        assert client.get("/esc/op_mode").json()["mode"] == "MAINTENANCE"
+        refused = client.post("/v0/tenants", json={"name": "during-maintenance"})
+        assert refused.status_code == 503 and refused.headers["ESC-Node"] == new.name
+        assert client.put("/esc/op_mode", json={"mode": "OPERATION"}).status_code == 200
+    pair.power_on_and_start(old)
+    pair.wait_pair(active=new)
+
+
+def test_a_standby_that_missed_writes_is_never_promoted_by_itself(pair: Pair) -> None:
+    active = pair.active()
+    standby = pair.other(active)
+    load = WriteLoad(pair.api_url, ("admin", pair.password), prefix="alone")
+    load.start()
+    try:
+        load.wait_acks(20, 30)
+        lost_at = time.time()
+        pair.lab.host_down(standby.ns)
+        # The active marks its lost standby outdated at the provider, then commits alone.
+        ack = load.wait_ack_from(active.name, after=lost_at + 4.0, timeout=30)
+        assert ack.acked - lost_at < 15, "writes waited too long for the lost standby"
+    finally:
+        load.stop()
+    alone = [load.name(a.seq) for a in load.acks if a.sent > lost_at + 4.0]
+    pair.lab.host_down(active.ns)
+
+    # The old standby comes back alone: keepalived makes it MASTER, but its copy lacks
+    # what the active wrote alone, so it goes FAULT and says why.
+    pair.power_on_and_start(standby)
+    wait_for(
+        lambda: pair.status(standby).startswith(
+            "ESC status=1 ESC HA Fault: the active marked this node outdated"
+        ),
+        60,
+        f"{standby.name} goes FAULT: {pair.status(standby)}\n{pair.logs()}",
+    )
+    assert all(str(a.ip) != pair.vip for a in pair.lab.addresses(standby.ns))
+
+    # The operator's explicit choice: it takes the role, without what only the lost
+    # active had.
+    refused = pair.escadm(standby, "ha", "force-active")
+    assert refused.returncode == 2 and "--discard-unreplicated" in refused.stderr
+    pair.ok(standby, "ha", "force-active", "--discard-unreplicated")
+    wait_for(
+        lambda: pair.status(standby) == "ESC status=0 ESC HA Active Healthy",
+        30,
+        f"{standby.name} forced active: {pair.status(standby)}\n{pair.logs()}",
+    )
+    present = pair.tenants()
+    assert not set(alone) <= present  # given up, as the operator chose
+
+    # The old active returns and rejoins as the standby of the forced one.
+    pair.power_on_and_start(active)
+    pair.wait_pair(active=standby)
+
+
+SLOW_DEPLOY = """
+tenant: inflight
+deployment:
+  name: web
+  vm_groups:
+    - name: g
+      image: 'slow-boot:3'
+      flavor: m1.tiny
+      bootup_time: 60
+      scaling: {min_active: 2, max_active: 2}
+"""
+
+
+def _transaction(pair: Pair, tx_id: str) -> dict:
+    with pair.client() as client:
+        response = client.get(f"/v0/transactions/{tx_id}")
+        response.raise_for_status()
+        return response.json()
+
+
+def test_a_deploy_in_flight_is_finished_by_the_new_active_and_its_vms_live_on(
+    pair: Pair,
+) -> None:
+    old = pair.active()
+    new = pair.other(old)
+    with pair.client() as client:
+        accepted = client.post(
+            "/v0/deployments", content=SLOW_DEPLOY, headers={"content-type": "application/yaml"}
+        )
+    assert accepted.status_code == 202, accepted.text
+    tx_id = accepted.json()["transaction_id"]
+    wait_for(lambda: _transaction(pair, tx_id)["state"] == "IN_PROGRESS", 30, "the deploy runs")
+    time.sleep(1.0)  # its VMs are booting on the VIM host
+    pair.lab.host_down(old.ns)
+
+    ended = wait_for(
+        lambda: (t := _transaction(pair, tx_id))["state"] in ("SUCCESS", "FAILED") and t,
+        120,
+        f"the deploy ends on {new.name}\n{pair.logs()}",
+    )
+    assert ended["state"] == "SUCCESS", ended
+    assert ended["resumes"] >= 1
+    with pair.client() as client:
+        shown = client.get("/v0/tenants/inflight/deployments/web").json()
+        vms = [vm for group in shown["vm_groups"] for vm in group["vms"]]
+        assert len(vms) == 2 and all(vm["state"] == "ALIVE" for vm in vms), shown
+        undeploy = client.delete("/v0/tenants/inflight/deployments/web")
+        assert undeploy.status_code == 202, undeploy.text
+    gone = undeploy.json()["transaction_id"]
+    wait_for(lambda: _transaction(pair, gone)["state"] == "SUCCESS", 60, "the undeploy ends")
+    vm_processes = [p for p in pair.lab.pids(pair.vim_ns) if p != pair.vim_host.pid]
+    assert vm_processes == [], "undeploy left VM processes on the VIM host"
+    pair.power_on_and_start(old)
     pair.wait_pair(active=new)

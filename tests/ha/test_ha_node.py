@@ -43,7 +43,10 @@ ESCADM = str(Path(sys.executable).with_name("escadm"))
 N1, N2 = f"{NET}.11", f"{NET}.12"
 VIP = f"{NET}.100"
 
-pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.timeout(180),
+]
 
 
 def need(reason: str | None) -> None:
