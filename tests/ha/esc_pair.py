@@ -60,8 +60,10 @@ class Pair:
         self.agent_url = f"http://{self.gateway}:{AGENT_PORT}"
         # The VNFs live on the VIM, not on a controller node: a VIM host of its own on
         # the lab's third host, which both nodes reach.
-        self.vim_ns = lab.hosts[2].ns
-        self.vim_url = f"http://{lab.hosts[2].address}:{VIM_PORT}"
+        # A lab of two hosts runs the pair with each node's own local VIM.
+        vim = lab.hosts[2] if len(lab.hosts) > 2 else None
+        self.vim_ns = vim.ns if vim else ""
+        self.vim_url = f"http://{vim.address}:{VIM_PORT}" if vim else ""
         self.vim_host: subprocess.Popen | None = None
         self.api_url = f"http://{self.vip}:{API_PORT}"
         self.token = base / "provider.token"
