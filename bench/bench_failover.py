@@ -81,20 +81,21 @@ def run_esc(host_down: int, switchovers: int) -> list[dict]:
     base = Path(tempfile.mkdtemp(prefix="bf-"))
     base.chmod(0o711)
     results = []
-    try:
-        with Lab(2, net=NET, prefix="bf") as lab:
-            pair = Pair(lab, base, kad_vri=67)
-            try:
-                pair.start_agent()
-                pair.create()
-                for i in range(1, host_down + 1):
-                    results.append(one_fault(pair, "host-down", i))
-                for i in range(1, switchovers + 1):
-                    results.append(one_fault(pair, "switchover", i))
-            finally:
-                pair.stop()
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with Lab(2, net=NET, prefix="bf") as lab:
+        pair = Pair(lab, base, kad_vri=67)
+        try:
+            pair.start_agent()
+            pair.create()
+            for i in range(1, host_down + 1):
+                results.append(one_fault(pair, "host-down", i))
+            for i in range(1, switchovers + 1):
+                results.append(one_fault(pair, "switchover", i))
+        except BaseException:
+            print(f"the nodes' homes and logs are kept in {base}", file=sys.stderr)
+            raise
+        finally:
+            pair.stop()
+    shutil.rmtree(base, ignore_errors=True)  # kept when a run failed, for its logs
     return results
 
 
