@@ -267,6 +267,27 @@ def _keepalived_pid(pidfile: Path) -> int | None:
     return pid if b"keepalived" in cmdline.split(b"\0")[0] else None
 
 
+def clear_stale_pidfiles(paths: KeepalivedPaths) -> list[Path]:
+    """Remove pid files that name no live keepalived of this node: after a crash, a
+    fence or a reboot, keepalived finds its old pid file, sees that pid in use (a
+    zombie not yet reaped, or the pid given to another process) and exits 0 saying
+    "daemon is already running", so the node would never hold the VIP again."""
+    removed = []
+    for pidfile in (paths.pidfile, paths.vrrp_pidfile):
+        try:
+            pid = int(pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        try:
+            ours = str(paths.conf).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            ours = False
+        if not (ours and _alive(pid)):
+            pidfile.unlink(missing_ok=True)
+            removed.append(pidfile)
+    return removed
+
+
 def running_pid(paths: KeepalivedPaths) -> int | None:
     """The pid of this node's keepalived (its parent process), None when none runs."""
     return _keepalived_pid(paths.pidfile)

@@ -100,6 +100,8 @@ def stop_keepalived(ha: HaSettings, paths: ka.KeepalivedPaths) -> None:
 def _prepare_keepalived(settings: Settings, paths: ka.KeepalivedPaths) -> Callable[[bool], None]:
     def prepare(first: bool) -> None:
         ka.write_config(settings.ha, settings.node.name, paths)
+        for stale in ka.clear_stale_pidfiles(paths):
+            log.warning("removed %s: it named no running keepalived of this node", stale)
         if first:
             # Only at the supervisor's start: at a keepalived restart the gateway watch
             # keeps running and would not write its (unchanged) verdict again.

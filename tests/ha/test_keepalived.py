@@ -440,3 +440,31 @@ def test_sigterm_tears_the_lab_down() -> None:
             script.kill()
     assert lab_leftovers("kaz", "198.18.23") == []
     assert not Path(f"/proc/{pid}").exists(), "the process started in the lab survived"
+
+
+def test_stale_pid_files_are_removed_and_a_live_keepalived_of_the_node_is_kept(
+    tmp_path: Path,
+) -> None:
+    # After a fence or a reboot keepalived would find its old pid file, see the pid in
+    # use and exit 0 ("daemon is already running"): the node must clear it first.
+    paths = ka.KeepalivedPaths.under(tmp_path)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    ours = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", "-f", str(paths.conf)]
+    )
+    try:
+        deadline = time.monotonic() + 5
+        while str(paths.conf).encode() not in Path(f"/proc/{ours.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the stand-in keepalived did not start"
+            time.sleep(0.01)
+        paths.pidfile.write_text(f"{other.pid}\n")  # a pid given to another process
+        paths.vrrp_pidfile.write_text(f"{ours.pid}\n")  # this node's (its config path)
+        assert ka.clear_stale_pidfiles(paths) == [paths.pidfile]
+        assert not paths.pidfile.exists() and paths.vrrp_pidfile.exists()
+        ours.kill()
+        ours.wait()  # reaped: the pid names nothing now
+        assert ka.clear_stale_pidfiles(paths) == [paths.vrrp_pidfile]
+    finally:
+        for process in (other, ours):
+            process.kill()
+            process.wait()
