@@ -221,8 +221,10 @@ class RoleManager:
                     # Until it follows the new active: no commit without the peer, so not
                     # even a client of the database itself gets a write acknowledged here.
                     self.cluster.set_synchronous(True)
-            except PgsqlError:
-                pass  # not running: its service starts it as a standby
+            except PgsqlError as exc:
+                # Not answering: its service starts it as a standby (the role record
+                # says STANDBY now), so nothing here can make it acknowledge a write.
+                log.info("this node's PostgreSQL does not answer (%s): it restarts as a standby", exc)
         self._peer_checked_at = 0.0  # look for the new active at the next cycle
 
     def _promotion_refusal(self) -> str | None:

@@ -25,31 +25,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from esc_pair import Pair, wait_for
 from lab import Lab, availability
+from needs import keepalived_missing, need
 from pg_server import availability as pg_availability
 from writes import WriteLoad, figures
 
-from esc.ha import keepalived as ka
-
-IN_CI = os.environ.get("CI") == "true"
 NET = "198.18.60"  # this module's /24 inside 198.18.0.0/15, apart from other labs
 PREFIX = "fo"
-
-
-def need(reason: str | None) -> None:
-    """Skip outside CI when the lab cannot run here; in CI that is a failure."""
-    if reason is None:
-        return
-    if IN_CI:
-        pytest.fail(f"CI must run this test: {reason}")
-    pytest.skip(reason)
-
-
-def keepalived_missing() -> str | None:
-    try:
-        ka.find_keepalived()
-    except ka.KeepalivedError as exc:
-        return str(exc)
-    return None
 
 
 pytestmark = [

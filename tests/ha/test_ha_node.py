@@ -26,6 +26,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from lab import Lab, availability
+from needs import keepalived_missing, need
 from pg_server import availability as pg_availability
 
 from esc.config import NodeHome
@@ -36,7 +37,6 @@ from esc.ha.role_record import ACTIVE, STANDBY, RoleRecord, read_role, write_rol
 from esc.node.processes import HA_SERVICE_NAMES, live_record
 from esc.node.service_requests import request_restart
 
-IN_CI = os.environ.get("CI") == "true"
 NET = "198.18.50"  # this module's /24 inside 198.18.0.0/15, apart from other labs
 PREFIX = "hn"
 ESCADM = str(Path(sys.executable).with_name("escadm"))
@@ -47,23 +47,6 @@ pytestmark = [
     pytest.mark.postgres,
     pytest.mark.timeout(180),
 ]
-
-
-def need(reason: str | None) -> None:
-    """Skip outside CI when the lab cannot run here; in CI that is a failure."""
-    if reason is None:
-        return
-    if IN_CI:
-        pytest.fail(f"CI must run this test: {reason}")
-    pytest.skip(reason)
-
-
-def keepalived_missing() -> str | None:
-    try:
-        ka.find_keepalived()
-    except ka.KeepalivedError as exc:
-        return str(exc)
-    return None
 
 
 @pytest.fixture(scope="module")

@@ -22,30 +22,13 @@ from esc.ha import keepalived as ka
 
 sys.path.insert(0, str(Path(__file__).parent))
 from lab import Lab, LabError, availability, tcp_probe, who_answers
+from needs import keepalived_missing, need
 from pair import BANNER_PORT, VIP_HOST, Node, Pair
 
-IN_CI = os.environ.get("CI") == "true"
 NET = "198.18.22"  # this module's /24 inside 198.18.0.0/15, apart from other labs
 PREFIX = "kat"
 VIP = f"{NET}.{VIP_HOST}"
 TAKEOVER_BOUND = 3.0  # seconds; measured here: about 0.4 (host down)
-
-
-def need(reason: str | None) -> None:
-    """Skip outside CI when the lab cannot run here; in CI that is a failure."""
-    if reason is None:
-        return
-    if IN_CI:
-        pytest.fail(f"CI must run this test: {reason}")
-    pytest.skip(reason)
-
-
-def keepalived_missing() -> str | None:
-    try:
-        ka.find_keepalived()
-    except ka.KeepalivedError as exc:
-        return str(exc)
-    return None
 
 
 def settings(address: str, net: str = NET) -> HaSettings:

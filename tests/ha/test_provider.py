@@ -26,8 +26,8 @@ from esc.ha.providers.lab import LabProvider
 
 sys.path.insert(0, str(Path(__file__).parent))
 from lab import Lab, availability
+from needs import need
 
-IN_CI = os.environ.get("CI") == "true"
 NET = "198.18.40"  # this module's /24 inside 198.18.0.0/15, apart from other labs
 PREFIX = "pv"
 GATEWAY = f"{NET}.1"
@@ -42,15 +42,6 @@ CLIENT = str(Path(__file__).with_name("provider_client.py"))
 FENCE_BOUND = 1.0  # seconds, a fence as the calling node sees it; measured: about 0.02
 REFUSED_BOUND = 0.5  # the agent is down: its host answers with a reset at once
 CONNECT_BOUND = 2.0  # the agent's host is silent: the 1 s connect bound, plus slack
-
-
-def need(reason: str | None) -> None:
-    """Skip outside CI when the lab cannot run here; in CI that is a failure."""
-    if reason is None:
-        return
-    if IN_CI:
-        pytest.fail(f"CI must run this test: {reason}")
-    pytest.skip(reason)
 
 
 def write_token(path: Path, token: str = TOKEN, mode: int = 0o600) -> Path:
