@@ -224,7 +224,7 @@ class RoleManager:
             except PgsqlError as exc:
                 # Not answering: its service starts it as a standby (the role record
                 # says STANDBY now), so nothing here can make it acknowledge a write.
-                log.info("this node's PostgreSQL does not answer (%s): it restarts as a standby", exc)
+                log.info("this node's PostgreSQL does not answer (%s): a standby at restart", exc)
         self._peer_checked_at = 0.0  # look for the new active at the next cycle
 
     def _promotion_refusal(self) -> str | None:
