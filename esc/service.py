@@ -15,10 +15,12 @@ import logging
 import os
 import socket
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from starlette.responses import JSONResponse
 
 MIN_TOKEN_LENGTH = 16
@@ -190,3 +192,75 @@ def serve(app: Any, sock: socket.socket, *, keep_alive: float) -> None:
         timeout_graceful_shutdown=5,
     )
     uvicorn.Server(config).run(sockets=[sock])
+
+
+class Unreachable(Exception):
+    """A TokenClient call got no answer; `timed_out` tells a timeout from a refusal,
+    `phase` whether it was connecting or answering."""
+
+    def __init__(self, detail: str, *, timed_out: bool, phase: str) -> None:
+        super().__init__(detail)
+        self.timed_out = timed_out
+        self.phase = phase
+
+
+class TokenClient:
+    """The client side of a service here: one kept-alive httpx client (thread-safe: the
+    callers' threads share its connections) under API, the bearer token read from its
+    file on first use and again after a 401 (it may have been fixed meanwhile). Errors
+    stay the caller's: `exchange` answers (status, JSON body or None, the body's
+    "error" message), or raises Unreachable; a bad token file raises TokenError."""
+
+    def __init__(
+        self, url: str, api: str, token_file: Path, service: str, timeout: float, connect: float
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.token_file = Path(token_file)
+        self.service = service
+        self._token: str | None = None
+        self._token_lock = threading.Lock()
+        self._client = httpx.Client(
+            base_url=self.url + api,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, connect)),
+            follow_redirects=False,
+            trust_env=False,  # a proxy from the environment must not see the token
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _bearer(self) -> str:
+        with self._token_lock:
+            if self._token is None:
+                self._token = read_token(self.token_file, self.service)
+            return self._token
+
+    def exchange(self, method: str, path: str, body: Any = None) -> tuple[int, Any, str | None]:
+        headers = {"Authorization": f"Bearer {self._bearer()}"}
+        try:
+            response = self._client.request(method, path, json=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            phase = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "answering"
+            raise Unreachable(str(exc), timed_out=True, phase=phase) from None
+        except httpx.TransportError as exc:
+            detail = str(exc) or exc.__class__.__name__
+            raise Unreachable(detail, timed_out=False, phase="connecting") from None
+        try:
+            answer = response.json() if response.content else None
+        except ValueError:
+            answer = None
+        if response.content and answer is None:
+            answer = _NOT_JSON
+        if response.status_code == 401:
+            with self._token_lock:
+                self._token = None
+        message = answer.get("error") if isinstance(answer, dict) else None
+        return response.status_code, answer, message
+
+
+# What `exchange` answers for a body that is not JSON (not this kind of service).
+_NOT_JSON = object()
+
+
+def not_json(answer: Any) -> bool:
+    return answer is _NOT_JSON

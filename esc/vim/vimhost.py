@@ -15,14 +15,11 @@ local VIM's refusal, or a wrong token).
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from esc.config import VimSettings
-from esc.service import TokenError, read_token
+from esc.service import TokenClient, TokenError, Unreachable, not_json
 from esc.vim.base import (
     InstanceState,
     InstanceStatus,
@@ -51,18 +48,9 @@ class VimHostDriver(VimDriver):
     name = "vimhost"
 
     def __init__(self, url: str, token_file: Path, timeout: float = 30.0) -> None:
-        self.url = url.rstrip("/")
-        self.token_file = Path(token_file)
         self.timeout = timeout
-        self._token: str | None = None
-        self._token_lock = threading.Lock()
-        # httpx's pool is thread-safe: the engine's workers share its kept-alive connections.
-        self._client = httpx.Client(
-            base_url=self.url + API,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
-            follow_redirects=False,
-            trust_env=False,  # a proxy from the environment must not see the token
-        )
+        self.http = TokenClient(url, API, token_file, "VIM host", timeout, CONNECT_TIMEOUT)
+        self.url, self.token_file = self.http.url, self.http.token_file
 
     @classmethod
     def from_settings(cls, data_dir: Path, settings: VimSettings, home: Path) -> VimHostDriver:
@@ -74,43 +62,26 @@ class VimHostDriver(VimDriver):
         return cls(settings.url, home / settings.token_file, settings.timeout)
 
     def close(self) -> None:
-        self._client.close()
+        self.http.close()
 
     # the HTTP exchange ------------------------------------------------------------------
 
-    def _bearer(self) -> str:
-        with self._token_lock:
-            if self._token is None:
-                try:
-                    self._token = read_token(self.token_file, "VIM host")
-                except TokenError as exc:
-                    raise PermanentVimError(f"{exc} ([vim] token_file)") from None
-            return self._token
-
     def _call(self, method: str, path: str, what: str, body: Any = None) -> Any:
-        headers = {"Authorization": f"Bearer {self._bearer()}"}
         try:
-            response = self._client.request(method, path, json=body, headers=headers)
-        except httpx.TimeoutException:
+            status, answer, message = self.http.exchange(method, path, body)
+        except TokenError as exc:
+            raise PermanentVimError(f"{exc} ([vim] token_file)") from None
+        except Unreachable as exc:
+            if exc.timed_out:
+                raise TransientVimError(
+                    f"the VIM host at {self.url} did not answer within {self.timeout:g} s "
+                    f"([vim] timeout) to {what}"
+                ) from None
             raise TransientVimError(
-                f"the VIM host at {self.url} did not answer within {self.timeout:g} s "
-                f"([vim] timeout) to {what}"
+                f"the VIM host at {self.url} cannot be reached to {what}: {exc}; start it "
+                "(python -m esc.vim.host) or correct [vim] url"
             ) from None
-        except httpx.TransportError as exc:
-            raise TransientVimError(
-                f"the VIM host at {self.url} cannot be reached to {what}: "
-                f"{exc or exc.__class__.__name__}; start it (python -m esc.vim.host) "
-                "or correct [vim] url"
-            ) from None
-        try:
-            answer = response.json() if response.content else None
-        except ValueError:
-            answer = None
-        message = answer.get("error") if isinstance(answer, dict) else None
-        status = response.status_code
         if status == 401:
-            with self._token_lock:
-                self._token = None  # read the file again next time: it may have been fixed
             raise PermanentVimError(
                 f"the VIM host at {self.url} refused the token of {self.token_file}: "
                 f"{message or 'unauthorized'}; put the host's token (its --token-file) there"
@@ -126,7 +97,7 @@ class VimHostDriver(VimDriver):
             raise PermanentVimError(
                 f"the VIM host at {self.url} refused to {what}: {message or f'HTTP {status}'}"
             )
-        if status >= 300 or (response.content and answer is None):
+        if status >= 300 or not_json(answer):
             raise PermanentVimError(
                 f"{self.url} answered HTTP {status} to {method} {API}{path}, not as a VIM "
                 "host does: check [vim] url"

@@ -12,11 +12,8 @@ PermanentProviderError with the agent's own message (a wrong token, an unknown n
 from __future__ import annotations
 
 import ipaddress
-import threading
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from esc.config import HaSettings
 from esc.ha.provider import (
@@ -26,7 +23,7 @@ from esc.ha.provider import (
     ProviderError,
     TransientProviderError,
 )
-from esc.service import TokenError, read_token
+from esc.service import TokenClient, TokenError, Unreachable, not_json
 
 API = "/v1"
 # What the agent answers GET /v1/check with, so a wrong URL (another service) is named.
@@ -53,17 +50,9 @@ class LabProvider(NodeProvider):
     name = "lab"
 
     def __init__(self, url: str, token_file: Path, timeout: float = 5.0) -> None:
-        self.url = url.rstrip("/")
-        self.token_file = Path(token_file)
         self.timeout = timeout
-        self._token: str | None = None
-        self._token_lock = threading.Lock()
-        self._client = httpx.Client(
-            base_url=self.url + API,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
-            follow_redirects=False,
-            trust_env=False,  # a proxy from the environment must not see the token
-        )
+        self.http = TokenClient(url, API, token_file, TOKEN_SERVICE, timeout, CONNECT_TIMEOUT)
+        self.url, self.token_file = self.http.url, self.http.token_file
 
     @classmethod
     def from_settings(cls, ha: HaSettings, home: Path) -> LabProvider:
@@ -75,45 +64,28 @@ class LabProvider(NodeProvider):
         return cls(ha.provider_url, home / ha.provider_token_file, ha.provider_timeout)
 
     def close(self) -> None:
-        self._client.close()
+        self.http.close()
 
     # the HTTP exchange ------------------------------------------------------------------
 
-    def _bearer(self) -> str:
-        with self._token_lock:
-            if self._token is None:
-                try:
-                    self._token = read_token(self.token_file, TOKEN_SERVICE)
-                except TokenError as exc:
-                    raise PermanentProviderError(f"{exc} ([ha] provider_token_file)") from None
-            return self._token
-
     def _call(self, method: str, path: str, what: str, body: Any = None) -> Any:
-        headers = {"Authorization": f"Bearer {self._bearer()}"}
         try:
-            response = self._client.request(method, path, json=body, headers=headers)
-        except httpx.TimeoutException as exc:
-            phase = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "answering"
+            status, answer, message = self.http.exchange(method, path, body)
+        except TokenError as exc:
+            raise PermanentProviderError(f"{exc} ([ha] provider_token_file)") from None
+        except Unreachable as exc:
+            if exc.timed_out:
+                raise TransientProviderError(
+                    f"the node provider at {self.url} timed out {exc.phase} to {what} "
+                    f"(connect bound {min(self.timeout, CONNECT_TIMEOUT):g} s, call bound "
+                    f"{self.timeout:g} s, [ha] provider_timeout): check that it runs and "
+                    "that this node reaches it"
+                ) from None
             raise TransientProviderError(
-                f"the node provider at {self.url} timed out {phase} to {what} (connect bound "
-                f"{min(self.timeout, CONNECT_TIMEOUT):g} s, call bound {self.timeout:g} s, "
-                "[ha] provider_timeout): check that it runs and that this node reaches it"
+                f"the node provider at {self.url} cannot be reached to {what}: {exc}; start "
+                "it (python -m esc.ha.labhost) or correct [ha] provider_url"
             ) from None
-        except httpx.TransportError as exc:
-            raise TransientProviderError(
-                f"the node provider at {self.url} cannot be reached to {what}: "
-                f"{exc or exc.__class__.__name__}; start it (python -m esc.ha.labhost) "
-                "or correct [ha] provider_url"
-            ) from None
-        try:
-            answer = response.json() if response.content else None
-        except ValueError:
-            answer = None
-        message = answer.get("error") if isinstance(answer, dict) else None
-        status = response.status_code
         if status == 401:
-            with self._token_lock:
-                self._token = None  # read the file again next time: it may have been fixed
             raise PermanentProviderError(
                 f"the node provider at {self.url} refused the token of {self.token_file}: "
                 f"{message or 'unauthorized'}; put the agent's token (its --token-file) there "
@@ -127,7 +99,7 @@ class LabProvider(NodeProvider):
             raise kind(
                 f"the node provider at {self.url} could not {what}: {message or f'HTTP {status}'}"
             )
-        if status >= 300 or (response.content and answer is None):
+        if status >= 300 or not_json(answer):
             raise PermanentProviderError(
                 f"{self.url} answered HTTP {status} to {method} {API}{path}, not as the lab "
                 "node provider does: check [ha] provider_url"
