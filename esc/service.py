@@ -17,6 +17,7 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +265,45 @@ _NOT_JSON = object()
 
 def not_json(answer: Any) -> bool:
     return answer is _NOT_JSON
+
+
+def service_app(
+    title: str,
+    what: str,
+    refused: type[Exception],
+    refusal: Callable[[Exception], JSONResponse],
+    logger: logging.Logger,
+    invalid_kind: str | None = None,
+) -> Any:
+    """A FastAPI app whose every error is JSON `{"error", "kind"}`: `refused` (the
+    service's own refusals) as `refusal` says, a bad body 422 (of `invalid_kind`), an
+    unknown path or method as Starlette says, anything else 500 naming `what` failed
+    (the traceback in `logger`).
+    No OpenAPI or docs pages: the client is ESC's own."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    app = FastAPI(title=title, openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(refused)
+    async def refused_handler(request: Request, exc: Exception) -> JSONResponse:
+        return refusal(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        return error_response(422, f"bad request: {problems}", invalid_kind)
+
+    @app.exception_handler(HTTPException)
+    async def not_served(request: Request, exc: HTTPException) -> JSONResponse:
+        return error_response(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("%s %s failed", request.method, request.url.path)
+        return error_response(500, f"{what} failed: {exc.__class__.__name__}: {exc}")
+
+    return app

@@ -66,17 +66,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException
 
 from esc import service
 from esc.files import write_atomic
 from esc.ha.provider import PermanentProviderError, ProviderError, TransientProviderError
 from esc.ha.providers.lab import API, SERVICE
-from esc.service import UsageError, bind, error_response, url_of
+from esc.service import UsageError, bind, error_response, service_app, url_of
 
 log = logging.getLogger("esc.ha.labhost")
 
@@ -447,27 +445,9 @@ def _refusal(exc: ProviderError) -> JSONResponse:
 
 def create_app(agent: LabAgent, token: str) -> Any:
     """The agent's ASGI application, serving `agent` to holders of `token`."""
-    app = FastAPI(title="ESC lab node provider", openapi_url=None, docs_url=None, redoc_url=None)
-
-    @app.exception_handler(ProviderError)
-    async def refused(request: Request, exc: ProviderError) -> JSONResponse:
-        return _refusal(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()
-        )
-        return error_response(422, f"bad request: {problems}", "PermanentProviderError")
-
-    @app.exception_handler(HTTPException)
-    async def not_served(request: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
-
-    @app.exception_handler(Exception)
-    async def failed(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
-        return error_response(500, f"the agent failed: {exc.__class__.__name__}: {exc}")
+    app = service_app(
+        "ESC lab node provider", "the agent", ProviderError, _refusal, log, "PermanentProviderError"
+    )
 
     def caller(request: Request) -> str:
         return request.client.host if request.client else "?"

@@ -42,14 +42,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi import Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException
 
 from esc import service
-from esc.service import UsageError, bind, error_response, url_of
+from esc.service import UsageError, bind, error_response, service_app, url_of
 from esc.vim.base import (
     InstanceStatus,
     TransientVimError,
@@ -110,27 +108,7 @@ def _status(status: InstanceStatus) -> dict[str, Any]:
 
 def create_app(vim: LocalVim, token: str) -> Any:
     """The VIM host's ASGI application, serving `vim` to holders of `token`."""
-    app = FastAPI(title="ESC VIM host", openapi_url=None, docs_url=None, redoc_url=None)
-
-    @app.exception_handler(VimError)
-    async def vim_refused(request: Request, exc: VimError) -> JSONResponse:
-        return _refusal(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()
-        )
-        return error_response(422, f"bad request: {problems}")
-
-    @app.exception_handler(HTTPException)
-    async def not_served(request: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
-
-    @app.exception_handler(Exception)
-    async def failed(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
-        return error_response(500, f"the VIM host failed: {exc.__class__.__name__}: {exc}")
+    app = service_app("ESC VIM host", "the VIM host", VimError, _refusal, log)
 
     @app.get(f"{API}/check")
     def check() -> dict[str, Any]:
