@@ -237,11 +237,11 @@ def test_a_pair_is_installed_started_replicates_and_stops_clean(lab: Lab, base: 
         # `keepalived start` brings the node back as BACKUP without taking it back.
         for home in (h1, h2):
             assert ka.TrackFile(ka.KeepalivedPaths.under(home / "run").health_file).healthy()
-        wait_for(lambda: holds(lab, ns1), 5, f"{ns1} holds the VIP")
+        wait_for(lambda: holds(lab, ns1), 20, f"{ns1} holds the VIP")
         assert not holds(lab, ns2)
         stopped = ok(lab, ns1, "keepalived", "stop", home=h1)
         assert stopped.strip() == f"keepalived stopped: the VIP {VIP} was handed over to {N2}"
-        wait_for(lambda: holds(lab, ns2) and not holds(lab, ns1), 5, f"{ns2} takes the VIP")
+        wait_for(lambda: holds(lab, ns2) and not holds(lab, ns1), 20, f"{ns2} takes the VIP")
         held = escadm(lab, ns1, "status", home=h1)
         assert held.returncode == 1
         assert held.stdout.strip().endswith(
