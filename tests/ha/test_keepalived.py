@@ -298,7 +298,7 @@ def test_stop_reports_a_keepalived_it_had_to_kill(nodes: Pair, pair: tuple[Node,
     assert ka.running_pid(master.paths) is None
     # What the caller is warned about: a killed keepalived leaves the VIP behind.
     assert master.holds_vip()
-    backup.wait_state("MASTER")
+    backup.wait_state("MASTER", timeout=20)
 
 
 # ---------------------------------------------------------------- the lab itself
