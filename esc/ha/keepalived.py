@@ -65,6 +65,7 @@ GARP_LOWER_PRIO_REPEAT = 3
 TRACK_HEALTHY = 0
 TRACK_FAULT = 1
 DEBIAN_PACKAGE = "keepalived"
+KILL_WAIT = 5.0  # seconds stop() waits for a killed keepalived to be gone
 
 _TOKEN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _INTERFACE = re.compile(r"^[A-Za-z0-9._@-]{1,15}$")
@@ -309,14 +310,24 @@ def stop(paths: KeepalivedPaths, timeout: float = 5.0) -> bool:
     # The parent stops its VRRP child itself; the child alone is signalled only
     # when its parent is gone.
     _signal(parent if parent is not None else child, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(_alive(pid) for pid in pids):
-            return True
-        time.sleep(0.02)
+    if _gone_within(pids, timeout):
+        return True
     for pid in pids:
         _signal(pid, signal.SIGKILL)
+    # A SIGKILL is delivered asynchronously. A process it is pending for never runs its
+    # own code again, so it sends no advert; waiting here is for the callers, who look
+    # at what runs once this returns (a busy host may take a while to reap it).
+    _gone_within(pids, KILL_WAIT)
     return False
+
+
+def _gone_within(pids: list[int], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(_alive(pid) for pid in pids):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _signal(pid: int | None, signum: int) -> None:

@@ -111,11 +111,13 @@ def holds(lab: Lab, ns: str) -> bool:
     return any(str(a.ip) == VIP for a in lab.addresses(ns))
 
 
-def wait_for(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
+def wait_for(check, timeout: float, what: str, details=lambda: "") -> float:
+    """Seconds until check() holds; fails after timeout, with details() in the message."""
+    started = time.monotonic()
     while not check():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        assert time.monotonic() - started < timeout, f"not within {timeout} s: {what}\n{details()}"
         time.sleep(0.05)
+    return time.monotonic() - started
 
 
 def log_tails(*homes: Path) -> str:
@@ -269,13 +271,15 @@ def test_a_pair_is_installed_started_replicates_and_stops_clean(lab: Lab, base: 
         keepalived = psutil.Process(live_record(NodeHome(h2).run, "keepalived").pid)
         for process in [keepalived, *keepalived.children(recursive=True)]:
             process.send_signal(signal.SIGSTOP)
-        wait_for(
+        fault_s = wait_for(
             lambda: escadm(lab, ns1, "status", home=h1).stdout.startswith(
                 "ESC status=1 ESC HA Fault: no node provider is configured"
             ),
-            10,
+            20,
             f"{ns1} goes FAULT",
+            lambda: log_tails(h1),
         )
+        print(f"FAULT seen {fault_s:.1f} s after the active's keepalived hung")
         ok(lab, ns2, "stop", home=h2, timeout=180)
         assert not holds(lab, ns2)
         assert f"the VIP {VIP}/24 the killed keepalived left on eth0 was removed" in (
