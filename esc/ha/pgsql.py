@@ -42,6 +42,8 @@ both copy the peer's configuration files.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import pwd
 import secrets
@@ -58,6 +60,8 @@ import psycopg
 from psycopg import sql
 
 from esc.config import HaSettings, NodeHome
+
+log = logging.getLogger(__name__)
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PG_USER = "postgres"
@@ -80,6 +84,14 @@ WAL_KEEP_SIZE = "256MB"
 REPLICATION_TIMEOUT = "3s"
 CONNECT_TIMEOUT_S = 5
 UNIX_SOCKET_PATH_MAX = 107  # sun_path, less its terminating NUL
+
+
+def _lock_file_pid(path: Path) -> int | None:
+    """The pid on the first line of a PostgreSQL lock file, None without one."""
+    try:
+        return int(path.read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
 
 
 class PgsqlError(Exception):
@@ -259,6 +271,7 @@ class Cluster:
                 directory.chmod(0o710)  # root's; postgres's group may enter, not list
         self.socket_dir.mkdir(mode=0o700, exist_ok=True)
         self.log_file.touch(mode=0o600, exist_ok=True)
+        self.clear_stale_lock_files()
         if as_root:
             for path in (self.socket_dir, self.log_file):
                 os.chown(path, uid, gid)
@@ -698,17 +711,40 @@ class Cluster:
 
     def server_pid(self) -> int | None:
         """The postmaster's pid while it runs (from postmaster.pid), else None."""
+        pid = _lock_file_pid(self.data_dir / "postmaster.pid")
+        return pid if pid is not None and self._is_our_postmaster(pid) else None
+
+    def _is_our_postmaster(self, pid: int) -> bool:
+        """Whether pid is a live server of this data directory: a postmaster works in
+        its data directory. A killed server's pid may be a zombie not yet reaped, or,
+        after a reboot, another program's."""
         try:
-            pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
-        except (OSError, ValueError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None  # left behind by a server that was killed
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
         except PermissionError:
-            pass
-        return pid
+            return True  # not ours to look into: as PostgreSQL itself, take it as running
+        except (OSError, IndexError):
+            return False
+        return state != "Z" and cwd == self.data_dir.resolve()
+
+    def clear_stale_lock_files(self) -> list[Path]:
+        """Remove the lock files (postmaster.pid, the socket's .lock and its socket) of
+        a server that no longer runs; returns what was removed. PostgreSQL takes any
+        live pid in them, a zombie's included, for a running server and refuses to
+        start; pg_ctl stop would signal that pid."""
+        socket_lock = self.socket_dir / f".s.PGSQL.{self.port}.lock"
+        removed = []
+        for lock in (self.data_dir / "postmaster.pid", socket_lock):
+            pid = _lock_file_pid(lock)
+            if pid is None or self._is_our_postmaster(pid):
+                continue
+            stale = [lock] if lock != socket_lock else [lock, lock.with_suffix("")]
+            for path in stale:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+            log.warning("removed %s: pid %d in it is no server of this node", lock, pid)
+        return removed
 
     def is_running(self) -> bool:
         return self.server_pid() is not None

@@ -14,6 +14,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -23,11 +24,14 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from esc_pair import Pair, wait_for
+from esc_pair import Node, Pair, wait_for
 from lab import Lab, availability
 from needs import keepalived_missing, need
 from pg_server import availability as pg_availability
 from writes import WriteLoad, figures
+
+from esc.config import NodeHome
+from esc.node.processes import live_record
 
 NET = "198.18.60"  # this module's /24 inside 198.18.0.0/15, apart from other labs
 PREFIX = "fo"
@@ -59,7 +63,13 @@ def pair() -> Iterator[Pair]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _under_load(pair: Pair, fault, label: str) -> dict:
+HOST_DOWN_ROUNDS = 20  # host-down failovers of this test alone, each at a random moment
+
+
+def _under_load(pair: Pair, fault, label: str, *, may_stay: bool = False) -> dict:
+    """Run `fault` under the write load; then every acknowledged write must be on the
+    surviving active, and no node may have acknowledged a write once another took
+    over. With `may_stay` the node at fault may also be the one that recovers."""
     load = WriteLoad(pair.api_url, ("admin", pair.password), prefix=label)
     load.start()
     try:
@@ -67,32 +77,93 @@ def _under_load(pair: Pair, fault, label: str) -> dict:
         time.sleep(random.uniform(0, 1.0))
         fault_at = time.time()
         fault()
+        old = load.acks[-1].node
         wait_for(
-            lambda: any(a.acked > fault_at and a.node != load.acks[0].node for a in load.acks),
-            30,
-            f"a write acknowledged by the other node after {label}\n{pair.logs()}",
+            lambda: any(a.sent > fault_at and (may_stay or a.node != old) for a in load.acks),
+            60,
+            f"a write acknowledged after {label}\n{pair.logs()}",
         )
         time.sleep(1.0)
     finally:
         load.stop()
-    result = figures(load, fault_at, pair.tenants())
+    result = figures(load, fault_at, pair.tenants(), may_stay=may_stay)
     print(f"\n{label}: {json.dumps(result.as_json())}")
     assert result.lost == [], f"acknowledged writes lost: {result.lost[:10]}"
     assert result.overlap == [], "the old active acknowledged writes after the new one did"
     return result.as_json()
 
 
+@pytest.mark.parametrize("round_", range(1, HOST_DOWN_ROUNDS + 1))
 def test_the_active_host_dies_and_the_standby_takes_over_without_losing_a_write(
-    pair: Pair,
+    pair: Pair, round_: int
 ) -> None:
     old = pair.active()
     new = pair.other(old)
-    result = _under_load(pair, lambda: pair.lab.host_down(old.ns), "host-down")
+    result = _under_load(pair, lambda: pair.lab.host_down(old.ns), f"host-down-{round_}")
     assert result["old_primary"] == old.name and result["new_primary"] == new.name
     assert result["failover_s"] < 5, result
     assert pair.status(new) == "ESC status=0 ESC HA Active Healthy"
 
-    # The old active comes back (it was fenced): it rejoins as the standby by itself.
+    # The old active comes back (it was fenced): it rejoins as the standby by itself,
+    # by pg_rewind.
+    pair.power_on_and_start(old)
+    pair.wait_pair(active=new)
+    assert "by rewind" in _last_follow(old), _last_follow(old)
+
+
+def _last_follow(node: Node) -> str:
+    lines = (node.home / "log" / "pgsql.log").read_text().splitlines()
+    return next((line for line in reversed(lines) if "following" in line), "")
+
+
+def test_an_old_active_whose_data_cannot_be_rewound_rejoins_by_a_fresh_clone(
+    pair: Pair,
+) -> None:
+    old = pair.active()
+    new = pair.other(old)
+    _under_load(pair, lambda: pair.lab.host_down(old.ns), "host-down-damaged")
+    # Its WAL is gone (a disk cleaned by hand, a failed earlier rewind): pg_rewind
+    # cannot find where the two diverged.
+    for segment in (old.home / "data" / "pgsql" / "pg_wal").iterdir():
+        if segment.is_file():
+            segment.unlink()
+    pair.power_on_and_start(old)
+    pair.wait_pair(active=new)
+    assert "by clone" in _last_follow(old), _last_follow(old)
+
+
+def _kill_group(node: Node, service: str) -> None:
+    record = live_record(NodeHome(node.home).run, service)
+    assert record is not None, f"{service} does not run on {node.name}"
+    os.killpg(record.pgid, signal.SIGKILL)
+
+
+def test_escmanager_alone_dies_on_the_active(pair: Pair) -> None:
+    old = pair.active()
+    new = pair.other(old)
+    result = _under_load(pair, lambda: _kill_group(old, "escmanager"), "escmanager-dies")
+    # Its health fails at once, so keepalived moves the VIP; nothing on the old node
+    # can demote its PostgreSQL any more, so the new active fenced it.
+    assert result["new_primary"] == new.name
+    pair.power_on_and_start(old)
+    pair.wait_pair(active=new)
+
+
+def test_postgresql_alone_dies_on_the_active(pair: Pair) -> None:
+    old = pair.active()
+    result = _under_load(pair, lambda: _kill_group(old, "pgsql"), "pgsql-dies", may_stay=True)
+    pair.wait_pair(active=pair.by_name(result["new_primary"]))
+
+
+def test_the_link_between_the_nodes_is_cut_while_both_reach_the_gateway(pair: Pair) -> None:
+    old = pair.active()
+    new = pair.other(old)
+    try:
+        result = _under_load(pair, lambda: pair.lab.partition(old.ns, new.ns), "partition")
+    finally:
+        pair.lab.heal(old.ns, new.ns)
+    # The standby could not tell a dead active from a cut link, so it fenced it.
+    assert result["new_primary"] == new.name
     pair.power_on_and_start(old)
     pair.wait_pair(active=new)
 

@@ -5,6 +5,7 @@ synchronously, promoted, rewound and re-cloned; the status in drbdadm's words.""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 import subprocess
@@ -332,6 +333,36 @@ def test_the_supervisors_command_runs_the_postmaster_itself(pair: Pair) -> None:
             server.kill()
             server.wait()
     standby.start(as_standby=True)
+    wait_uptodate(pair.primary.cluster, timeout=15)
+
+
+def test_a_killed_servers_pid_file_does_not_keep_the_server_down(pair: Pair) -> None:
+    standby = pair.standby.cluster
+    standby.stop()
+    pidfile = standby.data_dir / "postmaster.pid"
+    socket_lock = standby.socket_dir / f".s.PGSQL.{standby.port}.lock"
+    # A killed server's pid is a zombie until reaped, or another program's after a
+    # reboot: PostgreSQL would take either for a running server and refuse to start.
+    zombie = subprocess.Popen(["true"])
+    _wait_for(
+        lambda: Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
+        what="a zombie",
+    )
+    try:
+        for stale in (zombie.pid, os.getpid()):
+            pidfile.write_text(f"{stale}\n{standby.data_dir}\n")
+            socket_lock.write_text(f"{stale}\n{standby.data_dir}\n")
+            assert not standby.is_running()
+            standby.start(as_standby=True)
+            assert standby.server_pid() not in (None, stale)
+            wait_uptodate(pair.primary.cluster, timeout=15)
+            standby.stop()
+    finally:
+        zombie.wait()
+    standby.start(as_standby=True)
+    # A live server's pid file is its own: kept.
+    assert standby.clear_stale_lock_files() == []
+    assert pidfile.exists() and socket_lock.exists()
     wait_uptodate(pair.primary.cluster, timeout=15)
 
 
