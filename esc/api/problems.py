@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -67,6 +68,20 @@ def install(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         title = _TITLES.get(exc.status_code, "Error")
         return problem(exc.status_code, title, detail, headers=exc.headers)
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(request: Request, exc: OperationalError) -> JSONResponse:
+        # The database went away under the request (its server killed or restarting,
+        # on a pair a failover under way): the client retries, nothing to debug here.
+        cause = (str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, cause)
+        return problem(
+            503,
+            Unavailable.title,
+            f"the node's database does not answer ({cause}); nothing was changed by this "
+            "request unless a later read shows it: retry in a moment",
+            headers={"Retry-After": "1"},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -7,8 +7,7 @@ header names the node that took it. The figures are those of the Patroni peer's
 failover client (failover_s, max_gap_s, lost), so the two compare directly:
 
 - failover_s: from the fault to the first write acknowledged by another node
-  than the one that acknowledged the last write before the fault (or, for a fault
-  a node may recover from by itself, by any node);
+  than the one that acknowledged the last write before the fault;
 - max_gap_s: the longest time between two consecutive acknowledged writes, from
   1 s before the fault to that first write on the new active;
 - lost: acknowledged writes missing from the surviving active's database;
@@ -132,30 +131,19 @@ class FailoverFigures:
         }
 
 
-def figures(
-    load: WriteLoad, fault_at: float, present: set[str], *, may_stay: bool = False
-) -> FailoverFigures:
+def figures(load: WriteLoad, fault_at: float, present: set[str]) -> FailoverFigures:
     """The figures of one fault at `fault_at` (time.time()), `present` being the tenant
-    names the surviving active holds. With `may_stay`, the node that had the writes
-    may also be the one that takes them again (a fault it recovers from by itself):
-    the first write sent after the fault and acknowledged by any node ends the outage.
-    """
+    names the surviving active holds."""
     before = [a for a in load.acks if a.acked <= fault_at]
     if not before:
         raise AssertionError("no write was acknowledged before the fault")
     old = before[-1].node
-    first_new = next(
-        (a for a in load.acks if a.sent > fault_at and (may_stay or a.node != old)), None
-    )
+    first_new = next((a for a in load.acks if a.acked > fault_at and a.node != old), None)
     if first_new is None:
-        raise AssertionError(f"no write acknowledged after the fault (by a node but {old})")
+        raise AssertionError(f"no node but {old} acknowledged a write after the fault")
     window = [a.acked for a in load.acks if fault_at - 1 <= a.acked <= first_new.acked]
     gaps = [b - a for a, b in itertools.pairwise(window)]
-    overlap = [
-        a.seq
-        for a in load.acks
-        if first_new.node != old and a.node == old and a.acked > first_new.acked
-    ]
+    overlap = [a.seq for a in load.acks if a.node == old and a.acked > first_new.acked]
     lost = [load.name(a.seq) for a in load.acks if load.name(a.seq) not in present]
     return FailoverFigures(
         old=old,
