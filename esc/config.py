@@ -271,6 +271,13 @@ class HaSettings(_Section):
     pg_port: Annotated[int, Field(ge=1, le=65535)] = Field(
         5432, description="Port the node's PostgreSQL listens on, on its own address."
     )
+    pg_clients: list[ipaddress.IPv4Network] = Field(
+        default_factory=list,
+        description="Networks (CIDR, e.g. 10.1.2.0/24 or 10.1.2.7/32) whose clients may "
+        "log in to the node's PostgreSQL over TCP besides the pair's two nodes, with a "
+        "password (scram-sha-256) as the peer does; never for replication. Empty: only "
+        "the pair.",
+    )
 
     provider: str = Field(
         "",
@@ -291,6 +298,30 @@ class HaSettings(_Section):
         description="Seconds one node provider call (a fence included) may take before it "
         "counts as a transient failure; a fence is on the failover's critical path.",
     )
+
+    @field_validator("pg_clients", mode="before")
+    @classmethod
+    def _client_networks(cls, entries: object) -> object:
+        if not isinstance(entries, list):
+            return entries
+        networks = []
+        for entry in entries:
+            try:
+                network = ipaddress.IPv4Network(str(entry))
+            except ValueError:
+                raise ValueError(
+                    f"pg_clients entry {entry!r} is not an IPv4 network: write it as "
+                    "10.1.2.0/24 (host bits zero), or 10.1.2.7/32 for one host"
+                ) from None
+            # Every address would then be one password away from the database: name
+            # the clients' networks instead.
+            if network.prefixlen == 0:
+                raise ValueError(
+                    f"pg_clients entry {entry!r} admits every address: name the "
+                    "clients' own networks"
+                )
+            networks.append(network)
+        return networks
 
     @model_validator(mode="after")
     def _a_consistent_pair(self) -> HaSettings:

@@ -24,7 +24,8 @@ Authentication, and why:
   node runs as root) connect as the superuser `postgres`, root also as `esc`,
   the owner of database `esc` that escmanager uses. The socket directory is
   postgres's own, mode 0700, so no other OS user reaches it.
-- TCP, only from the pair's two addresses (/32 each), `scram-sha-256`: the
+- TCP, only from the pair's two addresses (/32 each) and the networks of
+  `[ha] pg_clients` (never for replication), `scram-sha-256`: the
   role `replicator` (REPLICATION, the functions pg_rewind reads files with,
   pg_monitor and pg_checkpoint) is the only one with a password, so it is the only
   role a remote peer can log in as. A source address alone is not a proof of
@@ -37,7 +38,8 @@ Authentication, and why:
 
 Standby and primary share one postgresql.conf shape; the node's own address,
 port and socket are written by this node after every clone or rewind, since
-both copy the peer's configuration files.
+both copy the peer's configuration files, and at every start, so that a changed
+setting takes effect then.
 """
 
 from __future__ import annotations
@@ -369,6 +371,9 @@ class Cluster:
         hba = ["# TYPE  DATABASE     USER        ADDRESS  METHOD", "local all all peer map=esc"]
         hba += [f"host replication {REPLICATION_ROLE} {net} scram-sha-256" for net in pair]
         hba += [f"host all all {net} scram-sha-256" for net in pair]
+        # Clients the operator names (monitoring, a database-level check): the same
+        # password login as the peer's, never replication, which only the peer needs.
+        hba += [f"host all all {net} scram-sha-256" for net in self.ha.pg_clients]
         self._write_postgres_file(self.data_dir / "pg_hba.conf", "\n".join(hba) + "\n")
         me = pwd.getpwuid(os.geteuid()).pw_name
         ident = [f"esc {PG_USER} {PG_USER}", f"esc {me} {PG_USER}", f"esc {me} {DATABASE_ROLE}"]
@@ -427,6 +432,9 @@ class Cluster:
         A standby's data started as a primary ends its recovery at once: a promotion,
         after which the caller decides synchronous replication (set_synchronous)."""
         self._require_initialised()
+        # Written at every start too, not only after a clone or rewind: a changed [ha]
+        # setting (pg_clients, pg_port) takes effect when the node next starts.
+        self._write_node_config()
         signal_file = self.data_dir / "standby.signal"
         if as_standby:
             if not self._has_primary_conninfo():

@@ -47,10 +47,15 @@ class Pair:
     lab's node provider on the gateway address. `base` must be a directory user
     postgres can traverse (mode 0711)."""
 
-    def __init__(self, lab: Lab, base: Path, kad_vri: int = 66) -> None:
+    def __init__(
+        self, lab: Lab, base: Path, kad_vri: int = 66, pg_clients: tuple[str, ...] = ()
+    ) -> None:
         self.lab = lab
         self.base = base
         self.kad_vri = kad_vri
+        # [ha] pg_clients of both nodes: a client in the root namespace (the gateway
+        # address) that writes to the pair's PostgreSQL itself.
+        self.pg_clients = list(pg_clients)
         self.nodes = [
             Node(f"n{i + 1}", host.ns, str(host.address), base / f"n{i + 1}")
             for i, host in enumerate(lab.hosts[:2])
@@ -139,12 +144,16 @@ class Pair:
         host, port = address.split(":")
         wait_for(lambda: tcp_probe(host, int(port), 0.2) == "open", 30, "the VIM host listens")
 
-    def _use_vim_host(self, node: Node) -> None:
+    def _configure(self, node: Node) -> None:
+        """What `escadm init` has no option for, set in esc.toml before the first start."""
         home = NodeHome(node.home)
         settings = home.load()
-        settings.vim = type(settings.vim)(
-            driver="vimhost", url=self.vim_url, token_file=str(self.base / "vim.token")
-        )
+        if self.vim_host is not None:
+            settings.vim = type(settings.vim)(
+                driver="vimhost", url=self.vim_url, token_file=str(self.base / "vim.token")
+            )
+        ha = settings.ha.model_dump()
+        settings.ha = type(settings.ha).model_validate({**ha, "pg_clients": self.pg_clients})
         home.save(settings)
 
     def create(self) -> None:
@@ -155,9 +164,8 @@ class Pair:
         pair_file.write_bytes(Path(created["pair_files"][0]).read_bytes())
         pair_file.chmod(0o600)
         self.ok(second, *self.init_args("n2"), "--ha-pair-file", str(pair_file))
-        if self.vim_host is not None:
-            for node in self.nodes:
-                self._use_vim_host(node)
+        for node in self.nodes:
+            self._configure(node)
         self.ok(first, "start")
         self.ok(second, "start")
         self.wait_pair(active=first)

@@ -196,6 +196,18 @@ def test_ha_settings_still_check_the_pair_itself() -> None:
         _ha(kad_vip=f"{N2}/24")
 
 
+def test_pg_clients_are_networks_and_never_everyone() -> None:
+    assert _ha().pg_clients == []
+    ha = _ha(pg_clients=["198.18.61.1/32", "10.1.2.0/24", "10.9.9.9"])
+    assert [str(n) for n in ha.pg_clients] == ["198.18.61.1/32", "10.1.2.0/24", "10.9.9.9/32"]
+    with pytest.raises(ValueError, match=r"'10.1.2.7/24' is not an IPv4 network.*10.1.2.0/24"):
+        _ha(pg_clients=["10.1.2.7/24"])  # host bits set: which was meant is unclear
+    with pytest.raises(ValueError, match="is not an IPv4 network"):
+        _ha(pg_clients=["db-clients.example.com"])
+    with pytest.raises(ValueError, match="admits every address"):
+        _ha(pg_clients=["0.0.0.0/0"])
+
+
 # ---------------------------------------------------------------- the pair file
 def _pair() -> PairFile:
     return PairFile.new(

@@ -212,6 +212,49 @@ def test_the_primary_owns_its_files_and_admits_only_the_pair(pair: Pair) -> None
     psycopg.connect(user="replicator", password=cluster.replication_secret(), **tcp).close()
 
 
+def test_pg_clients_are_admitted_by_password_from_the_next_start(base: Path) -> None:
+    """A node alone on its own port: the networks of [ha] pg_clients join the pair's
+    addresses in pg_hba when the node next starts, for logins and never replication."""
+    node = _make_node(base, "clients", A)
+    cluster = node.cluster
+    cluster.initialise_primary()
+    cluster.start(as_standby=False)
+    try:
+
+        def rules() -> list[tuple]:
+            return _query(
+                node,
+                "SELECT database, user_name, address, netmask, auth_method, error"
+                " FROM pg_hba_file_rules WHERE type = 'host'",
+            )
+
+        assert not any(rule[2] == "198.18.61.0" for rule in rules())
+        cluster.stop()
+        settings = cluster.home.load()
+        settings.ha.pg_clients = ["198.18.61.0/24", "10.9.9.9/32"]
+        settings = Settings.model_validate(settings.model_dump())
+        cluster = Cluster(cluster.home, settings.ha, durable=False)
+        cluster.start(as_standby=False)
+        node = Node(cluster, node.endpoint)
+        found = rules()
+        for address, netmask in (("198.18.61.0", "255.255.255.0"), ("10.9.9.9", "255.255.255.255")):
+            assert (["all"], ["all"], address, netmask, "scram-sha-256", None) in found, found
+        assert not any(
+            rule[0] == ["replication"] and rule[2] != A and rule[2] != B for rule in found
+        )
+        # The pair's own lines are unchanged.
+        assert (
+            ["replication"],
+            ["replicator"],
+            A,
+            "255.255.255.255",
+            "scram-sha-256",
+            None,
+        ) in found
+    finally:
+        cluster.stop()
+
+
 def _pg_uid() -> int:
     import pwd
 

@@ -14,6 +14,13 @@ failover client (failover_s, max_gap_s, lost), so the two compare directly:
 - overlap: writes the old node acknowledged after the new node's first one
   (two nodes accepting writes at once: must be none).
 
+`DbWriteLoad` is the same load one level down, as the peer's client does it: one
+autocommit INSERT every `interval` seconds straight into the pair's PostgreSQL
+through a libpq multi-host connection string (`target_session_attrs=read-write`
+finds the primary), a new connection after any failure. Its acks name the node by
+the address the server answered on (`inet_server_addr()`), and `figures` takes it
+as it takes the VIP load.
+
 Used by the HA tests and by bench/bench_failover.py.
 """
 
@@ -25,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
+import psycopg
+from psycopg import sql
 
 
 @dataclass
@@ -107,6 +116,99 @@ class WriteLoad:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no write acknowledged by {node} within {timeout} s")
             time.sleep(0.02)
+
+
+@dataclass
+class DbWriteLoad:
+    """Rows `(id, host)` into `table` (made beforehand, on the primary) with ids from
+    `first_id` up; an id counts as acknowledged when its INSERT returned. Every attempt
+    takes a new id, so an attempt whose answer was lost is never counted twice."""
+
+    conninfo: str  # host=N1,N2 ... target_session_attrs=read-write
+    table: str
+    first_id: int = 1
+    interval: float = 0.01
+    acks: list[Ack] = field(default_factory=list)
+    failures: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> DbWriteLoad:
+        self._thread = threading.Thread(target=self._run, name="db-write-load", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(15)  # a connect to a dead host is bounded by connect_timeout
+
+    def _failed(self, what: str, error: Exception) -> None:
+        self.failures += 1
+        key = f"{what}:{type(error).__name__}"
+        self.errors[key] = self.errors.get(key, 0) + 1
+
+    def _run(self) -> None:
+        insert = sql.SQL(
+            "INSERT INTO {} (id, host) VALUES (%s, host(inet_server_addr())) RETURNING host"
+        ).format(sql.Identifier(self.table))
+        ids = itertools.count(self.first_id)
+        conn: psycopg.Connection | None = None
+        try:
+            while not self._stop.is_set():
+                began = time.monotonic()
+                if conn is None:
+                    try:
+                        conn = psycopg.connect(self.conninfo, autocommit=True)
+                    except psycopg.Error as error:
+                        self._failed("connect", error)
+                        # Not at once again: libpq already waited on each host that
+                        # does not answer; one that refuses would be hammered.
+                        self._stop.wait(min(self.interval, 0.05))
+                        continue
+                seq, sent = next(ids), time.time()
+                try:
+                    row = conn.execute(insert, (seq,)).fetchone()
+                except psycopg.Error as error:
+                    self._failed("write", error)
+                    conn.close()
+                    conn = None  # the next attempt connects anew, to whichever is primary
+                    continue
+                self.acks.append(Ack(seq, sent, time.time(), row[0]))
+                self._stop.wait(max(0.0, self.interval - (time.monotonic() - began)))
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def name(self, seq: int) -> str:
+        return str(seq)
+
+    def wait_acks(self, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.acks) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"only {len(self.acks)} of {count} database writes acknowledged in "
+                    f"{timeout} s ({self.errors})"
+                )
+            time.sleep(0.05)
+
+    def present(self, attempts: int = 20) -> tuple[str, set[str]]:
+        """The primary's address and which of the acknowledged ids it holds, read through
+        the same connection string (so on whichever node is the primary now)."""
+        query = sql.SQL("SELECT id FROM {} WHERE id = ANY(%s)").format(sql.Identifier(self.table))
+        ids = [a.seq for a in self.acks]
+        for attempt in range(attempts):
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True) as conn:
+                    host = conn.execute("SELECT host(inet_server_addr())").fetchone()[0]
+                    return host, {str(row[0]) for row in conn.execute(query, (ids,))}
+            except psycopg.Error:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(1.0)
+        raise AssertionError("not reached")
 
 
 @dataclass
