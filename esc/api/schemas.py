@@ -315,6 +315,23 @@ class SwitchoverView(BaseModel):
     model_config = {"populate_by_name": True}
 
 
+class RestoreSwapIn(_In):
+    aside: str = Field(
+        description="The token of the restore whose checked aside data is to be swapped in"
+    )
+
+
+class RestoreSwapView(BaseModel):
+    node: str = Field(description="The active node that swapped the restored data in")
+    standby: str = Field(description="The address of the standby it replicates to")
+    epoch: int | None = Field(description="The active role's lease epoch taken afterwards")
+    seconds: float = Field(description="From the engine's pause to its resumption")
+    interrupted: list[str] = Field(
+        description="Transactions the engine was running when it paused; their state is "
+        "now the backup's"
+    )
+
+
 class ForceActiveIn(_In):
     discard_unreplicated: bool = Field(
         description="Must be true: what the lost active did not replicate is given up"

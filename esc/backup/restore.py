@@ -17,6 +17,13 @@ Order, so that a refused or failed restore changes nothing:
    kept as schema `esc_before_restore`).
 A restore killed at any point leaves the node on its previous database;
 running it again starts over (the leftover aside database is dropped).
+
+On a node of an HA pair the database is the pair's running PostgreSQL, so
+the node cannot be stopped for it: the restore runs on the active node, the
+pair up and its standby in sync (`PairSwap.check`), and step 4 is the active
+node's escmanager's (`PairSwap.swap`): it pauses its engine, swaps the
+schemas in one transaction, which reaches the standby through replication
+like any other commit, and takes the active role again on the restored data.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from alembic import command
@@ -52,6 +59,8 @@ from esc.backup.signing import (
 )
 from esc.backup.spool import Spool
 from esc.config import NodeHome, Settings
+from esc.db.aside import ASIDE_SCHEMA, AsideError, mark_checked, new_token, swap_in
+from esc.db.aside import KEPT_SCHEMA as KEPT_SCHEMA  # where the previous data is kept
 from esc.db.migrate import alembic_config
 from esc.db.session import Database
 from esc.files import fsync_dir
@@ -62,14 +71,31 @@ from esc.release.planner import plan_upgrade
 from esc.release.procedures import Method
 from esc.version import CURRENT
 
-ASIDE_SCHEMA = "esc_restoring"
-KEPT_SCHEMA = "esc_before_restore"
 ASIDE_SUFFIX = ".restoring"
 KEPT_SUFFIX = ".before-restore"
 
 
 class RestoreError(Exception):
     """The restore is refused or failed; the node's database is unchanged."""
+
+
+class SwapOutcomeUnknown(RestoreError):
+    """The active node was asked to swap the restored data in and did not confirm that
+    it runs on it: it did not answer (the swap is one transaction: the database is the
+    old one or the new one), or it swapped and could not resume (the message says)."""
+
+
+class PairSwap(Protocol):
+    """How a restore on a node of an HA pair reaches the node's running escmanager."""
+
+    def check(self) -> None:
+        """Raise RestoreError unless this node may restore now: it is the active node
+        of the pair, and its standby is UpToDate and synchronous."""
+
+    def swap(self, token: str) -> dict[str, Any]:
+        """Have the active node swap in the aside schema marked by `token` and take the
+        active role again on it; RestoreError when it refused (nothing was changed),
+        SwapOutcomeUnknown when it did not answer."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +106,8 @@ class RestoreResult:
     signature: Verdict
     # Why an archive whose signature was not verified was accepted (None: it was).
     unverified_because: str | None = None
+    # On a node of a pair: what its active node reported of the swap (PairSwap.swap).
+    pair: dict[str, Any] | None = None
 
 
 def require_stopped(home: NodeHome) -> None:
@@ -141,15 +169,27 @@ def check_signature(
 
 
 def restore(
-    home: NodeHome, settings: Settings, archive: Path, allow_unsigned: bool = False
+    home: NodeHome,
+    settings: Settings,
+    archive: Path,
+    allow_unsigned: bool = False,
+    pair: PairSwap | None = None,
 ) -> RestoreResult:
     """Replace the node's database with the archive's; an archive not signed by this
-    node's backup key only with allow_unsigned (see signing.py)."""
+    node's backup key only with allow_unsigned (see signing.py). A node of an HA pair
+    gives `pair`: it restores running, through its escmanager."""
     started = time.monotonic()
-    require_stopped(home)
+    if pair is None:
+        require_stopped(home)
+    else:
+        pair.check()
     if not archive.is_file():
         raise RestoreError(f"no backup file {archive}: check the path")
     url = home.database_url(settings)
+    if pair is not None and make_url(url).get_backend_name() != "postgresql":
+        raise RestoreError(
+            "a node of an HA pair restores into its PostgreSQL: check [database] url"
+        )
     try:
         stream = open_decompressed(str(archive))
     except OSError as exc:
@@ -179,8 +219,20 @@ def restore(
         except BaseException:
             aside.discard()  # whatever went wrong, nothing half-built stays behind
             raise
-    aside.swap()
-    return RestoreResult(manifest, rows, time.monotonic() - started, verdict, unverified_because)
+    if pair is None:
+        aside.swap()
+        swapped: dict[str, Any] | None = None
+    else:
+        try:
+            swapped = pair.swap(aside.token)
+        except SwapOutcomeUnknown:
+            raise  # it may be swapping still: its aside schema is not this process's to drop
+        except BaseException:
+            aside.discard()
+            raise
+    return RestoreResult(
+        manifest, rows, time.monotonic() - started, verdict, unverified_because, swapped
+    )
 
 
 class _Aside(abc.ABC):
@@ -188,6 +240,8 @@ class _Aside(abc.ABC):
 
     def __init__(self, url: str) -> None:
         self.url = url
+        # Names this restore's aside data, once checked, to whoever swaps it in.
+        self.token = new_token()
 
     @staticmethod
     def for_url(url: str) -> _Aside:
@@ -211,6 +265,10 @@ class _Aside(abc.ABC):
     def swap(self) -> None:
         """Put the aside database in the node's place, atomically."""
 
+    @abc.abstractmethod
+    def seal(self, engine: Engine) -> None:
+        """Mark the aside database complete and checked (before it may be swapped in)."""
+
     def build(self, reader: ArchiveReader, manifest: Manifest, spool: Spool) -> dict[str, int]:
         self.prepare()
         engine = self.engine()
@@ -232,6 +290,7 @@ class _Aside(abc.ABC):
                 current.dispose()
             with engine.connect() as connection:
                 check_restored(connection)
+            self.seal(engine)
         finally:
             engine.dispose()
         return rows
@@ -249,6 +308,9 @@ class _SqliteAside(_Aside):
 
     def prepare(self) -> None:
         self.discard()  # what a restore killed earlier left
+
+    def seal(self, engine: Engine) -> None:
+        """Nothing to mark: only this process renames the file, right after the checks."""
 
     def discard(self) -> None:
         for leftover in _sqlite_files(self.aside):
@@ -306,9 +368,16 @@ class _PostgresAside(_Aside):
     def engine(self) -> Engine:
         return create_engine(self.url, connect_args={"options": f"-c search_path={ASIDE_SCHEMA}"})
 
+    def seal(self, engine: Engine) -> None:
+        with engine.begin() as connection:
+            mark_checked(connection, self.token)
+
     def swap(self) -> None:
-        self._run(
-            f"DROP SCHEMA IF EXISTS {KEPT_SCHEMA} CASCADE",
-            f"ALTER SCHEMA public RENAME TO {KEPT_SCHEMA}",
-            f"ALTER SCHEMA {ASIDE_SCHEMA} RENAME TO public",
-        )
+        admin = create_engine(self.url)
+        try:
+            with admin.begin() as connection:  # DDL is transactional: all or none
+                swap_in(connection, self.token, keep_lease=False)
+        except AsideError as exc:
+            raise RestoreError(f"{exc}; the node's database is unchanged") from None
+        finally:
+            admin.dispose()

@@ -11,6 +11,7 @@ import click
 
 from esc.cli.common import (
     EXIT_FAILED,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
     CliError,
     home_option,
@@ -18,7 +19,11 @@ from esc.cli.common import (
     load_settings,
     print_json,
 )
-from esc.config import NodeHome
+from esc.config import NodeHome, Settings
+
+# The active node's swap: the engine's pause (up to 2 s for its transactions to end),
+# one transaction, and the active role taken again (reconciliation, VIM recovery).
+SWAP_TIMEOUT = 120.0
 
 file_option = click.option(
     "--file",
@@ -119,7 +124,8 @@ def backup_command(file: Path, force: bool, home: NodeHome, as_json: bool) -> No
 @home_option
 @json_option
 def restore_command(file: Path, allow_unsigned: bool, home: NodeHome, as_json: bool) -> None:
-    """Replace the node's database with a backup's (the node must be stopped).
+    """Replace the node's database with a backup's (a standalone node must be stopped;
+    on an HA pair, run it on the active node, the pair running).
 
     Checks the archive (its signature by this node's backup key, format,
     every checksum) and asks the upgrade planner whether this release takes
@@ -128,17 +134,29 @@ def restore_command(file: Path, allow_unsigned: bool, home: NodeHome, as_json: b
     failure leaves the node's database as it was. An unsigned archive, or
     one signed by another key, is refused unless --allow-unsigned is given
     (import the other node's key with escadm backup-key import to verify
-    it). Exit 0 restored, 1 refused or failed (the reason is printed),
-    2 bad command line or no such file.
+    it).
+
+    On an HA pair the restore runs on the active node while the pair runs: it is
+    refused on the standby (naming the active) and unless the standby is
+    UpToDate and synchronous. The active's engine pauses for the swap (writes
+    get 503 meanwhile), the node keeps the VIP, the swap reaches the standby by
+    replication, and the engine resumes on the restored data.
+
+    Exit 0 restored, 1 refused or failed (the reason is printed; nothing
+    changed), 2 bad command line or no such file, 3 on an HA node: ESC does not
+    answer on this node.
     """
     from esc.backup.restore import RestoreError, restore
 
     settings = load_settings(home)
     if not file.is_file():
         raise CliError(f"no backup file {file}: check the path", EXIT_USAGE)
+    pair = _PairRestore(home, settings) if settings.ha.enabled else None
     with _working(f"restoring {file}", as_json):
         result = _run(
-            lambda: restore(home, settings, file, allow_unsigned), (RestoreError,), EXIT_FAILED
+            lambda: restore(home, settings, file, allow_unsigned, pair),
+            (RestoreError,),
+            EXIT_FAILED,
         )
     manifest = result.manifest
     in_archive = {table: entry.rows for table, entry in manifest.tables.items()}
@@ -161,6 +179,7 @@ def restore_command(file: Path, allow_unsigned: bool, home: NodeHome, as_json: b
                 },
                 "op_mode": mode,
                 "seconds": round(result.seconds, 3),
+                "pair": result.pair,
             }
         )
         return
@@ -183,7 +202,107 @@ def restore_command(file: Path, allow_unsigned: bool, home: NodeHome, as_json: b
             "the node is in MAINTENANCE (as the backup was): deploys and other writes are "
             "refused until you run: escadm op_mode set --mode=operation"
         )
-    click.echo("start ESC: escadm start")
+    if result.pair is None:
+        click.echo("start ESC: escadm start")
+        return
+    swapped = result.pair
+    click.echo(
+        f"the active node {swapped['node']} runs on the restored data (engine paused "
+        f"{swapped['seconds']:.1f} s, active role at epoch {swapped['epoch']}); its standby "
+        f"{swapped['standby']} has it through replication"
+    )
+
+
+class _PairRestore:
+    """A restore on a node of an HA pair, through the node's running escmanager
+    (esc.backup.restore.PairSwap)."""
+
+    def __init__(self, home: NodeHome, settings: Settings) -> None:
+        self.home = home
+        self.settings = settings
+
+    def _client(self, timeout: float = 30.0) -> Any:
+        from esc.cli.client import ApiClient
+
+        return ApiClient(self.home, self.settings, timeout=timeout)
+
+    def check(self) -> None:
+        from esc.backup.restore import RestoreError
+        from esc.ha import replication
+        from esc.ha.pgsql import Cluster, PgsqlError
+
+        try:
+            with self._client() as client:
+                view = client.get("/esc/ha")
+        except CliError as exc:
+            if exc.exit_code != EXIT_UNREACHABLE:
+                raise
+            raise CliError(
+                f"{exc.message}; on an HA pair the restore runs on the active node with the "
+                "pair running (escadm start on both nodes)",
+                EXIT_UNREACHABLE,
+            ) from None
+        if view["role"] != "ACTIVE":
+            raise RestoreError(self._not_active(view))
+        try:
+            status = replication.read_status(Cluster(self.home, self.settings.ha))
+        except PgsqlError as exc:
+            raise CliError(
+                f"this node's PostgreSQL does not answer: {exc}", EXIT_UNREACHABLE
+            ) from None
+        if not status.uptodate:
+            raise RestoreError(
+                f"the standby {self.settings.ha.peer} is not UpToDate and synchronous "
+                f"({replication.not_uptodate_reason(status)}): a restore now could leave the "
+                "pair's two copies apart; wait for it with 'escadm replication status "
+                "--wait-uptodate', then restore again; nothing was changed"
+            )
+
+    def _not_active(self, view: dict[str, Any]) -> str:
+        """Why this node does not restore, and which node does."""
+        from urllib.parse import urlsplit
+
+        from esc.db.session import Database
+        from esc.engine.lease import holder
+
+        db = Database(self.home.database_url(self.settings), pool_size=1, max_overflow=0)
+        try:
+            with db.read() as session:
+                known = holder(session)
+        finally:
+            db.dispose()
+        me = f"this node ({view['node']}, {view['address']})"
+        if known and known[0] != view["node"]:
+            where = urlsplit(known[1]).hostname or known[1]
+            active = f"the active node {known[0]} ({where})"
+        else:
+            active = f"the pair's active node (the peer is {view['peer']})"
+        what = "the standby" if view["role"] == "STANDBY" else f"{view['role']} ({view['reason']})"
+        return (
+            f"{me} is {what} of the pair, not its active: run escadm restore on {active}; "
+            "the standby gets the restored data from it through replication; nothing was "
+            "changed"
+        )
+
+    def swap(self, token: str) -> dict[str, Any]:
+        from esc.backup.restore import RestoreError, SwapOutcomeUnknown
+
+        try:
+            with self._client(SWAP_TIMEOUT) as client:
+                return client.request("POST", "/esc/ha/restore", json={"aside": token})
+        except CliError as exc:
+            told = exc.message
+            if exc.status == 409:  # refused before anything was changed
+                raise RestoreError(
+                    told if "nothing was changed" in told else f"{told}; nothing was changed"
+                ) from None
+            if exc.status is not None:  # it says what happened after the swap
+                raise SwapOutcomeUnknown(told) from None
+            raise SwapOutcomeUnknown(
+                f"{told}: the active node did not say whether it swapped the restored data "
+                "in (it is one transaction: the data is the old or the restored, never a "
+                "mix); see escadm status and log/escmanager.log"
+            ) from None
 
 
 def _not_restored(in_archive: dict[str, int], restored: dict[str, int]) -> list[str]:

@@ -76,7 +76,7 @@ class ApiClient:
                 EXIT_UNREACHABLE,
             ) from None
         if response.status_code >= 400:
-            raise CliError(_problem_text(response), EXIT_FAILED)
+            raise CliError(_problem_text(response), EXIT_FAILED, response.status_code)
         return response
 
     def get(self, path: str, **params: Any) -> Any:

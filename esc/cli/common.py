@@ -27,9 +27,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 class CliError(click.ClickException):
     """An error with the exit code that classifies it."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+    def __init__(
+        self, message: str, exit_code: int = EXIT_FAILED, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        # The HTTP status of the API's refusal it reports, when it reports one.
+        self.status = status
 
     def show(self, file: Any = None) -> None:
         click.echo(f"Error: {self.format_message()}", err=True)

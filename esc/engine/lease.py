@@ -86,6 +86,9 @@ class DatabaseLease(StandaloneLease):
         self.address = address
         self.ttl = ttl
         self.epoch = None
+        # Why the holder has set its role aside for a moment (a restore swapping the
+        # data in), which is what a write is told meanwhile; None otherwise.
+        self.paused: str | None = None
         self._confirmed_until = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -178,6 +181,11 @@ class DatabaseLease(StandaloneLease):
         return self.epoch is not None and time.monotonic() < self._confirmed_until
 
     def check(self, session: Session) -> None:
+        if self.epoch is None and self.paused:
+            raise NotActive(
+                f"node {self.node} is {self.paused}: writes are refused until it is done; "
+                "retry in a moment"
+            )
         if self.epoch is None:  # not the holder: no locking read (a standby is read-only)
             known = holder(session)
             raise NotActive(not_active_message(self.node, *(known[:2] if known else ("", ""))))

@@ -351,6 +351,10 @@ class Cluster:
             "wal_keep_size": _guc_string(WAL_KEEP_SIZE),
             "wal_log_hints": "on",  # what pg_rewind needs to see every changed page
             "hot_standby": "on",
+            # A backup on the standby reads one snapshot for as long as it takes: without
+            # the feedback, the primary's vacuum removes rows that snapshot still sees and
+            # the standby cancels the backup (after max_standby_streaming_delay).
+            "hot_standby_feedback": "on",
             "wal_sender_timeout": _guc_string(REPLICATION_TIMEOUT),
             "wal_receiver_timeout": _guc_string(REPLICATION_TIMEOUT),
             "wal_receiver_status_interval": _guc_string("1s"),

@@ -34,6 +34,10 @@ being acknowledged unsafely. The mark is cleared once the standby streams
 synchronously again. Without a node provider an active never commits
 without its standby, and a standby never takes over unless handed the role.
 
+A restore on the active (`swap_in_restore`) keeps the VIP and the role: the
+engine alone pauses while the restored data is swapped in, then the role is
+taken again on it.
+
 keepalived's events are handled on their own thread, never behind a cycle:
 a cycle asks only this node's PostgreSQL, over its local socket.
 """
@@ -46,10 +50,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from esc.config import NodeHome, Settings
+from esc.db.aside import AsideError, swap_in
 from esc.engine.controller import Controller
 from esc.engine.lease import DatabaseLease, handed_over_to
-from esc.errors import Conflict
+from esc.errors import Conflict, Unavailable
 from esc.ha import replication
 from esc.ha.keepalived import INSTANCE, KeepalivedPaths, NotifyFifo, TrackFile
 from esc.ha.pgsql import Cluster, PgsqlError
@@ -339,6 +346,81 @@ class RoleManager:
             "seconds": taken_s,
             "left_in_flight": left,
         }
+
+    # a restore ----------------------------------------------------------------------
+
+    def swap_in_restore(self, token: str) -> dict[str, Any]:
+        """The last step of `escadm restore` on the active: the aside schema it built and
+        checked (marked by `token`) replaces the data, and the engine resumes on it.
+
+        The node keeps the VIP and its role throughout: only the engine pauses (its
+        lease released, so writes are refused meanwhile), while the API and PostgreSQL
+        go on answering, which is all the health keepalived sees asks. Retaking the role
+        in this process, rather than restarting escmanager, is what keeps it so: a
+        stopped escmanager fails the health check and its stop hands the role over.
+        Taking it again does what a start does on the restored data: the epoch moves on
+        (from the pair's lease, which the swap keeps), the executors recorded in the
+        backup count as gone, so its transactions in flight are resumed or closed at
+        once, and VIM instances the restored data does not know are removed."""
+        with self._lock:
+            if self.role != ACTIVE:
+                raise Conflict(
+                    f"this node is {self.role}, not the active: run the restore on the active node"
+                )
+            status = replication.read_status(self.cluster)
+            if not status.uptodate:
+                raise Conflict(
+                    f"the standby {self.ha.peer} is not UpToDate and synchronous "
+                    f"({replication.not_uptodate_reason(status)}): wait for it with "
+                    "'escadm replication status --wait-uptodate', then restore again"
+                )
+            started = time.monotonic()
+            lease = self.controller.lease
+            assert isinstance(lease, DatabaseLease)
+            lease.paused = "restoring a backup"
+            try:
+                left = self.controller.drop_active(timeout=2.0)
+                try:
+                    with self.controller.db.engine.begin() as connection:
+                        swap_in(connection, token, keep_lease=True)
+                except AsideError as exc:
+                    raise Conflict(f"{exc}; nothing was changed") from None
+                except SQLAlchemyError as exc:  # rolled back: the data is as it was
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise Conflict(f"the swap failed ({first}); nothing was changed") from None
+                finally:
+                    # On the restored data, or on the old after a failed swap.
+                    self._retake_after_restore()
+            finally:
+                lease.paused = None
+            seconds = time.monotonic() - started
+            log.info(
+                "restored data swapped in; active role taken again in %.3f s, epoch %s",
+                seconds,
+                lease.epoch,
+            )
+            return {
+                "node": self.settings.node.name,
+                "standby": str(self.ha.peer),
+                "epoch": lease.epoch,
+                "seconds": seconds,
+                "interrupted": left,
+            }
+
+    def _retake_after_restore(self) -> None:
+        try:
+            self.controller.take_active()
+        except Exception as exc:
+            # An active without its engine must not keep the VIP: the standby, which has
+            # the same data, takes over (and the role) instead.
+            log.exception("taking the active role again after a restore failed")
+            self._fault(f"could not take the active role again after a restore: {exc}")
+            raise Unavailable(
+                f"node {self.settings.node.name} could not take the active role again after "
+                f"the swap ({exc}): it went FAULT, and the standby {self.ha.peer}, which has "
+                "the same data, takes over; see log/escmanager.log"
+            ) from None
+        self._record(ACTIVE, "holds the VIP and the active role")
 
     # the cycle ----------------------------------------------------------------------
 

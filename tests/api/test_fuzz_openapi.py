@@ -42,8 +42,8 @@ ALL_CHECKS = CHECKS.get_all()
 # flavors the node's VIM has, stay within [limits] max_vms_per_deployment and,
 # on update, name the deployment of the URL; dynamic mappings are an XML
 # document; a subscription's callback host must be one deliveries may go to
-# (notifications.allowed_hosts). The pair's role changes are refused (409) on
-# this standalone node whatever their body. Every other check runs on them.
+# (notifications.allowed_hosts). The pair's role changes and a restore's swap
+# are refused (409) on this standalone node whatever their body. Every other check runs on them.
 SEMANTIC_RULES = {
     "POST /v0/deployments",
     "POST /v0/subscriptions",
@@ -51,6 +51,7 @@ SEMANTIC_RULES = {
     "PUT /v0/dynamic_mappings",
     "POST /esc/ha/switchover",
     "POST /esc/ha/force-active",
+    "POST /esc/ha/restore",
 }
 
 

@@ -23,8 +23,13 @@ except ImportError:  # older: app.routes is flat
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 OP_MODE_ROUTE = ("PUT", "/esc/op_mode")
 # The pair's role changes are taken in MAINTENANCE too (an upgrade switches over in
-# it); tests/ha tries them on a pair.
-ROLE_ROUTES = {("POST", "/esc/ha/switchover"), ("POST", "/esc/ha/force-active")}
+# it), and so is a restore's swap (a restore is typically part of maintenance);
+# tests/ha tries them on a pair.
+ROLE_ROUTES = {
+    ("POST", "/esc/ha/switchover"),
+    ("POST", "/esc/ha/force-active"),
+    ("POST", "/esc/ha/restore"),
+}
 YAML = {"content-type": "application/yaml"}
 SCRIPT = {"content": "#!/bin/sh\necho hi\n", "timeout": 5}
 

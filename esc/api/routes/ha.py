@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from esc.api.deps import ControllerDep, require_user
-from esc.api.schemas import ForceActiveIn, HaView, SwitchoverView
+from esc.api.schemas import ForceActiveIn, HaView, RestoreSwapIn, RestoreSwapView, SwitchoverView
 from esc.engine.controller import Controller
 from esc.errors import Conflict, InvalidRequest
 
@@ -51,3 +51,10 @@ def force_active(body: ForceActiveIn, controller: ControllerDep) -> HaView:
         )
     _manager(controller).force_active()
     return ha_role(controller)
+
+
+@router.post("/restore", response_model=RestoreSwapView)
+def swap_in_restore(body: RestoreSwapIn, controller: ControllerDep) -> RestoreSwapView:
+    """The last step of `escadm restore` on the active node: the data it built aside and
+    checked replaces the pair's, in one transaction, and the engine resumes on it."""
+    return RestoreSwapView(**_manager(controller).swap_in_restore(body.aside))
