@@ -53,9 +53,14 @@ from typing import NamedTuple
 from esc.config import HaSettings
 
 INSTANCE = "ESC"
-# Priority by position in node_list. Only a simultaneous start compares them
-# (nopreempt), and tracking uses FAULT, not priority weights.
-PRIORITIES = (150, 100)
+# Priority by position in node_list. Only a simultaneous start (or two MASTERs
+# that hear each other again) compares them (nopreempt), and tracking uses FAULT,
+# not priority weights. The highest a backup may have: a BACKUP waits a skew of
+# (256 - priority) / 256 advert intervals before it becomes MASTER, after three
+# missed adverts and after the old MASTER's priority-0 advert alike. At 150/100
+# that was 41/61 ms in which the VIP is on neither node, long enough to lose a
+# client's SYN on every planned switchover; at 254/253 it is about 1 ms.
+PRIORITIES = (254, 253)
 # Gratuitous ARP timing (seconds / counts), see the module docstring.
 GARP_MASTER_DELAY = 1
 GARP_MASTER_REPEAT = 3
@@ -395,7 +400,7 @@ _LINE = re.compile(r'^INSTANCE "(?P<name>[^"]*)" (?P<state>[A-Z_]+) (?P<priority
 
 
 def parse_notify_line(line: str) -> NotifyEvent | None:
-    """`INSTANCE "ESC" MASTER 150` -> NotifyEvent; None for any other line (GROUP ...)."""
+    """`INSTANCE "ESC" MASTER 254` -> NotifyEvent; None for any other line (GROUP ...)."""
     match = _LINE.match(line.strip())
     if match is None:
         return None

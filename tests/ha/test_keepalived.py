@@ -51,7 +51,7 @@ def test_config_is_what_the_pair_needs_and_keepalived_accepts_it(tmp_path: Path)
         conf = ka.write_config(settings(address), name, paths)
         ka.check_config(conf)
         rendered[name] = conf.read_text()
-    for name, peer, priority in (("n1", ".12", 150), ("n2", ".11", 100)):
+    for name, peer, priority in (("n1", ".12", 254), ("n2", ".11", 253)):
         text = rendered[name]
         for line in (
             "vrrp_version 3",
@@ -190,7 +190,7 @@ def test_one_master_holds_the_vip_and_the_root_namespace_reaches_it(
     assert [e.state for e in backup.events] == ["FAULT", "BACKUP"]
     # Priorities by position in node_list.
     for node in pair:
-        expected = 150 if node.ha.address == node.ha.node_list[0] else 100
+        expected = 254 if node.ha.address == node.ha.node_list[0] else 253
         assert {e.priority for e in node.events} == {expected}
 
 
