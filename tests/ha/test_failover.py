@@ -179,6 +179,12 @@ def test_a_planned_switchover_loses_no_write(pair: Pair) -> None:
     result = _under_load(pair, lambda: pair.ok(old, "switchover"), "switchover")
     assert result["new_primary"] == new.name
     pair.wait_pair(active=new)
+    # The operator's health check passes on both: a standby's engine is the active's.
+    for node in (new, old):
+        assert pair.ok(node, "health").strip() == "ESC HEALTH PASSED"
+    standby = json.loads(pair.ok(old, "health", "--json"))
+    engine = next(c for c in standby["checks"] if c["name"] == "engine")
+    assert "it runs on the pair's active node" in engine["detail"], engine
 
 
 def test_maintenance_mode_survives_a_failover(pair: Pair) -> None:
@@ -216,6 +222,7 @@ def test_a_standby_that_missed_writes_is_never_promoted_by_itself(pair: Pair) ->
     finally:
         load.stop()
     alone = [load.name(a.seq) for a in load.acks if a.sent > lost_at + 4.0]
+    both = {load.name(a.seq) for a in load.acks if a.acked < lost_at}  # on both nodes
     pair.lab.host_down(active.ns)
 
     # The old standby comes back alone: keepalived makes it MASTER, but its copy lacks
@@ -242,6 +249,7 @@ def test_a_standby_that_missed_writes_is_never_promoted_by_itself(pair: Pair) ->
     )
     present = pair.tenants()
     assert not set(alone) <= present  # given up, as the operator chose
+    assert both <= present, f"lost: {sorted(both - present)[:10]}"  # what both nodes had
 
     # The old active returns and rejoins as the standby of the forced one.
     pair.power_on_and_start(active)
