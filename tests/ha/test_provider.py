@@ -289,7 +289,13 @@ def test_fence_cuts_the_node_off_and_kills_everything_in_it(
     assert status["links"] == {"eth0": "DOWN"}
 
     # Fencing a fenced node fences it again, and says so.
-    lab.popen(victim, ["sleep", "300"])  # started by hand while it was off
+    by_hand = lab.popen(victim, ["sleep", "300"])  # started by hand while it was off
+    # `ip netns exec` enters the namespace, then execs: wait until it is in, or the
+    # fence could look before it is there.
+    deadline = time.monotonic() + 5
+    while by_hand.pid not in lab.pids(victim):
+        assert time.monotonic() < deadline, "the sleeper never entered the namespace"
+        time.sleep(0.01)
     again = nodes[fencer].call("fence", address=address)
     assert again["ok"], again
     assert lab.pids(victim) == []
