@@ -297,23 +297,27 @@ class RoleManager:
 
     # planned switchover --------------------------------------------------------------
 
+    def _require_active_in_sync(self, action: str, then: str) -> None:
+        """Conflict unless this node is the active and its standby UpToDate and
+        synchronous: what a switchover and a restore need (under the role lock)."""
+        if self.role != ACTIVE:
+            raise Conflict(
+                f"this node is {self.role}, not the active: run the {action} on the active node"
+            )
+        status = replication.read_status(self.cluster)
+        if not status.uptodate:
+            raise Conflict(
+                f"the standby {self.ha.peer} is not UpToDate and synchronous "
+                f"({replication.not_uptodate_reason(status)}): wait for it with "
+                f"'escadm replication status --wait-uptodate'{then}"
+            )
+
     def switchover(self, timeout: float = 15.0, *, follow: bool = True) -> dict[str, Any]:
         """Hand the active role to the standby: no acknowledged write lost (the standby
         is synchronous), transactions in flight resumed there; then, with `follow`, this
         node's PostgreSQL follows the new active. Returns what happened."""
         with self._lock:
-            if self.role != ACTIVE:
-                raise Conflict(
-                    f"this node is {self.role}, not the active: run the switchover on the "
-                    "active node"
-                )
-            status = replication.read_status(self.cluster)
-            if not status.uptodate:
-                raise Conflict(
-                    f"the standby {self.ha.peer} is not UpToDate and synchronous "
-                    f"({replication.not_uptodate_reason(status)}): wait for it with "
-                    "'escadm replication status --wait-uptodate'"
-                )
+            self._require_active_in_sync("switchover", "")
             started = time.monotonic()
             self._switching = True
             lease = self.controller.lease
@@ -363,17 +367,7 @@ class RoleManager:
         backup count as gone, so its transactions in flight are resumed or closed at
         once, and VIM instances the restored data does not know are removed."""
         with self._lock:
-            if self.role != ACTIVE:
-                raise Conflict(
-                    f"this node is {self.role}, not the active: run the restore on the active node"
-                )
-            status = replication.read_status(self.cluster)
-            if not status.uptodate:
-                raise Conflict(
-                    f"the standby {self.ha.peer} is not UpToDate and synchronous "
-                    f"({replication.not_uptodate_reason(status)}): wait for it with "
-                    "'escadm replication status --wait-uptodate', then restore again"
-                )
+            self._require_active_in_sync("restore", ", then restore again")
             started = time.monotonic()
             lease = self.controller.lease
             assert isinstance(lease, DatabaseLease)

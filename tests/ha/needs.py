@@ -1,24 +1,23 @@
-"""What the HA lab tests need from the machine: skipped with the reason outside CI,
-failed in CI (`CI=true`), where every one of them must run."""
+"""What the HA lab tests need from the machine (skipped with the reason outside CI,
+failed in CI, where every one of them must run), and the running pair a lab module
+shares."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
-import pytest
+from conftest import need
+from esc_pair import Pair
+from lab import Lab, availability
+from pg_server import availability as pg_availability
 
 from esc.ha import keepalived as ka
 
-IN_CI = os.environ.get("CI") == "true"
-
-
-def need(reason: str | None) -> None:
-    """Skip outside CI when the lab cannot run here; in CI that is a failure."""
-    if reason is None:
-        return
-    if IN_CI:
-        pytest.fail(f"CI must run this test: {reason}")
-    pytest.skip(reason)
+__all__ = ["keepalived_missing", "need", "running_pair"]
 
 
 def keepalived_missing() -> str | None:
@@ -28,3 +27,28 @@ def keepalived_missing() -> str | None:
     except ka.KeepalivedError as exc:
         return str(exc)
     return None
+
+
+def running_pair(
+    net: str, prefix: str, *, kad_vri: int, vim_host: bool, keep_env: str
+) -> Iterator[Pair]:
+    """A pair created in a lab of its own on `net` (a /24), the lab's node provider up,
+    with a VIM host on a third test host when `vim_host`; everything is removed after,
+    the nodes' homes too unless `keep_env` is set (to read their logs)."""
+    need(availability())
+    need(pg_availability())
+    need(keepalived_missing())
+    base = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    base.chmod(0o711)  # postgres goes through it to the homes
+    with Lab(3 if vim_host else 2, net=net, prefix=prefix) as lab:
+        made = Pair(lab, base, kad_vri=kad_vri)
+        try:
+            made.start_agent()
+            if vim_host:
+                made.start_vim_host()
+            made.create()
+            yield made
+        finally:
+            made.stop()
+    if not os.environ.get(keep_env):
+        shutil.rmtree(base, ignore_errors=True)

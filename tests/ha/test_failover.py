@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from esc_pair import Node, Pair, wait_for
-from lab import Lab, availability
-from needs import keepalived_missing, need
-from pg_server import availability as pg_availability
+from needs import running_pair
 from writes import WriteLoad, figures
 
 from esc.config import NodeHome
@@ -45,22 +41,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
-    need(availability())
-    need(pg_availability())
-    need(keepalived_missing())
-    base = Path(tempfile.mkdtemp(prefix="fo-"))
-    base.chmod(0o711)  # postgres goes through it to the homes
-    with Lab(3, net=f"{NET}.0/24", prefix=PREFIX) as lab:
-        made = Pair(lab, base)
-        try:
-            made.start_agent()
-            made.start_vim_host()
-            made.create()
-            yield made
-        finally:
-            made.stop()
-    if not os.environ.get("FO_KEEP"):
-        shutil.rmtree(base, ignore_errors=True)
+    yield from running_pair(f"{NET}.0/24", PREFIX, kad_vri=66, vim_host=True, keep_env="FO_KEEP")
 
 
 HOST_DOWN_ROUNDS = 20  # host-down failovers of this test alone, each at a random moment

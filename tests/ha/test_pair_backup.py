@@ -11,10 +11,7 @@ node with its own local VIM.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,9 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from esc_pair import API_PORT, Pair, wait_for
-from lab import Lab, availability
-from needs import keepalived_missing, need
-from pg_server import availability as pg_availability
+from needs import running_pair
 
 from esc.config import NodeHome
 from esc.ha.pgsql import Cluster
@@ -46,21 +41,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
-    need(availability())
-    need(pg_availability())
-    need(keepalived_missing())
-    base = Path(tempfile.mkdtemp(prefix="br-"))
-    base.chmod(0o711)  # postgres goes through it to the homes
-    with Lab(2, net=f"{NET}.0/24", prefix=PREFIX) as lab:
-        made = Pair(lab, base, kad_vri=68)
-        try:
-            made.start_agent()
-            made.create()
-            yield made
-        finally:
-            made.stop()
-    if not os.environ.get("BR_KEEP"):
-        shutil.rmtree(base, ignore_errors=True)
+    yield from running_pair(f"{NET}.0/24", PREFIX, kad_vri=68, vim_host=False, keep_env="BR_KEEP")
 
 
 def _tenants_at(pair: Pair, address: str) -> set[str]:
