@@ -107,8 +107,9 @@ class DatabaseSettings(_Section):
 class VimSettings(_Section):
     driver: str = Field(
         "local",
-        description="VIM driver: local (each VM an OS process of this node) or vimhost "
-        "(the local VIM served by a VIM host, so VMs outlive this node: an HA pair's VIM).",
+        description="VIM driver: local (each VM an OS process of this node), vimhost "
+        "(the local VIM served by a VIM host, so VMs outlive this node: an HA pair's VIM) "
+        "or fake (VMs kept in the controller's memory, for tests: gone when it exits).",
     )
     local_dir: str = Field(
         "",

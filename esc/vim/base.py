@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from esc.config import NodeHome, Settings, VimSettings
 
 # The drivers [vim] driver may name, for the error that lists them.
-DRIVERS = ("local", "vimhost")
+DRIVERS = ("local", "vimhost", "fake")
 
 
 class VimError(Exception):

@@ -93,6 +93,25 @@ def check_vm_id(vm_id: str) -> None:
         )
 
 
+def validate_image(image: str, vim: str) -> None:
+    """Refuse an image the local VIM's VNF program cannot behave as, naming the known ones;
+    `vim` names the VIM in the message (a VIM that runs the same images says its own)."""
+    try:
+        vnf.parse_image(image)
+    except ValueError:
+        raise UnknownImage(
+            f"unknown image {image!r}; the {vim}'s images are {IMAGE_FORMS}"
+        ) from None
+
+
+def validate_flavor(flavor: str, vim: str) -> None:
+    """Refuse a flavor not in the local VIM's catalogue, naming the known ones."""
+    if flavor not in FLAVORS:
+        raise UnknownFlavor(
+            f"unknown flavor {flavor!r}; the {vim}'s flavors are {', '.join(FLAVORS)}"
+        )
+
+
 class _VmLocks:
     """One threading lock per VM id, dropped when nobody uses it (ids are not reused)."""
 
@@ -149,18 +168,10 @@ class LocalVim(VimDriver):
     # images and flavors -----------------------------------------------------------------
 
     def validate_image(self, image: str) -> None:
-        try:
-            vnf.parse_image(image)
-        except ValueError:
-            raise UnknownImage(
-                f"unknown image {image!r}; the local VIM's images are {IMAGE_FORMS}"
-            ) from None
+        validate_image(image, "local VIM")
 
     def validate_flavor(self, flavor: str) -> None:
-        if flavor not in FLAVORS:
-            raise UnknownFlavor(
-                f"unknown flavor {flavor!r}; the local VIM's flavors are {', '.join(FLAVORS)}"
-            )
+        validate_flavor(flavor, "local VIM")
 
     # life cycle -------------------------------------------------------------------------
 

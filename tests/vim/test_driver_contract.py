@@ -24,9 +24,10 @@ from esc.vim.base import (
     VimDriver,
     VmSpec,
 )
+from esc.vim.fake import FakeVim
 from esc.vim.local import LocalVim
 
-DRIVERS = ["local", "vimhost"]
+DRIVERS = ["local", "vimhost", "fake"]
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,15 @@ def make_driver(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Callable[[], VimDriver]]:
     """A factory of driver objects on one VIM: each call is a new controller's driver."""
+    if request.param == "fake":
+
+        def make() -> VimDriver:
+            return FakeVim(tmp_path / "vim")
+
+        yield make
+        # Nothing runs to be killed; what it holds is dropped with its directory.
+        FakeVim.forget(tmp_path / "vim")
+        return
     if request.param == "local":
         observer = LocalVim(tmp_path / "vim")
 
