@@ -480,3 +480,34 @@ def api_base_url(settings: Settings) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{settings.api.scheme}://{host}:{settings.api.port}"
+
+
+def read_secret(home: Path, file: str, env: str, what: str) -> str:
+    """A secret (a VIM's password, say) from the file `file` (relative: in the node home;
+    it must not be readable by others) or else the environment variable `env`.
+
+    Never from esc.toml itself: esc.toml is put in backups and shown by `escadm`, a file
+    or variable name is all it holds. `what` names the settings in the error, e.g.
+    "[vim.vmware] password_file / password_env".
+    """
+    if file:
+        path = home / file
+        try:
+            mode = path.stat().st_mode
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
+        if mode & 0o077:
+            raise ConfigError(
+                f"{what}: {path} is readable by others (mode {mode & 0o777:o}); chmod 600 {path}"
+            )
+        secret = text.strip()
+        if not secret:
+            raise ConfigError(f"{what}: {path} is empty; write the secret into it")
+        return secret
+    if env:
+        secret = os.environ.get(env, "")
+        if not secret:
+            raise ConfigError(f"{what}: the environment variable {env} is not set or empty")
+        return secret
+    raise ConfigError(f"{what}: set one, to a file holding the secret or a variable's name")

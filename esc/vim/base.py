@@ -1,7 +1,8 @@
 """The interface every VIM driver implements, and how a driver is found by name.
 
 As in Patroni's DCS backends: one abstract class, one module per backend
-(`esc.vim.<name>`), the concrete class found by the name in esc.toml.
+(`esc.vim.<name>`), the concrete class found by the name in esc.toml, through
+the `esc.vim` entry points, so that each VIM's SDK can be an optional extra.
 Every operation is idempotent and keyed by the controller's VM id, so a
 transaction step can be run again after a crash, or a call retried after a
 transient error, without creating a duplicate or failing on what is already
@@ -12,16 +13,18 @@ from __future__ import annotations
 
 import abc
 import enum
-import importlib
+import re
 from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 if TYPE_CHECKING:
     from esc.config import NodeHome, Settings, VimSettings
 
-# The drivers [vim] driver may name, for the error that lists them.
-DRIVERS = ("local", "vimhost", "fake")
+# The entry-point group a driver is installed under (name = its `name`): a driver is
+# found by name, and one whose SDK is missing is told apart from an unknown one.
+ENTRY_POINT_GROUP = "esc.vim"
 
 
 class VimError(Exception):
@@ -55,35 +58,100 @@ class UnknownFlavor(PermanentVimError):
 
 
 class InstanceState(enum.StrEnum):
+    BUILDING = "BUILDING"  # the VIM is still creating or starting it
     RUNNING = "RUNNING"
     STOPPED = "STOPPED"  # exists on the VIM, not running
+    ERROR = "ERROR"  # the VIM failed it; InstanceStatus.detail holds the VIM's reason
     ABSENT = "ABSENT"  # the VIM has no such instance
+
+
+# The metadata every instance a driver creates carries, so that it is known as this
+# controller's (and which VM it is) by any driver object, after any restart: a VIM
+# instance without both is someone else's and is never touched.
+TAG_CONTROLLER = "esc-controller"
+TAG_VM = "esc-vm-id"
+VM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+
+
+def check_vm_id(vm_id: str) -> None:
+    """Refuse an id that is no plain name (a path, a hidden name): drivers use it in
+    file names, instance names and URLs."""
+    if not isinstance(vm_id, str) or not VM_ID.match(vm_id):
+        raise PermanentVimError(
+            f"invalid VM id {vm_id!r}: use letters, digits, '.', '_' and '-' (at most 128)"
+        )
+
+
+@dataclass(frozen=True)
+class Interface:
+    """One NIC of a VM, on a network the VIM already has (a driver creates none)."""
+
+    network: str  # the VIM's name for it: a neutron network, libvirt network, port group
+    ip: str | None = None  # a fixed address on that network; None: the VIM assigns one
+    floating_ip: str | None = None  # an existing floating IP to associate (OpenStack)
+    model: str = "virtio"  # the NIC's device model where the VIM asks (libvirt, CSP)
+    vlan: int | None = None  # an access VLAN where the VIM asks (CSP)
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A data disk created with the VM and deleted with it."""
+
+    name: str
+    size_gb: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the VIM should put the VM; empty fields are the VIM's choice."""
+
+    zone: str = ""  # OpenStack availability zone
+    host: str = ""  # compute host, ESXi host or CSP host
+    datastore: str = ""  # VMware datastore
+    cluster: str = ""  # VMware cluster
 
 
 @dataclass(frozen=True)
 class VmSpec:
-    """What the controller asks a VIM to create."""
+    """What the controller asks a VIM to create.
+
+    `day0_config` maps file names to their text; each driver delivers it the VIM's way
+    (the local VIM's instance directory, a cloud-init config drive on OpenStack and
+    libvirt, guestinfo properties on VMware, a day0 file on CSP).
+    """
 
     vm_id: str
     name: str
     image: str
     flavor: str
     day0_config: dict[str, Any] = field(default_factory=dict)
+    interfaces: tuple[Interface, ...] = ()
+    volumes: tuple[Volume, ...] = ()
+    placement: Placement = field(default_factory=Placement)
 
 
 @dataclass(frozen=True)
 class InstanceStatus:
     vm_id: str
     state: InstanceState
-    # Where the VM answers (local VIM: http://127.0.0.1:PORT), None unless running.
+    # Where the VM answers (the local VIM: http://127.0.0.1:PORT; a real VIM: its first
+    # interface's IP address), None unless running.
     address: str | None = None
-    detail: str = ""
+    detail: str = ""  # the VIM's own words on the state (an ERROR's reason)
+    ips: tuple[str, ...] = ()  # every address the VIM gave it, floating ones included
 
 
 class VimDriver(abc.ABC):
     """One virtual infrastructure manager."""
 
     name: ClassVar[str]
+    # Set by load_driver from the controller's id (kept in its database, so both nodes of
+    # a pair and a restored node have the same): the value of every instance's TAG_CONTROLLER.
+    controller_id: str = "esc"
+
+    def tags(self, vm_id: str) -> dict[str, str]:
+        """The metadata that marks the instance of `vm_id` as this controller's."""
+        return {TAG_CONTROLLER: self.controller_id, TAG_VM: vm_id}
 
     @classmethod
     def from_settings(cls, data_dir: Path, settings: VimSettings, home: Path) -> Self:
@@ -123,13 +191,20 @@ class VimDriver(abc.ABC):
     def status(self, vm_id: str) -> InstanceStatus:
         """What the VIM knows of the VM now."""
 
-    @abc.abstractmethod
     def is_alive(self, vm_id: str) -> bool:
-        """The VM answers its aliveness check (local VIM: its health endpoint)."""
+        """The VM is up as far as the VIM can tell: running. A driver whose VIM checks
+        more (the local VIM asks the VM's health endpoint) says so here."""
+        return self.status(vm_id).state is InstanceState.RUNNING
 
     @abc.abstractmethod
     def list_instances(self) -> list[str]:
-        """The VM ids this VIM holds for this controller (to find orphans)."""
+        """The VM ids of the instances tagged as this controller's, sorted (to find
+        orphans). An instance without this controller's tags is never listed."""
+
+    def quarantine(self, vm_id: str) -> InstanceStatus:
+        """Put an orphan (tagged as this controller's, but with no VM record) out of
+        harm's way without losing it: stopped, never deleted."""
+        return self.stop_vm(vm_id)
 
     @abc.abstractmethod
     def check(self) -> None:
@@ -140,9 +215,21 @@ class VimDriver(abc.ABC):
         nothing else does, so constructing a driver and check() have no effects."""
 
 
-def driver_for(home: NodeHome, settings: Settings) -> VimDriver:
+def driver_for(home: NodeHome, settings: Settings, controller_id: str = "esc") -> VimDriver:
     """The VIM driver of a node, as its esc.toml [vim] section says."""
-    return load_driver(settings.vim.driver, home.vim_location(settings), settings.vim, home.root)
+    return load_driver(
+        settings.vim.driver,
+        home.vim_location(settings),
+        settings.vim,
+        home.root,
+        controller_id,
+    )
+
+
+def installed_drivers() -> dict[str, EntryPoint]:
+    """The drivers installed, by name: the `esc.vim` entry points of every installed
+    distribution (this one's and any plug-in's)."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def load_driver(
@@ -150,30 +237,31 @@ def load_driver(
     data_dir: Path,
     settings: VimSettings | None = None,
     home: Path | None = None,
+    controller_id: str = "esc",
 ) -> VimDriver:
     """The driver named `name`, keeping its state under `data_dir`, configured by
-    `settings` (the [vim] defaults when None) with relative paths in `home`."""
-    if not name.isidentifier():
-        raise VimError(f"VIM driver name {name!r} is not valid; use e.g. 'local'")
-    try:
-        module = importlib.import_module(f"esc.vim.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"esc.vim.{name}":
-            raise  # the driver exists but lacks a dependency: say that, not "unknown driver"
+    `settings` (the [vim] defaults when None) with relative paths in `home`; its
+    instances carry `controller_id`'s tags."""
+    drivers = installed_drivers()
+    if name not in drivers:
         raise VimError(
             f"unknown VIM driver {name!r}: set [vim] driver in esc.toml to one of: "
-            f"{', '.join(DRIVERS)}"
+            f"{', '.join(sorted(drivers))}"
+        )
+    try:
+        cls = drivers[name].load()
+    except ModuleNotFoundError as exc:
+        # The driver is here but its SDK is not: name the extra that brings it.
+        raise VimError(
+            f"the {name} VIM driver needs the Python package {exc.name!r}, which is not "
+            f"installed: pip install 'esc[{name}]'"
         ) from exc
-    for value in vars(module).values():
-        if (
-            isinstance(value, type)
-            and issubclass(value, VimDriver)
-            and value is not VimDriver
-            and getattr(value, "name", None) == name
-        ):
-            if settings is None:
-                from esc.config import VimSettings
+    if not (isinstance(cls, type) and issubclass(cls, VimDriver) and cls.name == name):
+        raise VimError(f"entry point {drivers[name].value} is no VimDriver named {name!r}")
+    if settings is None:
+        from esc.config import VimSettings
 
-                settings = VimSettings()
-            return value.from_settings(data_dir / name, settings, home or data_dir)
-    raise VimError(f"module esc.vim.{name} defines no VimDriver named {name!r}")
+        settings = VimSettings()
+    driver = cls.from_settings(data_dir / name, settings, home or data_dir)
+    driver.controller_id = controller_id
+    return driver

@@ -40,8 +40,9 @@ from esc.vim.base import (
     VimDriver,
     VimError,
     VmSpec,
+    check_vm_id,
 )
-from esc.vim.local import check_vm_id, validate_flavor, validate_image
+from esc.vim.local import validate_flavor, validate_image
 
 # The operations of the driver interface a fault may be injected into.
 OPERATIONS = (
@@ -177,7 +178,8 @@ class _Vim:
     lock: threading.RLock = field(default_factory=threading.RLock)
     # The VIM's, not a driver object's: a test that moves time moves it for every object.
     clock: Callable[[], float] = time.monotonic
-    instances: dict[str, _Instance] = field(default_factory=dict)
+    # By (the controller its tags name, VM id); None: an untagged instance.
+    instances: dict[tuple[str | None, str], _Instance] = field(default_factory=dict)
     calls: list[tuple[str, str | None]] = field(default_factory=list)
     faults: Faults = field(init=False)
 
@@ -253,10 +255,10 @@ class FakeVim(VimDriver):
             check_vm_id(spec.vm_id)
             validate_image(spec.image, "fake VIM")
             validate_flavor(spec.flavor, "fake VIM")
-            instance = self._vim.instances.get(spec.vm_id)
+            instance = self._vim.instances.get(self._key(spec.vm_id))
             if instance is None:
                 instance = _Instance(spec, _next_address(), self._vim.clock())
-                self._vim.instances[spec.vm_id] = instance
+                self._vim.instances[self._key(spec.vm_id)] = instance
             # An existing VM keeps its first spec, as the local VIM keeps its spec.json.
             if not self._running(instance):
                 self._boot(instance)
@@ -276,7 +278,7 @@ class FakeVim(VimDriver):
     def stop_vm(self, vm_id: str) -> InstanceStatus:
         def stop() -> InstanceStatus:
             check_vm_id(vm_id)
-            instance = self._vim.instances.get(vm_id)
+            instance = self._vim.instances.get(self._key(vm_id))
             if instance is not None:
                 instance.running = False
             return self._status(vm_id)
@@ -293,7 +295,7 @@ class FakeVim(VimDriver):
     def delete_vm(self, vm_id: str) -> None:
         def delete() -> None:
             check_vm_id(vm_id)
-            self._vim.instances.pop(vm_id, None)
+            self._vim.instances.pop(self._key(vm_id), None)
 
         self._call("delete_vm", vm_id, delete)
 
@@ -309,7 +311,7 @@ class FakeVim(VimDriver):
     def is_alive(self, vm_id: str) -> bool:
         def alive() -> bool:
             check_vm_id(vm_id)
-            instance = self._vim.instances.get(vm_id)
+            instance = self._vim.instances.get(self._key(vm_id))
             if instance is None or not self._running(instance):
                 return False
             kind, seconds = vnf.parse_image(instance.spec.image)
@@ -323,7 +325,10 @@ class FakeVim(VimDriver):
         return self._call("is_alive", vm_id, alive)
 
     def list_instances(self) -> list[str]:
-        return self._call("list_instances", None, lambda: sorted(self._vim.instances))
+        def own() -> list[str]:
+            return sorted(v for c, v in self._vim.instances if c == self.controller_id)
+
+        return self._call("list_instances", None, own)
 
     def check(self) -> None:
         # Always usable unless a test injects a fault: there is nothing to reach.
@@ -331,9 +336,33 @@ class FakeVim(VimDriver):
 
     # instances --------------------------------------------------------------------------
 
+    def _key(self, vm_id: str) -> tuple[str | None, str]:
+        # Instances are found by their tags, as on a real VIM: another controller's
+        # instance of the same name is another instance, and this driver never sees it.
+        return (self.controller_id, vm_id)
+
+    def put_foreign(self, name: str, controller: str | None = None) -> None:
+        """Make an instance that is not this controller's, as another tool or another
+        controller would (untagged when `controller` is None), running."""
+        with self._vim.lock:
+            spec = VmSpec(name, name, "healthy", "m1.tiny")
+            instance = _Instance(spec, _next_address(), self._vim.clock(), running=True)
+            self._vim.instances[(controller, name)] = instance
+
+    def foreign_running(self, name: str, controller: str | None = None) -> bool:
+        """The instance `put_foreign` made is still there and running, as it was made."""
+        with self._vim.lock:
+            instance = self._vim.instances.get((controller, name))
+            return instance is not None and instance.running
+
+    def tags_of(self, vm_id: str) -> dict[str, str]:
+        """The tags the VIM holds for this controller's instance `vm_id` ({} if none)."""
+        with self._vim.lock:
+            return self.tags(vm_id) if self._key(vm_id) in self._vim.instances else {}
+
     def _require_defined(self, vm_id: str) -> _Instance:
         check_vm_id(vm_id)
-        instance = self._vim.instances.get(vm_id)
+        instance = self._vim.instances.get(self._key(vm_id))
         if instance is None:
             raise PermanentVimError(f"VM {vm_id} does not exist on the fake VIM; create it again")
         return instance
@@ -352,7 +381,7 @@ class FakeVim(VimDriver):
         return instance.running
 
     def _status(self, vm_id: str) -> InstanceStatus:
-        instance = self._vim.instances.get(vm_id)
+        instance = self._vim.instances.get(self._key(vm_id))
         if instance is None:
             return InstanceStatus(vm_id, InstanceState.ABSENT)
         if not self._running(instance):

@@ -25,7 +25,6 @@ import http.client
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -43,6 +42,7 @@ import psutil
 
 from esc.vim import vnf
 from esc.vim.base import (
+    VM_ID,
     InstanceState,
     InstanceStatus,
     PermanentVimError,
@@ -51,6 +51,7 @@ from esc.vim.base import (
     UnknownImage,
     VimDriver,
     VmSpec,
+    check_vm_id,
 )
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,6 @@ STOP_GRACE = 5.0
 HEALTH_TIMEOUT = 1.0
 # How long a lock held by no identifiable VNF may take to go away before stop gives up.
 UNKNOWN_HOLDER_WAIT = 1.0
-VM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 TOMBSTONE_PREFIX = ".deleting-"
 
 
@@ -83,14 +83,6 @@ def instance_dir_arg(cmdline: list[str]) -> str | None:
         if arg.startswith("--instance-dir="):
             return arg.partition("=")[2]
     return None
-
-
-def check_vm_id(vm_id: str) -> None:
-    """Refuse an id that is no plain directory name (a path, a hidden name)."""
-    if not isinstance(vm_id, str) or not VM_ID.match(vm_id):
-        raise PermanentVimError(
-            f"invalid VM id {vm_id!r}: use letters, digits, '.', '_' and '-' (at most 128)"
-        )
 
 
 def validate_image(image: str, vim: str) -> None:
@@ -287,14 +279,15 @@ class LocalVim(VimDriver):
         check_vm_id(vm_id)
         return self.instances_dir / vm_id
 
-    @staticmethod
-    def _spec_record(spec: VmSpec) -> dict[str, Any]:
+    def _spec_record(self, spec: VmSpec) -> dict[str, Any]:
         return {
             "vm_id": spec.vm_id,
             "name": spec.name,
             "image": spec.image,
             "flavor": spec.flavor,
             "day0_config": spec.day0_config,
+            # For whoever looks at the VIM: the directory belongs to one controller.
+            "tags": self.tags(spec.vm_id),
             # The instance's birth, kept across reboots (unhealthy-after:N counts from it).
             "created_at": time.time(),
         }

@@ -30,8 +30,8 @@ from esc.vim.base import (
     VimDriver,
     VimError,
     VmSpec,
+    check_vm_id,
 )
-from esc.vim.local import check_vm_id
 
 API = "/v1"
 # What the host answers GET /v1/check with, so a wrong URL (another service) is named.

@@ -629,3 +629,27 @@ def test_a_vm_listens_on_the_address_its_driver_gives(tmp_path: Path, address: s
     finally:
         vim.delete_vm("vm-1")
     assert vim.find_vnf_processes() == []
+
+
+def test_a_driver_whose_sdk_is_missing_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from importlib.metadata import EntryPoint
+
+    import esc.vim.base as base
+
+    missing = EntryPoint("cloudx", "esc_no_such_sdk_module:Driver", base.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(base, "installed_drivers", lambda: {"cloudx": missing})
+    with pytest.raises(VimError) as caught:
+        load_driver("cloudx", tmp_path)
+    assert "needs the Python package 'esc_no_such_sdk_module'" in str(caught.value)
+    assert "pip install 'esc[cloudx]'" in str(caught.value)
+
+
+def test_every_driver_is_installed_as_an_entry_point() -> None:
+    from esc.vim.base import installed_drivers
+
+    drivers = installed_drivers()
+    assert {"local", "vimhost", "fake"} <= set(drivers)
+    for name, entry in drivers.items():
+        assert entry.load().name == name
