@@ -197,7 +197,15 @@ class Executor:
         """A VIM instance with no VM row is an orphan: the controller no longer manages it."""
         with self.db.read() as session:
             known = set(session.scalars(select(Vm.id)))
-        for vm_id in self.vim.list_instances():
+        try:
+            instances = self.vim.list_instances()
+        except VimError as exc:
+            # A VIM that cannot answer now (down, or refusing the credentials) must not
+            # keep the controller from starting: its transactions report the VIM's
+            # error themselves, and orphans are looked for again at the next start.
+            log.error("cannot look for orphan VIM instances at start: %s", exc)
+            return
+        for vm_id in instances:
             if vm_id not in known:
                 log.warning("removing orphan VIM instance %s (no VM record)", vm_id)
                 self.vim.delete_vm(vm_id)

@@ -220,6 +220,9 @@ class OpenStackVim(VimDriver):
                 self._connection = None
 
     def _auth_failed(self, message: str) -> PermanentVimError:
+        # The next call logs in anew, reading the password again: an operator who fixes
+        # the password file needs no restart.
+        self._connection = None
         s = self.settings
         return PermanentVimError(
             f"OpenStack authentication failed at {s.auth_url} for user {s.username!r} in "
@@ -258,14 +261,19 @@ class OpenStackVim(VimDriver):
             ) from None
         except ksa.ConnectFailure as exc:
             raise TransientVimError(f"cannot reach OpenStack to {what}: {exc}") from None
-        except ksa.EndpointNotFound as exc:
+        except (ksa.EndpointNotFound, sdk.EndpointNotFound, sdk.ServiceDisabledException) as exc:
             s = self.settings
             raise PermanentVimError(
                 f"the OpenStack catalog has no endpoint to {what} (interface {s.interface}, "
                 f"region {s.region_name or 'any'}): {exc}; check [vim.openstack] interface "
                 "and region_name"
             ) from None
-        except ksa.HttpError as exc:  # keystone's own answers, while authenticating
+        except ksa.NotFound as exc:  # keystone's answers come only while authenticating
+            raise PermanentVimError(
+                f"no keystone v3 answers at {self.settings.auth_url} ([vim.openstack] "
+                f"auth_url): {exc}"
+            ) from None
+        except ksa.HttpError as exc:
             status = exc.http_status or 0
             kind = TransientVimError if status >= 500 or status == 429 else PermanentVimError
             raise kind(f"keystone at {self.settings.auth_url} refused to {what}: {exc}") from None
@@ -689,7 +697,9 @@ class OpenStackVim(VimDriver):
         password, a missing or unreachable endpoint and an untrusted certificate are
         each named."""
         with self._calling("log in to keystone"):
-            self.conn.authorize()
+            # The session's own call: the SDK's authorize() would flatten keystoneauth's
+            # errors (401, TLS, refused) into one kind.
+            self.conn.session.get_token()
         probes = (
             ("compute", lambda: next(iter(self.conn.compute.flavors(details=False)), None)),
             ("image", lambda: next(iter(self.conn.image.images(limit=1)), None)),

@@ -230,12 +230,20 @@ class NovaCloud:
         response.raise_for_status()
         return response.json()
 
-    def fail_next(self, count: int, status: int = 503, service: str = "") -> None:
-        """The next `count` requests to `service` (any: "") answer `status`."""
-        self.control("POST", "/fail", {"count": count, "status": status, "service": service})
+    def fail_next(
+        self, count: int, status: int = 503, service: str = "", method: str = "", path: str = ""
+    ) -> None:
+        """The next `count` requests to `service` (any: ""), with `method` (any: "") to a
+        path ending in `path`, answer `status`."""
+        body = {"count": count, "status": status, "service": service, "method": method}
+        self.control("POST", "/fail", {**body, "path": path})
 
     def expire_tokens(self) -> None:
         self.control("POST", "/expire-tokens")
+
+    def change_password(self, password: str, user: str = USER) -> None:
+        """As a cloud admin rotating it; tokens already issued stay valid until they expire."""
+        self.control("POST", "/password", {"user": user, "password": password})
 
     def tokens_issued(self, user: str = USER) -> int:
         return self.control("GET", "/stats")["tokens_issued"].get(user, 0)
@@ -252,8 +260,8 @@ class NovaCloud:
 
     def put_foreign(self, name: str) -> None:
         """A server of the project made by someone else: no ESC tags."""
-        image = self.user.image.find_image(IMAGE)
-        flavor = self.user.compute.find_flavor(FLAVOR)
+        image = self.user.image.find_image(IMAGE, ignore_missing=False)
+        flavor = self.user.compute.find_flavor(FLAVOR, ignore_missing=False)
         server = self.user.compute.create_server(
             name=name, image_id=image.id, flavor_id=flavor.id, networks="none"
         )
@@ -277,6 +285,7 @@ class NovaCloud:
                 self.admin.compute.wait_for_delete(server, interval=0.1, wait=60)
         project = self.admin.current_project_id
         self.admin.compute.revert_quota_set(project)
+        self.change_password(PASSWORD)
 
 
 def shared_cloud(request: pytest.FixtureRequest) -> NovaCloud:

@@ -22,7 +22,8 @@ of a cloud that nova's fixtures hold in memory:
   a server's blank volumes and deletes with it.
 
 `/_test/...` is the tests' control endpoint (no token): make the next N service
-requests answer 503, expire every token, count the tokens issued.
+requests (of one service, method, path ending) answer 503, change a user's password,
+expire every token, count the tokens issued.
 
 Once it listens it prints one line of JSON, {"url", "https_url", "pid"}, on its
 standard output; it logs warnings on its standard error. SIGTERM ends it.
@@ -675,15 +676,23 @@ class Faults:
         self.remaining = 0
         self.status = 503
         self.service = ""
+        self.method = ""
+        self.path = ""
         self.served = 0
 
-    def set(self, count: int, status: int, service: str) -> None:
+    def set(self, count: int, status: int, service: str, method: str, path: str) -> None:
         with self.lock:
             self.remaining, self.status, self.service = count, status, service
+            self.method, self.path = method, path
 
-    def due(self, service: str) -> int | None:
+    def due(self, service: str, method: str, path: str) -> int | None:
         with self.lock:
-            if self.remaining > 0 and self.service in ("", service):
+            if (
+                self.remaining > 0
+                and self.service in ("", service)
+                and self.method in ("", method)
+                and path.endswith(self.path)
+            ):
                 self.remaining -= 1
                 self.served += 1
                 return self.status
@@ -717,7 +726,7 @@ class Gateway:
             if head not in ("compute", *self.services):
                 return respond(start, 404, {"error": f"no service at /{head}"})
             self.requests[head] = self.requests.get(head, 0) + 1
-            status = self.faults.due(head)
+            status = self.faults.due(head, environ["REQUEST_METHOD"], rest)
             if status is not None:
                 return respond(
                     start,
@@ -768,12 +777,19 @@ class Gateway:
         method = environ["REQUEST_METHOD"]
         if rest == "/fail" and method == "POST":
             body = read_json(environ)
+            count = int(body.get("count", 1))
             self.faults.set(
-                int(body.get("count", 1)),
+                count,
                 int(body.get("status", 503)),
                 str(body.get("service", "")),
+                str(body.get("method", "")),
+                str(body.get("path", "")),
             )
-            return respond(start, 200, {"armed": int(body.get("count", 1))})
+            return respond(start, 200, {"armed": count})
+        if rest == "/password" and method == "POST":
+            body = read_json(environ)
+            self.identity.users[body["user"]]["password"] = body["password"]
+            return respond(start, 200, {"changed": body["user"]})
         if rest == "/expire-tokens" and method == "POST":
             return respond(start, 200, {"expired": self.identity.expire_all()})
         if rest == "/stats" and method == "GET":
