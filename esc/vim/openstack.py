@@ -18,7 +18,8 @@ keeps its predecessor's); each volume a blank cinder volume nova creates with
 the server and deletes with it, tagged with the volume's name (the guest finds
 it by that tag in the config drive's device metadata); the placement's zone as
 the availability zone, its host in nova's `zone:host` form (which nova's
-default policy leaves to admins); the day-0 files as cloud-init user data
+default policy leaves to admins), its group a nova server group of the
+group's policy; the day-0 files as cloud-init user data
 (`#cloud-config` write_files under [vim.openstack] day0_dir) on a config drive.
 
 What reaches the engine: quota exceeded, a refusal (4xx), an unknown image,
@@ -81,6 +82,8 @@ RESUME = {
 }
 # A day-0 file name is a plain name: it becomes a path under day0_dir in the VM.
 DAY0_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
+# Nova's server group policies (the soft ones prefer, the others insist).
+GROUP_POLICIES = ("anti-affinity", "affinity", "soft-anti-affinity", "soft-affinity")
 # Longest list of a project's images, flavors or networks put into an error message.
 NAMES_SHOWN = 40
 # What the secret is read by, named in its errors.
@@ -517,6 +520,9 @@ class OpenStackVim(VimDriver):
         zone = self._zone(spec.placement)
         if zone:
             attrs["availability_zone"] = zone
+        group = self._server_group(spec.placement)
+        if group is not None:
+            attrs["scheduler_hints"] = {"group": group.id}
         if spec.volumes:
             attrs["block_device_mapping"] = [
                 # The image stays the boot disk; each volume is a blank one beside it.
@@ -570,6 +576,40 @@ class OpenStackVim(VimDriver):
             # Nova's forced host; its default policy allows it to admins only.
             return f"{placement.zone}:{placement.host}"
         return placement.zone
+
+    def _group_name(self, group: str) -> str:
+        # The controller's id in the name: another controller's group of the same name
+        # (server groups carry no metadata) is another group, never touched.
+        return f"esc-{self.controller_id}-{group}"
+
+    def _server_group(self, placement: Placement) -> Any | None:
+        """The project's server group of `placement.group`, made on first use."""
+        if not placement.group:
+            return None
+        policy = placement.group_policy or "anti-affinity"
+        if policy not in GROUP_POLICIES:
+            raise PermanentVimError(
+                f"placement group policy {policy!r} is not one of nova's: "
+                f"{', '.join(GROUP_POLICIES)}"
+            )
+        name = self._group_name(placement.group)
+        for group in self.conn.compute.server_groups():
+            if group.name == name:
+                if group.policy != policy:
+                    raise PermanentVimError(
+                        f"server group {name} exists with policy {group.policy}, not "
+                        f"{policy}: a group's VMs share one policy"
+                    )
+                return group
+        return self.conn.compute.create_server_group(name=name, policy=policy)
+
+    def _groups_of(self, server_ids: set[str]) -> list[Any]:
+        prefix = self._group_name("")
+        return [
+            g
+            for g in self.conn.compute.server_groups()
+            if (g.name or "").startswith(prefix) and server_ids & set(g.member_ids or [])
+        ]
 
     def _associate_floating_ips(self, spec: VmSpec, server: Any) -> None:
         wanted = [i for i in spec.interfaces if i.floating_ip]
@@ -653,6 +693,7 @@ class OpenStackVim(VimDriver):
         what = f"delete VM {vm_id}"
         with self._calling(what):
             servers = self._servers_of(vm_id)
+            groups = self._groups_of({s.id for s in servers}) if servers else []
             for server in servers:
                 self.conn.compute.delete_server(server, ignore_missing=True)
             deadline = time.monotonic() + self.settings.boot_timeout
@@ -665,6 +706,11 @@ class OpenStackVim(VimDriver):
                         )
                     time.sleep(self.settings.poll_interval)
             self._server_ids.pop(vm_id, None)
+            # A group made for the VMs goes with its last one (a project has few).
+            for group in groups:
+                fresh = self.conn.compute.get_server_group(group.id)
+                if not fresh.member_ids:
+                    self.conn.compute.delete_server_group(group, ignore_missing=True)
 
     def _require(self, vm_id: str) -> Any:
         server = self._server(vm_id)

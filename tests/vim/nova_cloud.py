@@ -283,6 +283,8 @@ class NovaCloud:
         for server in servers:
             with contextlib.suppress(sdk.ResourceNotFound):
                 self.admin.compute.wait_for_delete(server, interval=0.1, wait=60)
+        for group in self.admin.compute.server_groups(all_projects=True):
+            self.admin.compute.delete_server_group(group, ignore_missing=True)
         project = self.admin.current_project_id
         self.admin.compute.revert_quota_set(project)
         self.change_password(PASSWORD)

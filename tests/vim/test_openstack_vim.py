@@ -167,6 +167,38 @@ def test_placement_by_zone_and_by_host(cloud: NovaCloud) -> None:
         vim.create_vm(spec("vm-ds", placement=Placement(datastore="ds1")))
 
 
+def test_a_placement_group_is_a_nova_server_group_gone_with_its_last_vm(
+    cloud: NovaCloud,
+) -> None:
+    vim = cloud.driver("esc-groups")
+    apart = Placement(group="lb")  # anti-affinity, a group's default
+    together = Placement(group="db", group_policy="affinity")
+    for vm_id, placement in (("vm-a1", apart), ("vm-a2", apart), ("vm-t1", together)):
+        vim.create_vm(spec(vm_id, placement=placement))
+    vim.create_vm(spec("vm-t2", placement=together))
+    hosts = {vm: cloud.server_of(vm).compute_host for vm in ("vm-a1", "vm-a2", "vm-t1", "vm-t2")}
+    assert hosts["vm-a1"] != hosts["vm-a2"]
+    assert hosts["vm-t1"] == hosts["vm-t2"]
+    groups = {g.name: g for g in cloud.user.compute.server_groups()}
+    assert groups["esc-esc-groups-lb"].policy == "anti-affinity"
+    assert set(groups["esc-esc-groups-lb"].member_ids) == {
+        cloud.server_of("vm-a1").id,
+        cloud.server_of("vm-a2").id,
+    }
+    # Two hosts hold no third VM apart from the other two: nova's refusal, in its words.
+    with pytest.raises(PermanentVimError, match="No valid host was found"):
+        vim.create_vm(spec("vm-a3", placement=apart))
+    with pytest.raises(PermanentVimError, match="exists with policy anti-affinity"):
+        vim.create_vm(spec("vm-x", placement=Placement(group="lb", group_policy="affinity")))
+    with pytest.raises(PermanentVimError, match="not one of nova's"):
+        vim.create_vm(spec("vm-y", placement=Placement(group="z", group_policy="spread")))
+    for vm_id in ("vm-a1", "vm-a2", "vm-a3"):
+        vim.delete_vm(vm_id)
+    assert "esc-esc-groups-lb" not in {g.name for g in cloud.user.compute.server_groups()}
+    vim.delete_vm("vm-t1")
+    assert "esc-esc-groups-db" in {g.name for g in cloud.user.compute.server_groups()}
+
+
 def test_day0_files_are_cloud_init_write_files_on_a_config_drive(cloud: NovaCloud) -> None:
     files = {"app.conf": "x = 1\nname: 'quoted'\n", "license.key": "ABC-123"}
     cloud.driver(day0_dir="/opt/vnf/day0").create_vm(spec("vm-d0", day0_config=files))
