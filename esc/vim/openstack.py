@@ -242,9 +242,7 @@ class OpenStackVim(VimDriver):
             )
         else:
             fix = "set [vim.openstack] cacert to the CA bundle that signed the cloud's certificate"
-        return PermanentVimError(
-            f"TLS verification failed to {what} at {self.settings.auth_url}: {exc}; {fix}"
-        )
+        return PermanentVimError(f"TLS verification failed to {what}: {exc}; {fix}")
 
     @contextlib.contextmanager
     def _calling(self, what: str) -> Iterator[None]:
@@ -285,6 +283,10 @@ class OpenStackVim(VimDriver):
                 f"no keystone v3 answers at {self.settings.auth_url} ([vim.openstack] "
                 f"auth_url): {exc}"
             ) from None
+        except ksa.ConnectionError as exc:
+            raise TransientVimError(f"the connection to OpenStack broke to {what}: {exc}") from None
+        except ksa.ClientException as exc:
+            raise PermanentVimError(f"OpenStack refused to {what}: {exc}") from None
         except sdk.HttpException as exc:
             raise self._http_error(what, exc) from None
         except sdk.ResourceTimeout as exc:

@@ -6,6 +6,7 @@ controller node deploying on it with escadm."""
 from __future__ import annotations
 
 import base64
+import socket
 import threading
 import tomllib
 from collections.abc import Iterator
@@ -300,11 +301,17 @@ def test_5xx_is_transient_and_the_retry_finds_no_duplicate(cloud: NovaCloud) -> 
     assert vim.list_instances() == ["vm-t"]
 
 
-def test_an_unreachable_cloud_is_transient(cloud: NovaCloud, tmp_path: Path) -> None:
+def test_an_unreachable_or_silent_cloud_is_transient(cloud: NovaCloud) -> None:
     closed = f"http://127.0.0.1:{free_port()}/identity/v3"
-    vim = cloud.driver(auth_url=closed)
     with pytest.raises(TransientVimError, match="cannot reach OpenStack"):
-        vim.status("vm-1")
+        cloud.driver(auth_url=closed).status("vm-1")
+    # A listener that never answers: the request's timeout, not a hang.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/identity/v3"
+        with pytest.raises(TransientVimError, match=r"did not answer within 1 s \(\[vim"):
+            cloud.driver(auth_url=url, timeout=1).list_instances()
 
 
 def test_an_expired_token_is_renewed_once_not_reported(cloud: NovaCloud) -> None:
