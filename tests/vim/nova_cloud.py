@@ -215,7 +215,7 @@ class NovaCloud:
             "region_name": "RegionOne",
             "timeout": 10,
             "boot_timeout": 60,
-            "poll_interval": 0.1,
+            "poll_interval": 0.2,
         }
         values.update(overrides)
         return OpenStackSettings.model_validate(values)

@@ -200,31 +200,30 @@ def test_a_placement_group_is_a_nova_server_group_gone_with_its_last_vm(
     assert "esc-esc-groups-db" in {g.name for g in cloud.user.compute.server_groups()}
 
 
-def test_day0_files_are_cloud_init_write_files_on_a_config_drive(cloud: NovaCloud) -> None:
+def test_day0_files_are_cloud_init_write_files_on_a_config_drive_with_the_key(
+    cloud: NovaCloud,
+) -> None:
     files = {"app.conf": "x = 1\nname: 'quoted'\n", "license.key": "ABC-123"}
-    cloud.driver(day0_dir="/opt/vnf/day0").create_vm(spec("vm-d0", day0_config=files))
-    server = cloud.server_of("vm-d0")
-    assert server.config_drive in (True, "True", "true")
-    user_data = base64.b64decode(server.user_data).decode()
-    assert user_data.startswith("#cloud-config\n")
-    written = {
-        entry["path"]: (entry["content"], entry["permissions"])
-        for entry in yaml.safe_load(user_data)["write_files"]
-    }
-    assert written == {
-        "/opt/vnf/day0/app.conf": (files["app.conf"], "0600"),
-        "/opt/vnf/day0/license.key": ("ABC-123", "0600"),
-    }
-    with pytest.raises(PermanentVimError, match=r"day0_config file name '\.\./x'"):
-        cloud.driver().create_vm(spec("vm-bad", day0_config={"../x": "y"}))
-    assert cloud.server_of("vm-bad") is None
-
-
-def test_the_keypair_setting_puts_the_key_on_every_vm(cloud: NovaCloud) -> None:
     cloud.user.compute.create_keypair(name="esc-key")
     try:
-        cloud.driver(key_name="esc-key").create_vm(spec("vm-key"))
-        assert cloud.server_of("vm-key").key_name == "esc-key"
+        vim = cloud.driver(day0_dir="/opt/vnf/day0", key_name="esc-key")
+        vim.create_vm(spec("vm-d0", day0_config=files))
+        server = cloud.server_of("vm-d0")
+        assert server.config_drive in (True, "True", "true")
+        assert server.key_name == "esc-key"
+        user_data = base64.b64decode(server.user_data).decode()
+        assert user_data.startswith("#cloud-config\n")
+        written = {
+            entry["path"]: (entry["content"], entry["permissions"])
+            for entry in yaml.safe_load(user_data)["write_files"]
+        }
+        assert written == {
+            "/opt/vnf/day0/app.conf": (files["app.conf"], "0600"),
+            "/opt/vnf/day0/license.key": ("ABC-123", "0600"),
+        }
+        with pytest.raises(PermanentVimError, match=r"day0_config file name '\.\./x'"):
+            cloud.driver().create_vm(spec("vm-bad", day0_config={"../x": "y"}))
+        assert cloud.server_of("vm-bad") is None
         with pytest.raises(PermanentVimError, match=r"(?i)invalid key_name"):
             cloud.driver(key_name="no-such-key").create_vm(spec("vm-nokey"))
     finally:
