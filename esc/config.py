@@ -368,7 +368,7 @@ class Settings(_Section):
     ha: HaSettings = Field(default_factory=HaSettings)
 
 
-def _describe(error: ValidationError) -> str:
+def describe_validation(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"])
@@ -453,7 +453,7 @@ class NodeHome:
         try:
             return Settings.model_validate(raw)
         except ValidationError as exc:
-            raise ConfigError(f"{self.config_file}: {_describe(exc)}") from exc
+            raise ConfigError(f"{self.config_file}: {describe_validation(exc)}") from exc
 
     def save(self, settings: Settings) -> None:
         data = toml_data(settings)
