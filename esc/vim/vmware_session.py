@@ -26,6 +26,7 @@ from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 
 from esc.config import ConfigError, VmwareSettings, read_secret
+from esc.tls import verify_failure
 from esc.vim.base import PermanentVimError, TransientVimError, VimError
 
 T = TypeVar("T")
@@ -230,10 +231,11 @@ class VcenterSession:
             return TransientVimError(f"{where}: an object vanished while trying to {what}")
         if isinstance(exc, vmodl.MethodFault):
             return PermanentVimError(f"{where} refused to {what}: {fault_words(exc)}")
-        if isinstance(exc, ssl.SSLCertVerificationError):
+        if (refused := verify_failure(exc)) is not None:
             return PermanentVimError(
-                f"the TLS certificate of {where} is not trusted ({exc.verify_message}): set "
-                "[vim.vmware] cacert to the PEM file of the CA that signed it"
+                f"the TLS certificate of {where} is refused ({refused.verify_message}): set "
+                "[vim.vmware] cacert to the PEM file of the CA that signed it, and host to a "
+                "name the certificate is issued for"
             )
         if isinstance(exc, ssl.SSLError):
             return TransientVimError(f"TLS with {where} failed, to {what}: {exc}")

@@ -168,7 +168,7 @@ class Vcsim:
 
     # faults -----------------------------------------------------------------------------
 
-    def _control(self, method: str, path: str, body: dict | None = None) -> None:
+    def _control(self, method: str, path: str, body: dict | None = None) -> bytes:
         scheme = "https" if self.tls else "http"
         request = urllib.request.Request(
             f"{scheme}://127.0.0.1:{self.port}/esc-test/{path}",
@@ -181,7 +181,8 @@ class Vcsim:
 
             context = ssl.create_default_context(cafile=str(self.tls[0]))
         with urllib.request.urlopen(request, timeout=5, context=context) as answer:
-            assert answer.status == 204
+            assert answer.status in (200, 204)
+            return answer.read()
 
     def fail_task(self, method: str, fault: str, message: str = "", times: int = 1) -> None:
         """The next `times` calls of the task method `method` start a task that fails with
@@ -195,6 +196,17 @@ class Vcsim:
 
     def clear_faults(self) -> None:
         self._control("DELETE", "faults")
+
+    def pending_faults(self) -> list[dict]:
+        return json.loads(self._control("GET", "faults")) or []
+
+    def end_sessions(self) -> None:
+        """Terminate every session but the observer's, as vCenter does when they expire."""
+        manager = self.content.sessionManager
+        own = manager.currentSession.key
+        others = [s.key for s in manager.sessionList if s.key != own]
+        if others:
+            manager.TerminateSession(others)
 
     def guest_tools(self, running: bool) -> None:
         """Whether VMs powered on from now on report VMware Tools running."""
@@ -257,7 +269,8 @@ class Vcsim:
     def events(self, vm: Any) -> list[str]:
         """The names of vCenter's events about `vm`, oldest first."""
         spec = vim.event.EventFilterSpec(
-            entity=vim.event.EventFilterSpec.ByEntity(entity=vm, recursion="self")
+            entity=vim.event.EventFilterSpec.ByEntity(entity=vm, recursion="self"),
+            maxCount=1000,  # vCenter answers the latest 10 otherwise
         )
         found = self.content.eventManager.QueryEvents(spec)
         return [type(e).__name__.rsplit(".", 1)[-1] for e in sorted(found, key=lambda e: e.key)]

@@ -162,12 +162,32 @@ const taskResponse = `<?xml version="1.0" encoding="UTF-8"?>
 	`<soapenv:Body><%sResponse xmlns="urn:vim25"><returnval type="Task">%s</returnval>` +
 	`</%sResponse></soapenv:Body></soapenv:Envelope>`
 
+// refer fills the fault's empty object references (TaskInProgress.task, say) with
+// the failing task's: a client reads a fault with an untyped reference as malformed.
+func refer(fault types.BaseMethodFault, task types.ManagedObjectReference) {
+	moref := reflect.TypeOf(task)
+	var fill func(v reflect.Value)
+	fill = func(v reflect.Value) {
+		for i := 0; i < v.NumField(); i++ {
+			field := v.Field(i)
+			switch {
+			case field.Type() == moref && field.Interface().(types.ManagedObjectReference).Type == "":
+				field.Set(reflect.ValueOf(task))
+			case field.Kind() == reflect.Struct:
+				fill(field)
+			}
+		}
+	}
+	fill(reflect.ValueOf(fault).Elem())
+}
+
 // failedTask starts a task of `this` that fails as vCenter fails one: its
 // info.error holds the fault, its localizedMessage the message.
 func failedTask(method string, this types.ManagedObjectReference, p *fault) types.ManagedObjectReference {
 	vimErr, _ := vimFault(p.Fault)
 	task := simulator.CreateTask(this, strings.TrimSuffix(method, "_Task"),
 		func(*simulator.Task) (types.AnyType, types.BaseMethodFault) { return nil, vimErr })
+	refer(vimErr, task.Self)
 	task.Run()
 	message := p.Message
 	if message == "" {
