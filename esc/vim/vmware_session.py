@@ -152,8 +152,14 @@ class VcenterSession:
             if self._si is None:
                 self._connect()
                 return
+            manager = self._content.sessionManager
             try:
-                self._content.sessionManager.Login(self.settings.user, self._password())
+                if manager.currentSession is not None:
+                    return  # another thread has logged in again meanwhile
+            except vim.fault.NotAuthenticated:
+                pass  # vCenter refuses even to say: not logged in
+            try:
+                manager.Login(self.settings.user, self._password())
             except vim.fault.InvalidLogin as exc:
                 raise self._auth_refused(exc) from None
 

@@ -8,6 +8,7 @@ import base64
 import json
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -297,6 +298,18 @@ def test_a_refused_clone_creates_nothing(vcsim: Vcsim, vmware: VmwareVim) -> Non
     assert vmware.list_instances() == []
 
 
+def test_a_missing_privilege_is_refused_naming_the_user(vcsim: Vcsim, vmware: VmwareVim) -> None:
+    vcsim.fail_task(
+        "CloneVM_Task", "NoPermission", "Permission to perform this operation was denied."
+    )
+    with pytest.raises(PermanentVimError) as refused:
+        vmware.create_vm(spec())
+    assert "user 'esc@vsphere.local' may not create VM vm-1: Permission to perform this" in str(
+        refused.value
+    )
+    assert vmware.list_instances() == []
+
+
 def test_busy_and_unavailable_vcenter_are_transient(vcsim: Vcsim, vmware: VmwareVim) -> None:
     vcsim.fail_task("PowerOnVM_Task", "TaskInProgress", "Another task is already in progress.")
     with pytest.raises(TransientVimError, match="Another task is already in progress"):
@@ -308,6 +321,10 @@ def test_busy_and_unavailable_vcenter_are_transient(vcsim: Vcsim, vmware: Vmware
     with pytest.raises(TransientVimError, match="503 Service Unavailable"):
         vmware.status("vm-1")
     assert vmware.status("vm-1").state is InstanceState.RUNNING
+    # A 4xx is no passing trouble: whatever answers there is not vCenter's SDK.
+    vcsim.fail_http(status=404)
+    with pytest.raises(PermanentVimError, match=r"HTTP 404 Not Found .* is it vCenter's /sdk"):
+        vmware.status("vm-1")
 
 
 def test_a_vm_deleted_behind_the_drivers_back_is_absent(vcsim: Vcsim, vmware: VmwareVim) -> None:
@@ -323,7 +340,10 @@ def test_a_forgotten_session_is_logged_in_again(vcsim: Vcsim, vmware: VmwareVim)
     vmware.create_vm(spec())
     before = vmware.session.content.sessionManager.currentSession.key
     vcsim.content.sessionManager.TerminateSession([before])
-    assert vmware.status("vm-1").state is InstanceState.RUNNING
+    # Several threads find the session gone at once: one logs in again, all go on.
+    with ThreadPoolExecutor(4) as pool:
+        states = list(pool.map(lambda _: vmware.status("vm-1").state, range(4)))
+    assert states == [InstanceState.RUNNING] * 4
     assert vmware.session.content.sessionManager.currentSession.key != before
 
 
