@@ -13,7 +13,7 @@ import socket
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import tomli_w
@@ -104,11 +104,143 @@ class DatabaseSettings(_Section):
         return value
 
 
+class VmwareFlavor(_Section):
+    """What a flavor name means on vCenter, which has no flavors of its own."""
+
+    vcpus: Annotated[int, Field(ge=1, le=768)] = Field(
+        description="Virtual CPUs of a VM of this flavor."
+    )
+    memory_mb: Annotated[int, Field(ge=4, le=24 * 2**20)] = Field(
+        description="Memory of a VM of this flavor, in MiB."
+    )
+
+
+# The flavors a vCenter driver knows unless [vim.vmware.flavors] says otherwise: OpenStack's
+# classic sizes, so that a descriptor written for another VIM deploys unchanged.
+VMWARE_FLAVORS = {
+    "m1.tiny": VmwareFlavor(vcpus=1, memory_mb=512),
+    "m1.small": VmwareFlavor(vcpus=1, memory_mb=2048),
+    "m1.medium": VmwareFlavor(vcpus=2, memory_mb=4096),
+    "m1.large": VmwareFlavor(vcpus=4, memory_mb=8192),
+}
+
+
+class VmwareSettings(_Section):
+    """[vim.vmware]: the vCenter the vmware driver creates VMs on."""
+
+    host: str = Field("", description="vCenter's host name or address.")
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        443, description="The TCP port of vCenter's API (its /sdk endpoint)."
+    )
+    protocol: Literal["https", "http"] = Field(
+        "https",
+        description="https, or http for a vCenter simulator or a proxy on this host only: "
+        "over http the password travels in clear.",
+    )
+    cacert: str = Field(
+        "",
+        description="PEM file of the CA certificates vCenter's certificate is checked "
+        "against (a relative path is in the node home); empty: the system's CAs.",
+    )
+    insecure: bool = Field(
+        False,
+        description="Do not check vCenter's certificate at all. Only for a lab: anyone on "
+        "the path can then pose as vCenter and read the password.",
+    )
+    user: str = Field("", description="The vCenter user the driver logs in as.")
+    password_file: str = Field(
+        "",
+        description="File holding that user's password (a relative path is in the node "
+        "home; mode 0600).",
+    )
+    password_env: str = Field(
+        "",
+        description="Environment variable holding the password, when password_file is empty.",
+    )
+    datacenter: str = Field(
+        "", description="The datacenter the VMs go to; empty: vCenter's only datacenter."
+    )
+    cluster: str = Field(
+        "",
+        description="The cluster (or standalone host's compute resource) the VMs run on "
+        "unless a VM's placement names one; empty: the template's.",
+    )
+    resource_pool: str = Field(
+        "",
+        description="The resource pool below that cluster's root pool (a name, or a path "
+        "such as esc/vnfs) the VMs are put in; empty: the root pool.",
+    )
+    datastore: str = Field(
+        "",
+        description="The datastore a VM's disks go to unless its placement names one; "
+        "empty: the template's.",
+    )
+    vm_folder: str = Field(
+        "",
+        description="The VM folder (a path below the datacenter's VM folder, e.g. esc/vnfs) "
+        "the VMs are created in; it must exist. Empty: the datacenter's VM folder.",
+    )
+    templates_folder: str = Field(
+        "",
+        description="The folder whose VMs are the images (a path like vm_folder's); empty: "
+        "the images are the datacenter's templates, wherever they are.",
+    )
+    flavors: dict[str, VmwareFlavor] = Field(
+        default_factory=lambda: dict(VMWARE_FLAVORS),
+        description="The flavors descriptors may name, each {vcpus, memory_mb}; vCenter has "
+        "none of its own. Setting it replaces the defaults m1.tiny, m1.small, m1.medium, "
+        "m1.large (1/512, 1/2048, 2/4096, 4/8192).",
+    )
+    nic_model: Literal["vmxnet3", "e1000", "e1000e"] = Field(
+        "vmxnet3",
+        description="The virtual NIC model of a VM's interfaces: vmxnet3 needs VMware Tools' "
+        "driver in the guest, e1000 and e1000e work in any guest.",
+    )
+    day0_dir: str = Field(
+        "/etc/esc/day0",
+        description="The directory of the guest where cloud-init writes a VM's day-0 files.",
+    )
+    timeout: Annotated[float, Field(gt=0, le=7200)] = Field(
+        600.0,
+        description="Seconds a VM's creation (clone, reconfiguration, power-on) or another "
+        "vCenter task may take; past it the call fails as transient and is asked again (the "
+        "VM is found again by its tags, never made twice).",
+    )
+    request_timeout: Annotated[float, Field(gt=0, le=600)] = Field(
+        60.0,
+        description="Seconds one request to vCenter may take before it counts as a "
+        "transient failure.",
+    )
+    shutdown_timeout: Annotated[float, Field(ge=0, le=3600)] = Field(
+        120.0,
+        description="Seconds a stop waits for the guest to shut down (asked through VMware "
+        "Tools when they run) before the VM is powered off.",
+    )
+
+    def problems(self) -> list[str]:
+        """What keeps the vmware driver from using these settings."""
+        found = [
+            f"[vim.vmware] {key} is required by the vmware driver"
+            for key, value in (("host", self.host), ("user", self.user))
+            if not value
+        ]
+        if not self.password_file and not self.password_env:
+            found.append(
+                "[vim.vmware] needs password_file (a file holding the password) or password_env"
+            )
+        if self.cacert and self.insecure:
+            found.append("[vim.vmware] cacert and insecure = true contradict: keep one")
+        if not self.flavors:
+            found.append("[vim.vmware] flavors is empty: name at least one")
+        return found
+
+
 class VimSettings(_Section):
     driver: str = Field(
         "local",
         description="VIM driver: local (each VM an OS process of this node), vimhost "
-        "(the local VIM served by a VIM host, so VMs outlive this node: an HA pair's VIM) "
+        "(the local VIM served by a VIM host, so VMs outlive this node: an HA pair's VIM), "
+        "vmware (VMs cloned from templates on a vCenter, [vim.vmware]) "
         "or fake (VMs kept in the controller's memory, for tests: gone when it exits).",
     )
     local_dir: str = Field(
@@ -132,6 +264,14 @@ class VimSettings(_Section):
         description="vimhost: seconds one VIM host call may take (a VM's start or stop "
         "included) before it counts as a transient failure and is retried.",
     )
+
+    vmware: VmwareSettings = Field(default_factory=VmwareSettings)
+
+    @model_validator(mode="after")
+    def _vcenter_is_named(self) -> VimSettings:
+        if self.driver == "vmware" and (problems := self.vmware.problems()):
+            raise ValueError("; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _vim_host_is_named(self) -> VimSettings:
