@@ -1,8 +1,9 @@
 """The libvirt driver: each VM a libvirt domain of one KVM/QEMU host ([vim.libvirt]).
 
-A VM is a persistent domain named `esc-<vm id>`, with a UUID derived from the
-controller id and the VM id (so it is looked up by UUID, and a retried create
-finds the domain it made); it is this controller's only when its metadata holds
+A VM is a persistent domain named `esc-<vm id>` (with a suffix when another domain
+has that name), with a UUID derived from the controller id and the VM id (so it is
+looked up by UUID, and a retried create finds the domain it made); it is this
+controller's only when its metadata holds
 the ESC record with this controller's tags (esc.vim.libvirt_domain). A domain
 without that record is never stopped, deleted or listed.
 
@@ -369,18 +370,17 @@ class LibvirtVim(VimDriver):
         self, conn: libvirt.virConnect, spec: VmSpec, image: Image, flavor: LibvirtFlavor
     ) -> tuple[libvirt.virDomain, Record]:
         vm_id = spec.vm_id
+        domain_uuid = self.domain_uuid(vm_id)
         name = self.domain_name(vm_id)
         try:
-            other = conn.lookupByName(name)
+            conn.lookupByName(name)
         except libvirt.libvirtError as exc:
             if _code(exc) != libvirt.VIR_ERR_NO_DOMAIN:
                 raise
         else:
-            raise PermanentVimError(
-                f"VM {vm_id}: libvirt already has a domain named {name} (UUID "
-                f"{other.UUIDString()}) that is not this VM's; it is left alone: rename it"
-            )
-        domain_uuid = self.domain_uuid(vm_id)
+            # Another's domain has the name (domains are found by UUID and record, so
+            # the name is only for people): this one's gets the UUID's first part too.
+            name = f"{name}-{domain_uuid[:8]}"
         nics, seed_nics, ips = self._nics(conn, spec, domain_uuid)
         seed = nocloud.seed_files(
             vm_id, spec.name, spec.day0_config, self.settings.day0_dir, seed_nics

@@ -72,22 +72,29 @@ def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str
     return element
 
 
-def record_element(record: Record) -> etree._Element:
-    element = etree.Element(f"{{{NAMESPACE}}}{RECORD}", nsmap={PREFIX: NAMESPACE})
+def record_element(record: Record, namespaced: bool = True) -> etree._Element:
+    """The record; `namespaced` False: its elements without the namespace, as
+    virDomainSetMetadata takes it (libvirt puts it in the namespace itself)."""
+
+    def name(tag: str) -> str:
+        return f"{{{NAMESPACE}}}{tag}" if namespaced else tag
+
+    nsmap = {PREFIX: NAMESPACE} if namespaced else None
+    element = etree.Element(name(RECORD), nsmap=nsmap)
     for key, value in record.tags.items():
-        _sub(element, f"{{{NAMESPACE}}}tag", value, key=key)
+        _sub(element, name("tag"), value, key=key)
     if record.storage:
-        _sub(element, f"{{{NAMESPACE}}}storage", record.storage)
+        _sub(element, name("storage"), record.storage)
     for ip in record.ips:
-        _sub(element, f"{{{NAMESPACE}}}ip", ip)
+        _sub(element, name("ip"), ip)
     if record.failure:
-        _sub(element, f"{{{NAMESPACE}}}failure", record.failure)
+        _sub(element, name("failure"), record.failure)
     return element
 
 
 def record_xml(record: Record) -> str:
-    """The record as virDomainSetMetadata takes it (libvirt adds the namespace)."""
-    return etree.tostring(record_element(record), encoding="unicode")
+    """The record as virDomainSetMetadata takes it."""
+    return etree.tostring(record_element(record, namespaced=False), encoding="unicode")
 
 
 def parse_record(xml: str) -> Record | None:

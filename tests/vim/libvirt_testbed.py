@@ -1,11 +1,13 @@
 """What the libvirt driver's tests run on: libvirt's test driver in this process, or a
 libvirtd of their own (with virtlogd) serving qemu:///system and test+unix:///default.
 
-The daemons run in a mount namespace of their own, where /etc/libvirt, /run/libvirt,
-/var/lib/libvirt, /var/log/libvirt and /var/cache/libvirt are directories of the
-test: nothing of the machine's libvirt (its networks, its domains, a system daemon)
-is seen or changed, and the daemons' sockets are in the test's directory. QEMU runs
-as root there, so it reads the test's own (mode 0700) directories.
+The daemons run in mount and network namespaces of their own. In the mount namespace
+/etc/libvirt, /run/libvirt, /var/lib/libvirt, /var/log/libvirt and /var/cache/libvirt
+are directories of the test: nothing of the machine's libvirt (its networks, its
+domains, a system daemon) is seen or changed, and the daemons' sockets are in the
+test's directory. The network namespace holds only what a test makes there (a bridge),
+so no guest's packet can leave the machine. QEMU runs as root there, so it reads the
+test's own (mode 0700) directories.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ log_outputs = "3:file:{logs}/virtlogd.log"
 HOLDER = """\
 set -e
 {binds}
+ip link set lo up
 echo bound
 exec sleep infinity
 """
@@ -145,7 +148,10 @@ class PrivateLibvirtd:
             for name, target in PRIVATE_DIRS.items()
         )
         self.holder = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", HOLDER.format(binds=binds)],
+            [
+                *("unshare", "--mount", "--net", "--propagation", "private"),
+                *("sh", "-c", HOLDER.format(binds=binds)),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -158,11 +164,26 @@ class PrivateLibvirtd:
         self.virtlogd = self._in_namespace(VIRTLOGD, "virtlogd")
         self.start_libvirtd()
 
+    def run(self, *command: str) -> str:
+        """Run `command` in the daemons' namespaces (e.g. ip, to make a bridge)."""
+        assert self.holder is not None
+        result = subprocess.run(
+            ["nsenter", "-t", str(self.holder.pid), "-m", "-n", "--", *command],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, f"{' '.join(command)}: {result.stderr}"
+        return result.stdout
+
     def _in_namespace(self, program: Path, name: str) -> subprocess.Popen:
         assert self.holder is not None
         pid_file = self.root / "run" / f"{name}.pid"
         return subprocess.Popen(
-            ["nsenter", "-t", str(self.holder.pid), "-m", "--", str(program), "-p", str(pid_file)],
+            [
+                *("nsenter", "-t", str(self.holder.pid), "-m", "-n", "--"),
+                *(str(program), "-p", str(pid_file)),
+            ],
             stdout=(self.logs / f"{name}.out").open("ab"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -194,9 +215,10 @@ class PrivateLibvirtd:
                 self.libvirtd.kill()
                 self.libvirtd.wait(5)
 
-    def qemu_pids(self) -> list[int]:
+    def qemu_pids(self, domain: str = "*") -> list[int]:
+        """The pids of the QEMU processes of `domain` (a name or a pattern) the daemon ran."""
         pids = []
-        for pid_file in (self.root / "run" / "qemu").glob("*.pid"):
+        for pid_file in (self.root / "run" / "qemu").glob(f"{domain}.pid"):
             with contextlib.suppress(OSError, ValueError):
                 pids.append(int(pid_file.read_text().strip()))
         return pids
