@@ -230,10 +230,17 @@ class LibvirtVim(VimDriver):
                     pass
                 self._drop_connection()
             credentials = self._credentials()
-            if credentials is None:
-                self._connection = libvirt.open(self.uri)
-            else:
-                self._connection = libvirt.openAuth(self.uri, credentials, 0)
+            try:
+                if credentials is None:
+                    self._connection = libvirt.open(self.uri)
+                else:
+                    self._connection = libvirt.openAuth(self.uri, credentials, 0)
+            except libvirt.libvirtError as exc:
+                # A daemon asking for credentials none were configured for says so in
+                # words only (an invalid argument): an authentication failure all the same.
+                if _code(exc) in AUTH_ERRORS or "authentication" in _message(exc).lower():
+                    raise self._auth_error(_message(exc)) from None
+                raise
             return self._connection
 
     def _drop_connection(self) -> None:
@@ -250,13 +257,16 @@ class LibvirtVim(VimDriver):
         except libvirt.libvirtError as exc:
             raise self._vim_error(exc, action) from None
 
+    def _auth_error(self, message: str) -> PermanentVimError:
+        return PermanentVimError(
+            f"libvirt at {self.uri} refused the authentication ({message}): check "
+            "[vim.libvirt] username and password_file / password_env"
+        )
+
     def _vim_error(self, exc: libvirt.libvirtError, action: str) -> VimError:
         code, message = _code(exc), _message(exc)
         if code in AUTH_ERRORS:
-            return PermanentVimError(
-                f"libvirt at {self.uri} refused the authentication ({message}): check "
-                "[vim.libvirt] username and password_file / password_env"
-            )
+            return self._auth_error(message)
         if code in TRANSIENT_ERRORS:
             with self._connection_lock:
                 self._drop_connection()

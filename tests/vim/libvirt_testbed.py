@@ -78,10 +78,10 @@ def make_disk_image(path: Path, size: str = "16M") -> Path:
     return path
 
 
-def untagged_domain_xml(name: str, domain_type: str = "test") -> str:
+def untagged_domain_xml(name: str, domain_uuid: str = "") -> str:
     """A domain as another tool makes it: no ESC record in its metadata."""
     return (
-        f"<domain type='{domain_type}'><name>{name}</name><uuid>{uuid.uuid4()}</uuid>"
+        f"<domain type='test'><name>{name}</name><uuid>{domain_uuid or uuid.uuid4()}</uuid>"
         "<memory unit='MiB'>64</memory><os><type>hvm</type></os></domain>"
     )
 
@@ -120,8 +120,11 @@ exec sleep infinity
 class PrivateLibvirtd:
     """virtlogd and libvirtd of this test alone, in a mount namespace of their own."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, cache: Path | None = None) -> None:
+        """`cache`: where libvirt keeps what it probed of QEMU (seconds of work at a
+        daemon's first use), when it is to outlive this daemon; else under `root`."""
         self.root = root
+        self.cache = cache or root / "cache"
         self.sock = root / "sock"
         self.logs = root / "logs"
         self.holder: subprocess.Popen | None = None
@@ -139,12 +142,14 @@ class PrivateLibvirtd:
     def start(self) -> None:
         for name in (*PRIVATE_DIRS, "sock", "logs"):
             (self.root / name).mkdir(parents=True, exist_ok=True)
+        self.cache.mkdir(parents=True, exist_ok=True)
         etc = self.root / "etc"
         (etc / "libvirtd.conf").write_text(LIBVIRTD_CONF.format(sock=self.sock, logs=self.logs))
         (etc / "qemu.conf").write_text(QEMU_CONF)
         (etc / "virtlogd.conf").write_text(VIRTLOGD_CONF.format(logs=self.logs))
+        sources = {name: self.root / name for name in PRIVATE_DIRS} | {"cache": self.cache}
         binds = "\n".join(
-            f"mkdir -p {target}\nmount --bind {self.root / name} {target}"
+            f"mkdir -p {target}\nmount --bind {sources[name]} {target}"
             for name, target in PRIVATE_DIRS.items()
         )
         self.holder = subprocess.Popen(

@@ -132,7 +132,7 @@ def node(daemon: PrivateLibvirtd, tmp_path: Path) -> Iterator[tuple[NodeProcess,
         "driver": "libvirt",
         "libvirt": {"uri": observer.uri, "image_dir": "images", "shutdown_timeout": 1},
     }
-    config["engine"] = {"vim_backoff": 0.5}
+    config["engine"] = {"vim_backoff": 0.2}
     config_file.write_text(tomli_w.dumps(config))
     node = NodeProcess(home, json.loads(made.stdout)["admin_password"])
     node.start()
@@ -197,7 +197,7 @@ def test_a_node_deploys_the_example_on_libvirt_and_undeploys_it(
             "deployment", "deploy", str(descriptor(tmp_path, "later", "debian-12")),
             "--no-wait", "--json", home=home, check=True,
         )  # fmt: skip
-        time.sleep(1.0)
+        time.sleep(0.5)
     finally:
         daemon.start_libvirtd()
     observer.reopen()  # the test driver's state went with the old daemon

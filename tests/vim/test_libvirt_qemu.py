@@ -49,7 +49,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvirtd
     need(tiny_image_missing())
     import libvirt
 
-    daemon = PrivateLibvirtd(tmp_path_factory.mktemp("libvirtd"))
+    # What libvirt probes of QEMU at first use (seconds of it) is kept for the next run.
+    daemon = PrivateLibvirtd(tmp_path_factory.mktemp("libvirtd"), TINY_IMAGE / "libvirt-cache")
     daemon.start()
     try:
         daemon.run("ip", "link", "add", BRIDGE, "type", "bridge")
@@ -177,20 +178,15 @@ def test_a_vm_boots_with_its_day0_and_follows_its_life_cycle(
     connection.close()
 
     # A reboot is a graceful stop (the guest powers off on the ACPI request, well before
-    # the timeout) and a start: another QEMU process, the same console.
+    # the timeout) and a start: another QEMU process, the same console. (Stop, start and
+    # their idempotence are the contract suite's, on the test driver.)
     (pid,) = daemon.qemu_pids("esc-vm-boot")
     asked = time.monotonic()
     assert vim.reboot_vm("vm-boot").state is InstanceState.RUNNING
     reboot_seconds = time.monotonic() - asked
     assert reboot_seconds < 15
-    assert daemon.qemu_pids("esc-vm-boot") != [pid]
     assert "reboot: Power down" in console(vim, "vm-boot")
-    wait_console(vim, "vm-boot", BOOTED, count=2)
-    asked = time.monotonic()
-    assert vim.stop_vm("vm-boot").state is InstanceState.STOPPED
-    stop_seconds = time.monotonic() - asked
-    assert stop_seconds < 15 and console(vim, "vm-boot").count("reboot: Power down") == 2
-    assert vim.stop_vm("vm-boot").state is InstanceState.STOPPED
+    assert daemon.qemu_pids("esc-vm-boot") not in ([], [pid])
 
     vim.delete_vm("vm-boot")
     assert vim.status("vm-boot").state is InstanceState.ABSENT
@@ -198,7 +194,7 @@ def test_a_vm_boots_with_its_day0_and_follows_its_life_cycle(
     assert (images / "tiny.qcow2").exists()  # the image stays
     print(
         f"create {created_seconds:.1f} s, console marker {boot_seconds:.1f} s, "
-        f"reboot {reboot_seconds:.1f} s, graceful stop {stop_seconds:.1f} s"
+        f"reboot (graceful stop, start) {reboot_seconds:.1f} s"
     )
 
 
