@@ -106,6 +106,8 @@ TRANSIENT_ERRORS = frozenset(
         libvirt.VIR_ERR_NO_CONNECT,
     }
 )
+# Besides, whatever libvirt's RPC layer reports (e.g. "client socket is closed", seen by
+# a call that raced the one which found the connection broken) is the connection's.
 AUTH_ERRORS = frozenset(
     {libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_AUTH_CANCELLED, libvirt.VIR_ERR_AUTH_UNAVAILABLE}
 )
@@ -124,6 +126,10 @@ def _code(exc: libvirt.libvirtError) -> int | None:
 
 def _message(exc: libvirt.libvirtError) -> str:
     return exc.get_error_message() or str(exc)
+
+
+def _transient(exc: libvirt.libvirtError) -> bool:
+    return _code(exc) in TRANSIENT_ERRORS or exc.get_error_domain() == libvirt.VIR_FROM_RPC
 
 
 def _mac(domain_uuid: str, index: int) -> str:
@@ -267,7 +273,7 @@ class LibvirtVim(VimDriver):
         code, message = _code(exc), _message(exc)
         if code in AUTH_ERRORS:
             return self._auth_error(message)
-        if code in TRANSIENT_ERRORS:
+        if _transient(exc):
             with self._connection_lock:
                 self._drop_connection()
             return TransientVimError(f"libvirt at {self.uri} could not {action}: {message}")
@@ -512,7 +518,7 @@ class LibvirtVim(VimDriver):
             try:
                 dom.create()
             except libvirt.libvirtError as exc:
-                if _code(exc) in TRANSIENT_ERRORS:
+                if _transient(exc):
                     raise
                 failure = f"libvirt failed to start it: {_message(exc)}"
                 self._set_record(dom, Record(record.tags, record.storage, record.ips, failure))

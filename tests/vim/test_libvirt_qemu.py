@@ -9,6 +9,7 @@ with an unreachable fallback route): nothing leaves the machine.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import time
@@ -233,13 +234,24 @@ def test_libvirt_refuses_what_qemu_cannot_run_and_the_vm_shows_why(
 def test_a_libvirtd_restart_is_a_transient_error_and_the_vm_runs_on(
     daemon: PrivateLibvirtd, images: Path, tmp_path: Path
 ) -> None:
+    import libvirt
+
     vim = make_vim(daemon, images, tmp_path / "vim")
     vim.create_vm(VmSpec("vm-restart", "restart", "tiny", "tiny", DAY0))
     (pid,) = daemon.qemu_pids("esc-vm-restart")
+    other = libvirt.open(daemon.uri())
     daemon.stop_libvirtd()
     try:
         with pytest.raises(TransientVimError, match=r"libvirt at .* could not read the status"):
             vim.status("vm-restart")
+        # A call on a connection another call already found broken: libvirt's RPC layer
+        # says "internal error", which is the connection's, not the VM's.
+        for _ in range(2):
+            with contextlib.suppress(libvirt.libvirtError):
+                other.listAllDomains(0)
+        with pytest.raises(libvirt.libvirtError, match="client socket is closed") as closed:
+            other.listAllDomains(0)
+        assert isinstance(vim._vim_error(closed.value, "list"), TransientVimError)
     finally:
         daemon.start_libvirtd()
     assert vim.status("vm-restart").state is InstanceState.RUNNING  # a new connection
