@@ -38,6 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -521,25 +522,25 @@ class LibvirtVim(VimDriver):
                 if _transient(exc):
                     raise
                 failure = f"libvirt failed to start it: {_message(exc)}"
-                self._set_record(dom, Record(record.tags, record.storage, record.ips, failure))
+                self._set_record(dom, replace(record, failure=failure))
                 raise PermanentVimError(f"VM {vm_id}: {failure}") from None
             log.info("VM %s started", vm_id, extra={"tags": "start_vm"})
         status = self._wait_running(vm_id, dom, record)
         if record.failure:
-            self._set_record(dom, Record(record.tags, record.storage, record.ips))
+            self._set_record(dom, replace(record, failure=""))
             status = self._status(vm_id, dom, self.record_of(dom) or record)
         return status
 
     def _wait_running(self, vm_id: str, dom: libvirt.virDomain, record: Record) -> InstanceStatus:
         deadline = time.monotonic() + self.settings.create_timeout
         while True:
-            status = self._status(vm_id, dom, Record(record.tags, record.storage, record.ips))
+            status = self._status(vm_id, dom, replace(record, failure=""))
             if status.state is InstanceState.RUNNING:
                 return status
             if status.state in (InstanceState.ERROR, InstanceState.STOPPED):
                 failure = f"it stopped as it started: {status.detail or 'shut off'}"
-                self._set_record(dom, Record(record.tags, record.storage, record.ips, failure))
-                raise PermanentVimError(f"VM {vm_id}: {failure}; console: {self._console(vm_id)}")
+                self._set_record(dom, replace(record, failure=failure))
+                raise PermanentVimError(f"VM {vm_id}: {failure}; console: {self._console(record)}")
             if time.monotonic() >= deadline:
                 raise TransientVimError(
                     f"VM {vm_id} was not running within {self.settings.create_timeout:g} s "
@@ -547,9 +548,12 @@ class LibvirtVim(VimDriver):
                 )
             time.sleep(POLL_INTERVAL)
 
-    def _console(self, vm_id: str) -> str:
+    @staticmethod
+    def _console(record: Record) -> str:
+        if not record.storage:
+            return "(none)"
         try:
-            text = (self.files.of(vm_id) / CONSOLE).read_text(errors="replace")
+            text = (Path(record.storage) / CONSOLE).read_text(errors="replace")
         except OSError:
             return "(none)"
         return text[-500:].strip() or "(empty)"

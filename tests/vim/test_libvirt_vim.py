@@ -488,3 +488,58 @@ def test_the_driver_is_found_by_name_with_its_settings(tmp_path: Path) -> None:
     assert driver.images.directory == tmp_path / "images"
     assert driver.files.directory == tmp_path / "data" / "libvirt" / "instances"
     assert os.path.isabs(driver.files.directory)
+
+
+def test_a_paused_domain_is_stopped_and_starts_by_resuming(make: Callable, observer) -> None:
+    vim = make()
+    vim.create_vm(VmSpec("vm-1", "a", "debian-12", "m1.tiny"))
+    observer.lookupByName("esc-vm-1").suspend()  # as an operator's virsh suspend does
+    paused = vim.status("vm-1")
+    assert (paused.state, paused.detail) == (InstanceState.STOPPED, "paused")
+    assert vim.start_vm("vm-1").state is InstanceState.RUNNING
+    observer.lookupByName("esc-vm-1").suspend()
+    assert vim.stop_vm("vm-1").state is InstanceState.STOPPED  # powered off, not resumed
+    assert not observer.lookupByName("esc-vm-1").isActive()
+
+
+@need_sdk
+def test_libvirt_states_and_reasons_map_to_instance_states() -> None:
+    import libvirt
+
+    from esc.vim.libvirt import _classify
+    from esc.vim.libvirt_domain import Record
+
+    plain, failed = Record({}), Record({}, failure="libvirt failed to start it: no kernel")
+    cases = [
+        ((libvirt.VIR_DOMAIN_RUNNING, 1, plain), (InstanceState.RUNNING, "")),
+        ((libvirt.VIR_DOMAIN_BLOCKED, 0, plain), (InstanceState.RUNNING, "")),
+        ((libvirt.VIR_DOMAIN_SHUTDOWN, 1, plain), (InstanceState.RUNNING, "shutting down")),
+        (
+            (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP, plain),
+            (InstanceState.BUILDING, "starting up"),
+        ),
+        (
+            (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_IOERROR, plain),
+            (InstanceState.ERROR, "paused by libvirt: a disk I/O error"),
+        ),
+        (
+            (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_CRASHED, plain),
+            (InstanceState.ERROR, "shut off: the guest crashed"),
+        ),
+        (
+            (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED, failed),
+            (InstanceState.ERROR, failed.failure),
+        ),
+        (
+            (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN, plain),
+            (InstanceState.STOPPED, ""),
+        ),
+        ((libvirt.VIR_DOMAIN_CRASHED, 0, plain), (InstanceState.ERROR, "the guest crashed")),
+        (
+            (libvirt.VIR_DOMAIN_PMSUSPENDED, 0, plain),
+            (InstanceState.STOPPED, "suspended by the guest"),
+        ),
+        ((libvirt.VIR_DOMAIN_NOSTATE, 0, plain), (InstanceState.BUILDING, "")),
+    ]
+    for given, expected in cases:
+        assert _classify(*given) == expected, given
