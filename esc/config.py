@@ -235,13 +235,111 @@ class VmwareSettings(_Section):
         return found
 
 
+class LibvirtFlavor(_Section):
+    vcpus: Annotated[int, Field(ge=1, le=288)] = Field(description="Virtual CPUs of the VM.")
+    memory_mib: Annotated[int, Field(ge=64, le=4_194_304)] = Field(
+        description="Memory of the VM, in MiB."
+    )
+
+
+def _default_libvirt_flavors() -> dict[str, LibvirtFlavor]:
+    return {
+        "m1.tiny": LibvirtFlavor(vcpus=1, memory_mib=512),
+        "m1.small": LibvirtFlavor(vcpus=1, memory_mib=2048),
+        "m1.medium": LibvirtFlavor(vcpus=2, memory_mib=4096),
+        "m1.large": LibvirtFlavor(vcpus=4, memory_mib=8192),
+    }
+
+
+class LibvirtSettings(_Section):
+    uri: str = Field(
+        "qemu:///system",
+        description="libvirt connection URI of the host the VMs run on. The driver writes "
+        "each VM's disk overlay, data volumes and seed ISO itself, so the URI names a "
+        "libvirt on this machine (qemu:///system), or on a host that sees image_dir and "
+        "instance_dir at the same paths (shared storage).",
+    )
+    username: str = Field(
+        "",
+        description="The user name a libvirt daemon asking for credentials (SASL, e.g. "
+        "qemu+tcp://) is given; empty: none (a local socket, ssh keys or TLS certificates "
+        "need none).",
+    )
+    password_file: str = Field(
+        "",
+        description="File holding that user's password (relative: in the node home; mode "
+        "0600); never logged.",
+    )
+    password_env: str = Field(
+        "",
+        description="Environment variable holding that user's password, when no "
+        "password_file is given.",
+    )
+    domain_type: Literal["kvm", "qemu"] = Field(
+        "kvm",
+        description="kvm (hardware acceleration) or qemu (software emulation, where KVM is "
+        "not usable: much slower).",
+    )
+    image_dir: str = Field(
+        "/var/lib/libvirt/images",
+        description="Directory of the images, on the libvirt host: NAME.qcow2 is image NAME "
+        "booted from its disk (each VM gets a qcow2 overlay on it; the file is never "
+        "written); NAME.kernel with NAME.initrd is image NAME booted directly from that "
+        "kernel and initramfs (with NAME.qcow2 as its disk when there is one; "
+        "NAME.cmdline, if present, holds its kernel command line).",
+    )
+    instance_dir: str = Field(
+        "",
+        description="Where each VM's own files are kept (its overlay, data volumes, seed "
+        "ISO and serial console log, in a directory named after the VM id, removed with "
+        "it); empty: data/vim/libvirt/instances in the node home. QEMU's user "
+        "(libvirt-qemu) must be able to reach it.",
+    )
+    kernel_cmdline: str = Field(
+        "console=ttyS0",
+        description="Kernel command line of an image booted from NAME.kernel that has no "
+        "NAME.cmdline.",
+    )
+    day0_dir: str = Field(
+        "/etc/esc/day0",
+        description="Directory, inside the VM, where cloud-init writes the day-0 "
+        "configuration files (one per day0_config entry).",
+    )
+    flavors: dict[str, LibvirtFlavor] = Field(
+        default_factory=_default_libvirt_flavors,
+        description="The flavors VMs may ask for (libvirt has none of its own): name -> "
+        "{vcpus, memory_mib}. Default: m1.tiny (1, 512), m1.small (1, 2048), m1.medium "
+        "(2, 4096), m1.large (4, 8192).",
+    )
+    create_timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
+        60.0,
+        description="Seconds a create or start waits for libvirt to report the VM "
+        "running before the attempt counts as a transient failure.",
+    )
+    shutdown_timeout: Annotated[float, Field(ge=0, le=3600)] = Field(
+        30.0,
+        description="Seconds a stop waits for the guest to power off after the ACPI "
+        "shutdown request before the VM is powered off (destroyed) by force.",
+    )
+
+    @field_validator("flavors")
+    @classmethod
+    def _some_flavors(cls, flavors: dict[str, LibvirtFlavor]) -> dict[str, LibvirtFlavor]:
+        if not flavors:
+            raise ValueError(
+                'declare at least one flavor, e.g. "m1.tiny" = {vcpus = 1, memory_mib = 512}'
+            )
+        return flavors
+
+
 class VimSettings(_Section):
     driver: str = Field(
         "local",
         description="VIM driver: local (each VM an OS process of this node), vimhost "
         "(the local VIM served by a VIM host, so VMs outlive this node: an HA pair's VIM), "
-        "vmware (VMs cloned from templates on a vCenter, [vim.vmware]) "
-        "or fake (VMs kept in the controller's memory, for tests: gone when it exits).",
+        "openstack, libvirt, vmware or csp (a real VIM, set up by its own section "
+        "[vim.NAME]), or fake (VMs kept in the controller's memory, for tests: gone when "
+        "it exits).",
     )
     local_dir: str = Field(
         "",
@@ -264,6 +362,7 @@ class VimSettings(_Section):
         description="vimhost: seconds one VIM host call may take (a VM's start or stop "
         "included) before it counts as a transient failure and is retried.",
     )
+    libvirt: LibvirtSettings = Field(default_factory=LibvirtSettings)
 
     vmware: VmwareSettings = Field(default_factory=VmwareSettings)
 
