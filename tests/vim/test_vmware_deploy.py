@@ -13,7 +13,14 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import ControllerProcess, Node, escadm, escadm_ok, fast_settings
+from conftest import (
+    ControllerProcess,
+    Node,
+    controller_id_of,
+    escadm,
+    escadm_ok,
+    fast_settings,
+)
 from vcsim_process import QUOTA_MESSAGE, Vcsim, shared
 
 from esc.config import NodeHome
@@ -31,6 +38,7 @@ class VmwareNode:
     home: Path
     vcsim: Vcsim
     api: httpx.Client  # the node's REST API, as admin: what the controller recorded
+    controller_id: str  # what its instances are tagged with
 
     def deploy(self, name: str, **group: str) -> tuple[int, str]:
         """Deploy the example as deployment `name`, its groups' fields as `group` says."""
@@ -50,7 +58,8 @@ class VmwareNode:
     def on_vcenter(self, name: str) -> dict[str, object]:
         """The VMs vCenter has of deployment `name`, by VM id, found by their tags."""
         ids = self.vm_ids(name)
-        return {vm_id: vm for vm_id, vm in self.vcsim.vms_of("esc").items() if vm_id in ids}
+        tagged = self.vcsim.vms_of(self.controller_id)
+        return {vm_id: vm for vm_id, vm in tagged.items() if vm_id in ids}
 
     def undeploy(self, name: str) -> None:
         escadm_ok("deployment", "undeploy", name, "--timeout", "60", home=self.home)
@@ -78,7 +87,7 @@ def node(
     controller.start()
     api = httpx.Client(base_url=controller.node.base_url, auth=controller.node.auth, timeout=10)
     try:
-        yield VmwareNode(home.root, vcsim, api)
+        yield VmwareNode(home.root, vcsim, api, controller_id_of(home, settings))
     finally:
         api.close()
         controller.terminate()
