@@ -660,6 +660,18 @@ class NodeHome:
     def vim_dir(self) -> Path:
         return self.data / "vim"
 
+    @property
+    def vims_dir(self) -> Path:
+        """Where the drivers of the VIM connections (escadm vim add) keep their state, a
+        directory per connection."""
+        return self.data / "vims"
+
+    @property
+    def vim_state(self) -> tuple[Path, ...]:
+        """Every directory of the home where VIM drivers keep state (the local VIM's
+        instances among them): what moves with the node when its home is replaced."""
+        return (self.vim_dir, self.vims_dir)
+
     def vim_location(self, settings: Settings) -> Path:
         """Where the VIM driver keeps its state: [vim] local_dir (relative: to the home),
         else data/vim."""
