@@ -473,6 +473,10 @@ def _node(cloud: NovaCloud, tmp_path: Path) -> Path:
     return home
 
 
+def image_id(cloud: NovaCloud, name: str) -> str:
+    return cloud.user.image.find_image(name, ignore_missing=False).id
+
+
 def _deploy(home: Path, descriptor: Path) -> tuple[int, str]:
     result = escadm("deployment", "deploy", str(descriptor), "--timeout", "120", home=home)
     return result.returncode, result.stdout + result.stderr
@@ -499,10 +503,20 @@ def test_a_node_deploys_the_example_on_nova_and_reports_its_refusals(
         assert {s.status for s in servers} == {"ACTIVE"}
         for server in servers:
             assert server.metadata[TAG_VM] and server.metadata[TAG_CONTROLLER]
-            assert list(server.addresses) == ["mgmt"]  # [vim.openstack] network
-        assert {s.image["id"] for s in servers} == {
-            cloud.user.image.find_image(g["image"], ignore_missing=False).id for g in groups
+            assert list(server.addresses) == ["mgmt"]
+        by_group = {
+            g["name"]: [s for s in servers if s.image["id"] == image_id(cloud, g["image"])]
+            for g in groups
         }
+        # lb's first VM has the pool's first floating IP; the app VMs are kept apart by
+        # their server group and each has its data volume.
+        (lb,) = by_group["lb"]
+        (fip,) = cloud.admin.network.ips(floating_ip_address="198.19.100.10")
+        assert fip.port_id in {p.id for p in ports_of(cloud, lb.id)}
+        assert len({s.compute_host for s in by_group["app"]}) == 2
+        for app in by_group["app"]:
+            tags = [a.tag for a in cloud.admin.compute.volume_attachments(app)]
+            assert tags == ["data"]
         undeployed = escadm("deployment", "undeploy", name, "--timeout", "120", home=home)
         assert undeployed.returncode == 0, undeployed.stdout + undeployed.stderr
         assert cloud.servers() == []
