@@ -473,6 +473,14 @@ def _node(cloud: NovaCloud, tmp_path: Path) -> Path:
     return home
 
 
+def _section(cloud: NovaCloud, home: Path) -> Path:
+    """The node's [vim.openstack] as a connection's settings file."""
+    section = tomllib.loads((home / "esc.toml").read_text())["vim"]["openstack"]
+    path = home / "dc.toml"
+    path.write_text(tomli_w.dumps(section))
+    return path
+
+
 def image_id(cloud: NovaCloud, name: str) -> str:
     return cloud.user.image.find_image(name, ignore_missing=False).id
 
@@ -517,6 +525,36 @@ def test_a_node_deploys_the_example_on_nova_and_reports_its_refusals(
         for app in by_group["app"]:
             tags = [a.tag for a in cloud.admin.compute.volume_attachments(app)]
             assert tags == ["data"]
+        # A second connection to the cloud is added once it answers with its
+        # credentials, and refused naming authentication when they are wrong.
+        added = escadm(
+            "vim",
+            "add",
+            "dc1",
+            "--driver",
+            "openstack",
+            "--file",
+            str(_section(cloud, home)),
+            home=home,
+        )
+        assert added.returncode == 0, added.stdout + added.stderr
+        wrong = home / "wrong.password"
+        wrong.write_text("not-it\n")
+        wrong.chmod(0o600)
+        refused = escadm(
+            "vim",
+            "add",
+            "dc2",
+            "--driver",
+            "openstack",
+            "--file",
+            str(_section(cloud, home)),
+            "--set",
+            "password_file=wrong.password",
+            home=home,
+        )
+        assert refused.returncode != 0
+        assert "OpenStack authentication failed" in refused.stdout + refused.stderr
         undeployed = escadm("deployment", "undeploy", name, "--timeout", "120", home=home)
         assert undeployed.returncode == 0, undeployed.stdout + undeployed.stderr
         assert cloud.servers() == []
