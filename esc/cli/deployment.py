@@ -56,15 +56,23 @@ def wait_for(client: ApiClient, accepted: dict, timeout: float, as_json: bool) -
     console = Console(stderr=as_json)
     deadline = time.monotonic() + timeout
     last_event = 0
+
+    def show_new_events() -> None:
+        nonlocal last_event
+        for event in client.get_all("/v0/events", transaction_id=tx_id, after=last_event):
+            last_event = event["event_id"]
+            if not as_json:
+                console.print(f"  {event['type']:<22} {event['status']:<8} {event['message']}")
+
     with console.status(f"transaction {tx_id} {accepted['state']}") as status:
         while True:
-            for event in client.get_all("/v0/events", transaction_id=tx_id, after=last_event):
-                last_event = event["event_id"]
-                if not as_json:
-                    console.print(f"  {event['type']:<22} {event['status']:<8} {event['message']}")
+            show_new_events()
             tx = client.get(f"/v0/transactions/{tx_id}")
             status.update(f"transaction {tx_id} {tx['state']}")
             if tx["state"] in ("SUCCESS", "FAILED"):
+                # The last events commit with the end state: they may have landed
+                # between the two reads above.
+                show_new_events()
                 break
             if time.monotonic() > deadline:
                 raise CliError(

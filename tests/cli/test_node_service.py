@@ -139,7 +139,9 @@ def test_health_passed_and_failed(home: Path) -> None:
     config = home / "esc.toml"
     original = config.read_text()
     dead = f"postgresql+psycopg://esc@127.0.0.1:{free_port()}/esc"
-    config.write_text(original.replace('url = ""', f'url = "{dead}"'))
+    # Only the [database] url: other sections have url keys too.
+    config.write_text(original.replace('[database]\nurl = ""', f'[database]\nurl = "{dead}"'))
+    assert dead in config.read_text()
     try:
         failed = escadm("health", home=home)
     finally:
