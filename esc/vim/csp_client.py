@@ -93,6 +93,7 @@ class CspClient:
         self._password = password
         self._http: httpx.Client | None = None
         self._guard = threading.Lock()
+        self._uploading = threading.Lock()
 
     def close(self) -> None:
         with self._guard:
@@ -147,18 +148,27 @@ class CspClient:
 
     def upload(self, name: str, data: bytes, what: str) -> None:
         """Put the file `name` into the CSP's repository, as its web UI does: log in for
-        a session cookie, upload, log out."""
-        self._answer(self._send("POST", "/api/login", what), "POST", "/api/login", what)
-        try:
-            files = {"file": (name, data, "application/octet-stream")}
-            response = self._send("POST", "/api/uploadfile", what, files=files)
-            self._answer(response, "POST", "/api/uploadfile", what)
-        finally:
+        a session cookie, upload, log out. What these answer besides their status is the
+        web UI's business, not JSON to read."""
+        # One upload at a time: the session cookie is the client's, and one upload's
+        # logout would end another's session.
+        with self._uploading:
+            self._accepted(self._send("POST", "/api/login", what), what)
             try:
-                self._send("POST", "/api/logout", what)
-            except (PermanentVimError, TransientVimError) as exc:
-                # The session times out on the CSP by itself; the upload is what counted.
-                log.warning("CSP logout after an upload failed: %s", exc)
+                files = {"file": (name, data, "application/octet-stream")}
+                self._accepted(self._send("POST", "/api/uploadfile", what, files=files), what)
+            finally:
+                try:
+                    self._send("POST", "/api/logout", what)
+                except (PermanentVimError, TransientVimError) as exc:
+                    # The session times out on the CSP by itself; the upload is what counted.
+                    log.warning("CSP logout after an upload failed: %s", exc)
+
+    @staticmethod
+    def _accepted(response: httpx.Response, what: str) -> None:
+        if response.status_code >= 300:
+            words, tags = error_words(response)
+            raise CspRefusal(f"the CSP refused to {what}: {words}", response.status_code, tags)
 
     def _send(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
         try:

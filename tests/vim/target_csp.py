@@ -68,6 +68,9 @@ def settings_for(fake: FakeCsp, home: Path, **csp: object) -> VimSettings:
                 "password_file": password_file.name,
                 "cacert": str(fake.cert_file),
                 "network": "enp1s0f0",
+                # The fake boots and stops in a blink: a wait this long is a failure.
+                "boot_timeout": 5,
+                "stop_timeout": 5,
                 **csp,
             },
         }

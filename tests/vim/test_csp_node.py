@@ -50,6 +50,8 @@ def node(fake: FakeCsp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
             "password_file": "csp.password",
             "cacert": "csp-cert.pem",
             "network": "enp1s0f0",
+            "boot_timeout": 20,  # the fake boots in a blink: bounded, should it not
+            "stop_timeout": 20,
             "flavors": {
                 **config["vim"]["csp"]["flavors"],
                 "vnf.huge": {"numcpu": 16, "memory_mb": 65536, "disk_gb": 10},

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -477,3 +478,15 @@ def test_a_module_qualified_answer_is_read_as_the_plain_one() -> None:
     assert member({"resource:resource": resource}, "resource") == member(
         {"resource": resource}, "resource"
     )
+
+
+def test_a_missing_iso_library_names_the_extra_to_install(
+    fake: FakeCsp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for module in ("esc.vim.csp", "esc.vim.day0_iso"):
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setitem(sys.modules, "pycdlib", None)  # as if not installed
+    with pytest.raises(
+        VimError, match=r"needs the Python package 'pycdlib'.*pip install 'esc\[csp\]'"
+    ):
+        make_driver(fake, tmp_path)
