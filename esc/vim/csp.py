@@ -211,8 +211,11 @@ class CspVim(VimDriver):
             try:
                 self.client.call("POST", SERVICES, f"create service {name}", {"service": body})
             except CspRefusal as exc:
-                # Made by an earlier call whose answer was lost: the same VM, not a duplicate.
+                # Made meanwhile (another call for the same VM, or a read that missed it):
+                # the same VM, not a duplicate.
                 if "data-exists" not in exc.tags:
+                    if spec.day0_config:
+                        self._remove_day0(name)  # refused: nothing of it is left
                     raise
             log.info("CSP service %s created", name, extra={"tags": "create_vm"})
         elif running.get("power") == "off":

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
-from fake_csp import ERRORS, MEDIA_TYPE, NAME_MAX, REQUESTS, FakeCsp
+from fake_csp import ERRORS, IMAGES, MEDIA_TYPE, NAME_MAX, REQUESTS, FakeCsp
 from pydantic import ValidationError
 from target_csp import CONTROLLER, IMAGE, digest, make_driver, put_foreign
 
@@ -230,14 +232,14 @@ def test_an_unknown_image_names_the_repositorys_images_but_not_day0_files(
 
 def test_a_refusal_carries_csps_own_words(vim: CspVim, fake: FakeCsp) -> None:
     with pytest.raises(PermanentVimError) as refused:
-        vim.create_vm(spec(interfaces=(Interface("bogus-net"),)))
+        vim.create_vm(spec(interfaces=(Interface("bogus-net"),), day0_config={"a.cfg": "x"}))
     assert str(refused.value) == (
         f"the CSP refused to create service {service_of('vm-1')}: illegal reference "
         f"/services/service{{{service_of('vm-1')}}}/vnics/vnic{{0}}/network_name: "
         "no network bogus-net"
     )
-    # The service or its day-0 file: nothing is left of the refused create.
-    assert fake.names() == []
+    # Neither the service nor its day-0 file: nothing is left of the refused create.
+    assert fake.names() == [] and sorted(fake.repository) == sorted(IMAGES)
 
 
 def test_a_service_made_meanwhile_is_taken_as_created_not_duplicated(
@@ -490,3 +492,52 @@ def test_a_missing_iso_library_names_the_extra_to_install(
         VimError, match=r"needs the Python package 'pycdlib'.*pip install 'esc\[csp\]'"
     ):
         make_driver(fake, tmp_path)
+
+
+def test_the_fake_refuses_what_a_csp_refuses_in_confds_form(fake: FakeCsp) -> None:
+    """The fake's own refusals, to one who asks it straight, as the shapes record them."""
+    service = {"name": "s1", "iso_name": IMAGE, "numcpu": 1, "memory": 512, "disk_size": 1}
+
+    def post(body: dict, client_password: str | None = None, **headers: str) -> tuple[int, str]:
+        with fake.client(client_password) as client:
+            answer = client.post(SERVICES, content=json.dumps(body), headers=headers)
+        if answer.status_code >= 400:
+            (error,) = answer.json()["errors"]["error"]
+            return answer.status_code, error["error-tag"]
+        return answer.status_code, ""
+
+    def expected(kind: str) -> tuple[int, str]:
+        return ERRORS[kind]["status"], ERRORS[kind]["tag"]
+
+    assert post({"service": service}) == (REQUESTS["create_service"]["status"], "")
+    assert post({"service": service}) == expected("exists")
+    assert post({"service": {**service, "name": "s2", "iso_name": "nope.qcow2"}}) == expected(
+        "unknown_file"
+    )
+    assert post({"service": {**service, "name": "s3", "colour": "red"}}) == expected(
+        "unknown_element"
+    )
+    assert post({"service": {**service, "name": "s4"}}, "wrong") == expected("access_denied")
+    assert post({"service": {**service, "name": "s5"}}, **{"Content-Type": "application/json"}) == (
+        expected("media_type")
+    )
+    with fake.client() as client:
+        refused = client.delete(f"{SERVICES}/service/s1")
+        assert (refused.status_code, refused.json()["errors"]["error"][0]["error-tag"]) == (
+            expected("powered_on")
+        )
+        off = client.patch(
+            f"{SERVICES}/service/s1", content=json.dumps({"service": {"power": "off"}})
+        )
+        assert off.status_code == REQUESTS["patch_service"]["status"]
+        fake.stop_seconds = 0
+        assert (
+            client.delete(f"{SERVICES}/service/s1").status_code
+            == REQUESTS["delete_service"]["status"]
+        )
+        unauthenticated = httpx.get(
+            f"{fake.url}{SERVICES}", verify=ssl.create_default_context(cafile=fake.cert_file)
+        )
+    assert unauthenticated.status_code == 401
+    assert unauthenticated.headers["www-authenticate"].startswith("Basic")
+    assert fake.names() == []
