@@ -13,7 +13,7 @@ import socket
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import tomli_w
@@ -102,6 +102,337 @@ class DatabaseSettings(_Section):
         if value and not value.startswith(("sqlite", "postgresql")):
             raise ValueError("only sqlite:/// and postgresql+psycopg:// URLs are supported")
         return value
+
+
+class OpenStackSettings(_Section):
+    """[vim.openstack]: the OpenStack cloud and project the openstack driver runs VMs in."""
+
+    auth_url: str = Field(
+        "",
+        description="The cloud's keystone v3 URL, e.g. https://keystone.example.com:5000/v3 "
+        "(the OS_AUTH_URL of the project's openrc).",
+    )
+    username: str = Field("", description="The OpenStack user ESC authenticates as.")
+    password_file: str = Field(
+        "",
+        description="File holding that user's password (mode 0600; relative: in the node "
+        "home). Never put the password in esc.toml.",
+    )
+    password_env: str = Field(
+        "",
+        description="Instead of password_file: the environment variable holding the password.",
+    )
+    project_name: str = Field(
+        "", description="The project (tenant) the VMs are created in and counted against."
+    )
+    user_domain_name: str = Field("Default", description="The keystone domain of the user.")
+    project_domain_name: str = Field("Default", description="The keystone domain of the project.")
+    region_name: str = Field(
+        "", description="The region whose endpoints are used; empty: the catalog's only one."
+    )
+    interface: Literal["public", "internal", "admin"] = Field(
+        "public", description="Which endpoints of the catalog to call: public, internal or admin."
+    )
+    cacert: str = Field(
+        "",
+        description="PEM file of the CA(s) that signed the cloud's TLS certificates "
+        "(relative: in the node home); empty: the system's trusted CAs.",
+    )
+    verify: bool = Field(
+        True,
+        description="Check the cloud's TLS certificates. false accepts any certificate: for "
+        "a lab only, never with cacert set.",
+    )
+    timeout: Annotated[float, Field(gt=0, le=600)] = Field(
+        30.0,
+        description="Seconds one API request may take before it counts as a transient "
+        "failure and the VIM call is retried.",
+    )
+    boot_timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
+        600.0,
+        description="Seconds a create, start, reboot, stop or delete waits for nova to finish "
+        "it (a server to become ACTIVE, SHUTOFF or gone) before it counts as a transient "
+        "failure; the retry finds the server where it got to.",
+    )
+    poll_interval: Annotated[float, Field(gt=0, le=60)] = Field(
+        2.0, description="Seconds between two looks at a server that nova is still changing."
+    )
+    network: str = Field(
+        "",
+        description="The network (name or id) of a VM whose descriptor names no interface; "
+        "empty: such a VM gets no network.",
+    )
+    key_name: str = Field(
+        "",
+        description="An existing nova keypair put on every VM (its public key reaches the "
+        "VM through cloud-init); empty: none.",
+    )
+    day0_dir: str = Field(
+        "/etc/esc/day0",
+        description="The directory in the VM where cloud-init writes each day0_config file.",
+    )
+
+    @field_validator("auth_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ValueError(
+                f"auth_url must be the keystone v3 URL, http(s)://HOST[:PORT]/v3, not {value!r}"
+            )
+        return value
+
+    @field_validator("day0_dir")
+    @classmethod
+    def _absolute_dir(cls, value: str) -> str:
+        if not value.startswith("/") or "\n" in value:
+            raise ValueError(f"day0_dir must be an absolute path in the VM, not {value!r}")
+        return value.rstrip("/") or "/"
+
+    @model_validator(mode="after")
+    def _one_way_to_trust(self) -> OpenStackSettings:
+        if self.cacert and not self.verify:
+            raise ValueError(
+                "cacert is set but verify = false ignores it: keep cacert and verify = true"
+            )
+        if self.password_file and self.password_env:
+            raise ValueError("set password_file or password_env, not both")
+        return self
+
+    def missing(self) -> list[str]:
+        """The keys the driver cannot do without that are not set."""
+        missing = [k for k in ("auth_url", "username", "project_name") if not getattr(self, k)]
+        if not (self.password_file or self.password_env):
+            missing.append("password_file or password_env")
+        return missing
+
+
+class VmwareFlavor(_Section):
+    """What a flavor name means on vCenter, which has no flavors of its own."""
+
+    vcpus: Annotated[int, Field(ge=1, le=768)] = Field(
+        description="Virtual CPUs of a VM of this flavor."
+    )
+    memory_mb: Annotated[int, Field(ge=4, le=24 * 2**20)] = Field(
+        description="Memory of a VM of this flavor, in MiB."
+    )
+
+
+# The flavors a vCenter driver knows unless [vim.vmware.flavors] says otherwise: OpenStack's
+# classic sizes, so that a descriptor written for another VIM deploys unchanged.
+VMWARE_FLAVORS = {
+    "m1.tiny": VmwareFlavor(vcpus=1, memory_mb=512),
+    "m1.small": VmwareFlavor(vcpus=1, memory_mb=2048),
+    "m1.medium": VmwareFlavor(vcpus=2, memory_mb=4096),
+    "m1.large": VmwareFlavor(vcpus=4, memory_mb=8192),
+}
+
+
+class VmwareSettings(_Section):
+    """[vim.vmware]: the vCenter the vmware driver creates VMs on."""
+
+    host: str = Field("", description="vCenter's host name or address.")
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        443, description="The TCP port of vCenter's API (its /sdk endpoint)."
+    )
+    protocol: Literal["https", "http"] = Field(
+        "https",
+        description="https, or http for a vCenter simulator or a proxy on this host only: "
+        "over http the password travels in clear.",
+    )
+    cacert: str = Field(
+        "",
+        description="PEM file of the CA certificates vCenter's certificate is checked "
+        "against (a relative path is in the node home); empty: the system's CAs.",
+    )
+    insecure: bool = Field(
+        False,
+        description="Do not check vCenter's certificate at all. Only for a lab: anyone on "
+        "the path can then pose as vCenter and read the password.",
+    )
+    user: str = Field("", description="The vCenter user the driver logs in as.")
+    password_file: str = Field(
+        "",
+        description="File holding that user's password (a relative path is in the node "
+        "home; mode 0600).",
+    )
+    password_env: str = Field(
+        "",
+        description="Environment variable holding the password, when password_file is empty.",
+    )
+    datacenter: str = Field(
+        "", description="The datacenter the VMs go to; empty: vCenter's only datacenter."
+    )
+    cluster: str = Field(
+        "",
+        description="The cluster (or standalone host's compute resource) the VMs run on "
+        "unless a VM's placement names one; empty: the template's.",
+    )
+    resource_pool: str = Field(
+        "",
+        description="The resource pool below that cluster's root pool (a name, or a path "
+        "such as esc/vnfs) the VMs are put in; empty: the root pool.",
+    )
+    datastore: str = Field(
+        "",
+        description="The datastore a VM's disks go to unless its placement names one; "
+        "empty: the template's.",
+    )
+    vm_folder: str = Field(
+        "",
+        description="The VM folder (a path below the datacenter's VM folder, e.g. esc/vnfs) "
+        "the VMs are created in; it must exist. Empty: the datacenter's VM folder.",
+    )
+    templates_folder: str = Field(
+        "",
+        description="The folder whose VMs are the images (a path like vm_folder's); empty: "
+        "the images are the datacenter's templates, wherever they are.",
+    )
+    flavors: dict[str, VmwareFlavor] = Field(
+        default_factory=lambda: dict(VMWARE_FLAVORS),
+        description="The flavors descriptors may name, each {vcpus, memory_mb}; vCenter has "
+        "none of its own. Setting it replaces the defaults m1.tiny, m1.small, m1.medium, "
+        "m1.large (1/512, 1/2048, 2/4096, 4/8192).",
+    )
+    nic_model: Literal["vmxnet3", "e1000", "e1000e"] = Field(
+        "vmxnet3",
+        description="The virtual NIC model of a VM's interfaces: vmxnet3 needs VMware Tools' "
+        "driver in the guest, e1000 and e1000e work in any guest.",
+    )
+    day0_dir: str = Field(
+        "/etc/esc/day0",
+        description="The directory of the guest where cloud-init writes a VM's day-0 files.",
+    )
+    timeout: Annotated[float, Field(gt=0, le=7200)] = Field(
+        600.0,
+        description="Seconds a VM's creation (clone, reconfiguration, power-on) or another "
+        "vCenter task may take; past it the call fails as transient and is asked again (the "
+        "VM is found again by its tags, never made twice).",
+    )
+    request_timeout: Annotated[float, Field(gt=0, le=600)] = Field(
+        60.0,
+        description="Seconds one request to vCenter may take before it counts as a "
+        "transient failure.",
+    )
+    shutdown_timeout: Annotated[float, Field(ge=0, le=3600)] = Field(
+        120.0,
+        description="Seconds a stop waits for the guest to shut down (asked through VMware "
+        "Tools when they run) before the VM is powered off.",
+    )
+
+    def problems(self) -> list[str]:
+        """What keeps the vmware driver from using these settings."""
+        found = [
+            f"[vim.vmware] {key} is required by the vmware driver"
+            for key, value in (("host", self.host), ("user", self.user))
+            if not value
+        ]
+        if not self.password_file and not self.password_env:
+            found.append(
+                "[vim.vmware] needs password_file (a file holding the password) or password_env"
+            )
+        if self.cacert and self.insecure:
+            found.append("[vim.vmware] cacert and insecure = true contradict: keep one")
+        if not self.flavors:
+            found.append("[vim.vmware] flavors is empty: name at least one")
+        return found
+
+
+class LibvirtFlavor(_Section):
+    vcpus: Annotated[int, Field(ge=1, le=288)] = Field(description="Virtual CPUs of the VM.")
+    memory_mib: Annotated[int, Field(ge=64, le=4_194_304)] = Field(
+        description="Memory of the VM, in MiB."
+    )
+
+
+def _default_libvirt_flavors() -> dict[str, LibvirtFlavor]:
+    return {
+        "m1.tiny": LibvirtFlavor(vcpus=1, memory_mib=512),
+        "m1.small": LibvirtFlavor(vcpus=1, memory_mib=2048),
+        "m1.medium": LibvirtFlavor(vcpus=2, memory_mib=4096),
+        "m1.large": LibvirtFlavor(vcpus=4, memory_mib=8192),
+    }
+
+
+class LibvirtSettings(_Section):
+    uri: str = Field(
+        "qemu:///system",
+        description="libvirt connection URI of the host the VMs run on. The driver writes "
+        "each VM's disk overlay, data volumes and seed ISO itself, so the URI names a "
+        "libvirt on this machine (qemu:///system), or on a host that sees image_dir and "
+        "instance_dir at the same paths (shared storage).",
+    )
+    username: str = Field(
+        "",
+        description="The user name a libvirt daemon asking for credentials (SASL, e.g. "
+        "qemu+tcp://) is given; empty: none (a local socket, ssh keys or TLS certificates "
+        "need none).",
+    )
+    password_file: str = Field(
+        "",
+        description="File holding that user's password (relative: in the node home; mode "
+        "0600); never logged.",
+    )
+    password_env: str = Field(
+        "",
+        description="Environment variable holding that user's password, when no "
+        "password_file is given.",
+    )
+    domain_type: Literal["kvm", "qemu"] = Field(
+        "kvm",
+        description="kvm (hardware acceleration) or qemu (software emulation, where KVM is "
+        "not usable: much slower).",
+    )
+    image_dir: str = Field(
+        "/var/lib/libvirt/images",
+        description="Directory of the images, on the libvirt host: NAME.qcow2 is image NAME "
+        "booted from its disk (each VM gets a qcow2 overlay on it; the file is never "
+        "written); NAME.kernel with NAME.initrd is image NAME booted directly from that "
+        "kernel and initramfs (with NAME.qcow2 as its disk when there is one; "
+        "NAME.cmdline, if present, holds its kernel command line).",
+    )
+    instance_dir: str = Field(
+        "",
+        description="Where each VM's own files are kept (its overlay, data volumes, seed "
+        "ISO and serial console log, in a directory named after the VM id, removed with "
+        "it); empty: data/vim/libvirt/instances in the node home. QEMU's user "
+        "(libvirt-qemu) must be able to reach it.",
+    )
+    kernel_cmdline: str = Field(
+        "console=ttyS0",
+        description="Kernel command line of an image booted from NAME.kernel that has no "
+        "NAME.cmdline.",
+    )
+    day0_dir: str = Field(
+        "/etc/esc/day0",
+        description="Directory, inside the VM, where cloud-init writes the day-0 "
+        "configuration files (one per day0_config entry).",
+    )
+    flavors: dict[str, LibvirtFlavor] = Field(
+        default_factory=_default_libvirt_flavors,
+        description="The flavors VMs may ask for (libvirt has none of its own): name -> "
+        "{vcpus, memory_mib}. Default: m1.tiny (1, 512), m1.small (1, 2048), m1.medium "
+        "(2, 4096), m1.large (4, 8192).",
+    )
+    create_timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
+        60.0,
+        description="Seconds a create or start waits for libvirt to report the VM "
+        "running before the attempt counts as a transient failure.",
+    )
+    shutdown_timeout: Annotated[float, Field(ge=0, le=3600)] = Field(
+        30.0,
+        description="Seconds a stop waits for the guest to power off after the ACPI "
+        "shutdown request before the VM is powered off (destroyed) by force.",
+    )
+
+    @field_validator("flavors")
+    @classmethod
+    def _some_flavors(cls, flavors: dict[str, LibvirtFlavor]) -> dict[str, LibvirtFlavor]:
+        if not flavors:
+            raise ValueError(
+                'declare at least one flavor, e.g. "m1.tiny" = {vcpus = 1, memory_mib = 512}'
+            )
+        return flavors
 
 
 class CspFlavor(_Section):
@@ -227,8 +558,9 @@ class VimSettings(_Section):
         "local",
         description="VIM driver: local (each VM an OS process of this node), vimhost "
         "(the local VIM served by a VIM host, so VMs outlive this node: an HA pair's VIM), "
-        "csp (services of a Cisco CSP 2100/5000, [vim.csp]) or fake (VMs kept in the "
-        "controller's memory, for tests: gone when it exits).",
+        "openstack, libvirt, vmware or csp (a real VIM, set up by its own section "
+        "[vim.NAME]), or fake (VMs kept in the controller's memory, for tests: gone when "
+        "it exits).",
     )
     local_dir: str = Field(
         "",
@@ -251,6 +583,26 @@ class VimSettings(_Section):
         description="vimhost: seconds one VIM host call may take (a VM's start or stop "
         "included) before it counts as a transient failure and is retried.",
     )
+    libvirt: LibvirtSettings = Field(default_factory=LibvirtSettings)
+
+    vmware: VmwareSettings = Field(default_factory=VmwareSettings)
+
+    @model_validator(mode="after")
+    def _vcenter_is_named(self) -> VimSettings:
+        if self.driver == "vmware" and (problems := self.vmware.problems()):
+            raise ValueError("; ".join(problems))
+        return self
+
+    openstack: OpenStackSettings = Field(default_factory=OpenStackSettings)
+
+    @model_validator(mode="after")
+    def _openstack_is_named(self) -> VimSettings:
+        if self.driver == "openstack" and self.openstack.missing():
+            raise ValueError(
+                "the openstack driver needs [vim.openstack] " + ", ".join(self.openstack.missing())
+            )
+        return self
+
     csp: CspSettings = Field(default_factory=CspSettings)
 
     @model_validator(mode="after")
@@ -494,7 +846,7 @@ class Settings(_Section):
     ha: HaSettings = Field(default_factory=HaSettings)
 
 
-def _describe(error: ValidationError) -> str:
+def describe_validation(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"])
@@ -547,6 +899,18 @@ class NodeHome:
     def vim_dir(self) -> Path:
         return self.data / "vim"
 
+    @property
+    def vims_dir(self) -> Path:
+        """Where the drivers of the VIM connections (escadm vim add) keep their state, a
+        directory per connection."""
+        return self.data / "vims"
+
+    @property
+    def vim_state(self) -> tuple[Path, ...]:
+        """Every directory of the home where VIM drivers keep state (the local VIM's
+        instances among them): what moves with the node when its home is replaced."""
+        return (self.vim_dir, self.vims_dir)
+
     def vim_location(self, settings: Settings) -> Path:
         """Where the VIM driver keeps its state: [vim] local_dir (relative: to the home),
         else data/vim."""
@@ -579,7 +943,7 @@ class NodeHome:
         try:
             return Settings.model_validate(raw)
         except ValidationError as exc:
-            raise ConfigError(f"{self.config_file}: {_describe(exc)}") from exc
+            raise ConfigError(f"{self.config_file}: {describe_validation(exc)}") from exc
 
     def save(self, settings: Settings) -> None:
         data = toml_data(settings)

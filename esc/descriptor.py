@@ -17,10 +17,11 @@ data model's feature on a deployment created with an older one.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -30,7 +31,7 @@ from esc.errors import InvalidRequest, MalformedRequest
 from esc.nesting import TooDeep, check_json_depth, check_yaml_depth
 
 # Bumped when the descriptor gains a feature that older deployments lack.
-DATA_MODEL_VERSION = 1
+DATA_MODEL_VERSION = 2
 
 Name = Annotated[
     str,
@@ -64,6 +65,52 @@ class Scaling(_Strict):
 class Recovery(_Strict):
     action_on_recovery: RecoveryPolicy = RecoveryPolicy.REBOOT_THEN_REDEPLOY
     max_retries: Annotated[int, Field(ge=1, le=100)] = 3
+
+
+def _addresses(values: list[str], what: str) -> list[str]:
+    for value in values:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{what}: {value!r} is not an IP address") from None
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what}: an address is listed twice")
+    return values
+
+
+class InterfaceSpec(_Strict):
+    """A NIC of each VM of the group. `ips` and `floating_ips` are pools: the group's VM
+    number N (counting from 0) has the Nth address, and keeps it when redeployed."""
+
+    network: Annotated[str, Field(min_length=1, max_length=256)]
+    ips: Annotated[list[str], Field(max_length=1000)] = Field(default_factory=list)
+    floating_ips: Annotated[list[str], Field(max_length=1000)] = Field(default_factory=list)
+    model: Annotated[str, Field(pattern=r"^[a-z0-9]{1,16}$")] = "virtio"
+    vlan: Annotated[int, Field(ge=1, le=4094)] | None = None
+
+    @model_validator(mode="after")
+    def _pools_are_addresses(self) -> InterfaceSpec:
+        _addresses(self.ips, f"interface on {self.network}: ips")
+        _addresses(self.floating_ips, f"interface on {self.network}: floating_ips")
+        return self
+
+
+class VolumeSpec(_Strict):
+    name: Name
+    size_gb: Annotated[int, Field(ge=1, le=65536)]
+
+
+class PlacementSpec(_Strict):
+    zone: Annotated[str, Field(max_length=256)] = ""
+    host: Annotated[str, Field(max_length=256)] = ""
+    datastore: Annotated[str, Field(max_length=256)] = ""
+    cluster: Annotated[str, Field(max_length=256)] = ""
+    # VMs naming one group are placed together (affinity) or apart (anti-affinity, the
+    # default for a group); the soft policies prefer rather than insist.
+    group: Annotated[str, Field(pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,62})?$")] = ""
+    group_policy: Literal[
+        "", "anti-affinity", "affinity", "soft-anti-affinity", "soft-affinity"
+    ] = ""
 
 
 class MetricCollector(_Strict):
@@ -118,6 +165,27 @@ class VmGroupSpec(_Strict):
     kpis: Annotated[list[Kpi], Field(max_length=32)] = Field(default_factory=list)
     rules: Annotated[list[Rule], Field(max_length=32)] = Field(default_factory=list)
     day0_config: Annotated[dict[str, str], Field(max_length=32)] = Field(default_factory=dict)
+    interfaces: Annotated[list[InterfaceSpec], Field(max_length=16)] = Field(default_factory=list)
+    volumes: Annotated[list[VolumeSpec], Field(max_length=16)] = Field(default_factory=list)
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
+
+    @model_validator(mode="after")
+    def _pools_cover_the_group(self) -> VmGroupSpec:
+        for interface in self.interfaces:
+            for pool, addresses in (
+                ("ips", interface.ips),
+                ("floating_ips", interface.floating_ips),
+            ):
+                if addresses and len(addresses) < self.scaling.max_active:
+                    raise ValueError(
+                        f"vm_group {self.name}: the interface on {interface.network} lists "
+                        f"{len(addresses)} {pool} for up to {self.scaling.max_active} VMs "
+                        "(max_active): list one per VM, or none for addresses the VIM assigns"
+                    )
+        names = [v.name for v in self.volumes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"vm_group {self.name}: duplicate volume name")
+        return self
 
     @model_validator(mode="after")
     def _rules_name_kpis(self) -> VmGroupSpec:
@@ -135,6 +203,8 @@ class VmGroupSpec(_Strict):
 
 class DeploymentSpec(_Strict):
     name: Name
+    # The VIM connection the VMs go on (`escadm vim list`); absent: the node's own [vim].
+    vim: Name | None = None
     vm_groups: Annotated[list[VmGroupSpec], Field(min_length=1, max_length=64)]
 
     @model_validator(mode="after")
@@ -223,9 +293,20 @@ class Feature:
     used_by: Callable[[Descriptor], bool]
 
 
+def _groups_use(attribute: str) -> Callable[[Descriptor], bool]:
+    default = getattr(VmGroupSpec.model_fields[attribute], "default_factory", None)
+    empty = default() if default else None
+    return lambda d: any(getattr(g, attribute) != empty for g in d.deployment.vm_groups)
+
+
 # Features newer than data model version 1 are listed here when they are
 # added; version 1 is the baseline every deployment has.
-FEATURES: list[Feature] = []
+FEATURES: list[Feature] = [
+    Feature("deployment.vim", 2, lambda d: d.deployment.vim is not None),
+    Feature("vm_groups[].interfaces", 2, _groups_use("interfaces")),
+    Feature("vm_groups[].volumes", 2, _groups_use("volumes")),
+    Feature("vm_groups[].placement", 2, _groups_use("placement")),
+]
 
 
 def check_data_model(descriptor: Descriptor, deployment: str, created_with: int) -> None:

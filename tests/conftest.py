@@ -216,6 +216,21 @@ def api(controller: Controller, node: Node) -> Iterator[TestClient]:
         yield client
 
 
+def controller_id_of(home: NodeHome, settings: Settings) -> str:
+    """The id the node's controller tags its instances with (kept in its database)."""
+    from esc.db.session import Database
+    from esc.engine.vims import read_controller_id
+
+    db = Database(home.database_url(settings))
+    try:
+        with db.read() as session:
+            found = read_controller_id(session)
+    finally:
+        db.dispose()
+    assert found, "the node's database has no controller id: is its schema migrated?"
+    return found
+
+
 def wait_transaction(client: httpx.Client | TestClient, tx_id: str, timeout: float = 30) -> dict:
     deadline = time.monotonic() + timeout
     while True:

@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI
 from esc import __version__
 from esc.api import problems, spec
 from esc.api.query import reject_unknown_query
-from esc.api.routes import activity, deployments, ha, monitoring, system
+from esc.api.routes import activity, deployments, ha, monitoring, system, vims
 from esc.engine.controller import Controller
 from esc.security import FailureBudget
 
@@ -50,6 +50,7 @@ def create_app(controller: Controller, *, manage_lifecycle: bool = True) -> Fast
     app.include_router(activity.router)
     app.include_router(monitoring.router)
     app.include_router(ha.router)
+    app.include_router(vims.router)
 
     spec.install(app)
     return app

@@ -336,3 +336,37 @@ class ForceActiveIn(_In):
     discard_unreplicated: bool = Field(
         description="Must be true: what the lost active did not replicate is given up"
     )
+
+
+class VimIn(_In):
+    name: Name = Field(description="The connection's name, as deployment.vim names it.")
+    driver: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = Field(
+        description="The VIM driver: openstack, libvirt, vmware, csp, local, vimhost."
+    )
+    settings: Annotated[dict[str, Any], Field(max_length=64)] = Field(
+        default_factory=dict,
+        description="The driver's section of [vim] (e.g. [vim.openstack]'s keys); secrets "
+        "by file or environment variable name only.",
+    )
+
+
+class VimView(BaseModel):
+    name: str
+    driver: str
+    source: str = Field(description="esc.toml (the node's own [vim]) or database")
+    settings: dict[str, Any]
+    deployments: int = Field(description="Deployments whose VMs are on it")
+    usable: bool | None = Field(None, description="Its VIM answered a check (shown alone)")
+    detail: str = Field("", description="What the check found")
+
+
+class OrphanView(BaseModel):
+    vim: str
+    vm_id: str
+    state: str
+    detail: str
+
+
+class OrphansView(BaseModel):
+    orphans: list[OrphanView]
+    unreachable: list[str] = Field(description="Connections that could not be asked, and why")

@@ -25,6 +25,7 @@ from esc.cli.service import (
     version_command,
 )
 from esc.cli.upgrade import upgrade_group
+from esc.cli.vim import vim_group
 from esc.node.private import make_files_private
 
 
@@ -65,6 +66,7 @@ for command in (
     switchover_command,
     ha_group,
     keepalived_group,
+    vim_group,
 ):
     cli.add_command(command)
 # What a group alone runs: a look, never a change.
@@ -76,6 +78,7 @@ DEFAULT_SUBCOMMANDS = {
     "script": "list",
     "replication": "status",
     "ha": "show",
+    "vim": "list",
 }
 add_shared_options(cli, DEFAULT_SUBCOMMANDS)
 

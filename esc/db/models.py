@@ -154,6 +154,8 @@ class Deployment(Base):
     data_model_version: Mapped[int] = mapped_column(Integer)
     status: Mapped[DeploymentStatus] = mapped_column(_enum(DeploymentStatus))
     descriptor: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The VIM connection its VMs are on (vim_connections.name); None: the node's own [vim].
+    vim: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
@@ -186,6 +188,10 @@ class VmGroup(Base):
     kpis: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     rules: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     day0_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Since schema 0009 (None in rows made before: no interfaces, volumes or placement).
+    interfaces: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=list)
+    volumes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=list)
+    placement: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=dict)
 
     deployment: Mapped[Deployment] = relationship(back_populates="vm_groups")
     vms: Mapped[list[Vm]] = relationship(
@@ -361,6 +367,19 @@ class ControllerSetting(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(256))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class VimConnection(Base):
+    """A VIM the controller may deploy on besides its own [vim]: the driver and its
+    settings section (no secret: a password is named by file or variable only)."""
+
+    __tablename__ = "vim_connections"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    driver: Mapped[str] = mapped_column(String(32))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 

@@ -21,8 +21,8 @@ from esc.engine.executor import Executor
 from esc.engine.lease import StandaloneLease
 from esc.engine.notifier import Notifier
 from esc.engine.step_vim import RetryPolicy
+from esc.engine.vims import Vims
 from esc.monitor.mappings import install_defaults_if_empty
-from esc.vim.base import VimDriver
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,14 @@ class ActiveRole:
     is a new object, so nothing of a previous one is reused half-stopped)."""
 
     def __init__(
-        self, db: Database, vim: VimDriver, settings: Settings, lease: StandaloneLease
+        self, db: Database, vims: Vims, settings: Settings, lease: StandaloneLease
     ) -> None:
         self.db = db
-        self.vim = vim
+        self.vims = vims
         self.lease = lease
         self.executor = Executor(
             db,
-            vim,
+            vims,
             settings.engine.workers,
             settings.engine.max_resumes,
             node=settings.node.name,
@@ -51,7 +51,7 @@ class ActiveRole:
     def take(self) -> None:
         upgrade_to_head(self.db.engine)
         self.lease.acquire()
-        self.vim.recover()
+        self.vims.recover()
         with self.db.write() as session:
             if install_defaults_if_empty(session):
                 log.info("default dynamic mappings installed")

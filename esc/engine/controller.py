@@ -24,9 +24,10 @@ from esc.db.session import Database
 from esc.engine.active_role import ActiveRole
 from esc.engine.lease import DatabaseLease, StandaloneLease
 from esc.engine.northbound import Northbound
+from esc.engine.vims import Vims
 from esc.health import CheckResult, check_database, check_services, check_vim
 from esc.security import VerifiedCache
-from esc.vim.base import driver_for
+from esc.vim.base import VimDriver
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +47,23 @@ class Controller:
         self.home = home
         self.settings = settings
         self.db = Database(home.database_url(settings))
-        self.vim = driver_for(home, settings)
+        self.vims = Vims(home, settings, self.db)
         self.lease = lease_for(self.db) if lease_for else StandaloneLease()
         if isinstance(self.lease, DatabaseLease):
             self.lease.on_lost = self._role_lost
         self.active: ActiveRole | None = None
         self._role_lock = threading.Lock()
-        self.northbound = Northbound(self.db, self.vim, settings, self._enqueue, self.lease)
+        self.northbound = Northbound(self.db, self.vims, settings, self._enqueue, self.lease)
         # The role manager of a node of a pair (esc.ha.roles), None when standalone:
         # it decides when this node takes and drops the active role.
         self.ha: Any = None
         self.stage = STAGE_INIT
         self._credentials = VerifiedCache()
+
+    @property
+    def vim(self) -> VimDriver:
+        """The node's own VIM ([vim] of esc.toml), the default connection."""
+        return self.vims.default
 
     @property
     def standalone(self) -> bool:
@@ -88,7 +94,7 @@ class Controller:
         with self._role_lock:
             if self.active is not None:
                 return
-            role = ActiveRole(self.db, self.vim, self.settings, self.lease)
+            role = ActiveRole(self.db, self.vims, self.settings, self.lease)
             role.take()
             self.active = role
 

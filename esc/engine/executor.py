@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from esc.config import EngineSettings
-from esc.db.models import Transaction, TransactionState, Vm, utcnow
+from esc.db.models import Transaction, TransactionState, utcnow
 from esc.db.session import Database
 from esc.engine.claims import HEARTBEAT_INTERVAL, Claim, Claimant, NotOwner, fenced_write
 from esc.engine.lease import StandaloneLease
@@ -36,9 +36,11 @@ from esc.engine.operations import (
     OperationFailed,
     StepContext,
 )
+from esc.engine.orphans import quarantine_orphans
 from esc.engine.step_vim import RetryPolicy, StepVim
+from esc.engine.vims import Vims
 from esc.logtags import transaction_context
-from esc.vim.base import VimDriver, VimError
+from esc.vim.base import VimError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ class Executor:
     def __init__(
         self,
         db: Database,
-        vim: VimDriver,
+        vims: Vims,
         workers: int,
         max_resumes: int,
         node: str = "",
@@ -63,7 +65,7 @@ class Executor:
         lease: StandaloneLease | None = None,
     ) -> None:
         self.db = db
-        self.vim = vim
+        self.vims = vims
         self.retry = retry or RetryPolicy.of(EngineSettings())
         self.claimant = Claimant(db, node, lease=lease)
         # Claimed by reconciliation, waiting in the queue for a worker.
@@ -158,9 +160,9 @@ class Executor:
     # reconciliation -------------------------------------------------------------
 
     def reconcile(self) -> None:
-        """At start-up: remove orphan VMs, then resume or close every open transaction
+        """At start-up: quarantine orphan VMs, then resume or close every open transaction
         that no live executor holds."""
-        self._remove_orphans()
+        quarantine_orphans(self.db, self.vims)
         self._take_over(queued_too=True)
 
     def _take_over(self, queued_too: bool = False) -> None:
@@ -193,15 +195,6 @@ class Executor:
         self._end(claim, reason)
         return False
 
-    def _remove_orphans(self) -> None:
-        """A VIM instance with no VM row is an orphan: the controller no longer manages it."""
-        with self.db.read() as session:
-            known = set(session.scalars(select(Vm.id)))
-        for vm_id in self.vim.list_instances():
-            if vm_id not in known:
-                log.warning("removing orphan VIM instance %s (no VM record)", vm_id)
-                self.vim.delete_vm(vm_id)
-
     # execution ----------------------------------------------------------------
 
     def _work(self) -> None:
@@ -231,9 +224,15 @@ class Executor:
         if not self._within_resumes(claim):
             return
         with self.db.read() as session:
-            operation = session.get(Transaction, tx_id).operation
+            tx = session.get(Transaction, tx_id)
+            operation, deployment_id = tx.operation, tx.deployment_id
         handler = OPERATIONS[operation]
-        vim = StepVim(self.vim, self.db, claim, self.retry, self.stopping)
+        try:
+            driver = self.vims.for_deployment(deployment_id)
+        except VimError as exc:
+            self._end(claim, f"the deployment's VIM cannot be used: {exc}")
+            return
+        vim = StepVim(driver, self.db, claim, self.retry, self.stopping)
         context = StepContext(self.db, vim, claim, self.stopping)
         with self.db.read() as session:
             failure = session.get(Transaction, tx_id).progress.get(ROLLBACK)

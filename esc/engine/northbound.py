@@ -19,22 +19,31 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from esc.config import Settings
-from esc.db.models import CustomScript, Subscription, Tenant, Transaction
+from esc.db.models import (
+    CustomScript,
+    Deployment,
+    Subscription,
+    Tenant,
+    Transaction,
+    VimConnection,
+)
 from esc.db.session import Database
 from esc.descriptor import Descriptor
-from esc.engine import callbacks, op_mode, submit
+from esc.engine import callbacks, op_mode, orphans, submit
 from esc.engine.lease import StandaloneLease
-from esc.errors import Conflict, NotFound
+from esc.engine.vims import Vims
+from esc.errors import Conflict, InvalidRequest, NotFound
 from esc.logtags import transaction_context
 from esc.monitor import mode, scripts
 from esc.monitor.mappings import parse_mappings, replace_mappings
-from esc.vim.base import VimDriver
+from esc.vim.base import VimError
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +65,14 @@ class Northbound:
     def __init__(
         self,
         db: Database,
-        vim: VimDriver,
+        vims: Vims,
         settings: Settings,
         enqueue: Callable[[str], None],
         lease: StandaloneLease | None = None,
     ) -> None:
         self.db = db
         self.lease = lease or StandaloneLease()
-        self.vim = vim
+        self.vims = vims
         self.settings = settings
         self._enqueue = enqueue
 
@@ -72,6 +81,12 @@ class Northbound:
         with self.db.write() as session:
             require_writable(session, self.lease)
             yield session
+
+    def _require_writable(self) -> None:
+        """Refuse as a write would (MAINTENANCE, not the active node), for an action
+        that changes the VIM and no row."""
+        with self._write():
+            return
 
     # tenants ---------------------------------------------------------------------
 
@@ -115,12 +130,12 @@ class Northbound:
 
     def deploy(self, descriptor: Descriptor) -> Transaction:
         limit = self.settings.limits.max_vms_per_deployment
-        submit.validate_on_vim(self.vim, descriptor.deployment.vm_groups)
+        submit.validate_on_vim(self.vims, descriptor.deployment)
         return self._submit(lambda s: submit.submit_deploy(s, descriptor, limit))
 
     def update(self, tenant: str, name: str, descriptor: Descriptor) -> Transaction:
         limit = self.settings.limits.max_vms_per_deployment
-        submit.validate_on_vim(self.vim, descriptor.deployment.vm_groups)
+        submit.validate_on_vim(self.vims, descriptor.deployment)
         return self._submit(lambda s: submit.submit_update(s, tenant, name, descriptor, limit))
 
     def undeploy(self, tenant: str, name: str) -> Transaction:
@@ -131,6 +146,49 @@ class Northbound:
 
     def vm_action(self, vm_id: str, action: str) -> Transaction:
         return self._submit(lambda s: submit.submit_vm_action(s, vm_id, action))
+
+    # VIM connections ---------------------------------------------------------------
+
+    def add_vim(self, name: str, driver: str, section: dict[str, Any]) -> VimConnection:
+        """A new connection, once its VIM has answered with its credentials (checked
+        before the write: that waits on the VIM's network)."""
+        try:
+            stored = self.vims.checked(name, driver, section)
+        except VimError as exc:
+            raise InvalidRequest(f"VIM connection {name!r} not added: {exc}") from None
+        try:
+            with self._write() as session:
+                row = VimConnection(name=name, driver=driver, settings=stored)
+                session.add(row)
+                session.flush()
+                return row
+        except IntegrityError:
+            raise Conflict(
+                f"VIM connection {name!r} exists already: remove it first, or choose another name"
+            ) from None
+
+    def remove_vim(self, name: str) -> None:
+        with self._write() as session:
+            row = session.get(VimConnection, name)
+            if row is None:
+                raise NotFound(f"no VIM connection {name!r}: see escadm vim list")
+            users = list(
+                session.scalars(
+                    select(Deployment.name).where(Deployment.vim == name).order_by(Deployment.name)
+                )
+            )
+            if users:
+                raise Conflict(
+                    f"VIM connection {name!r} is used by {len(users)} deployment(s) "
+                    f"({', '.join(users)}): undeploy them first"
+                )
+            session.delete(row)
+        self.vims.forget(name)
+
+    def delete_orphan(self, vim: str, vm_id: str) -> None:
+        """Delete an orphan the operator has looked at (never done automatically)."""
+        self._require_writable()
+        orphans.delete_orphan(self.db, self.vims, vim, vm_id)
 
     # event subscriptions ---------------------------------------------------------
 

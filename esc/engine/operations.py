@@ -41,7 +41,7 @@ from esc.descriptor import validate_descriptor
 from esc.engine.claims import Claim, fenced_write
 from esc.engine.events import FAILURE, emit_for
 from esc.engine.submit import apply_group_spec, ensure_vm_rows, new_group
-from esc.vim.base import VimDriver, VimError, VmSpec
+from esc.vim.base import Interface, Placement, VimDriver, VimError, VmSpec, Volume
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,11 @@ class StepContext:
         tx.progress = {**tx.progress, key: True}
 
 
+def _pick(pool: list[str], ordinal: int) -> str | None:
+    # Pools cover max_active (the descriptor checks): VM number N has the Nth address.
+    return pool[ordinal] if ordinal < len(pool) else None
+
+
 def _spec(vm: Vm) -> VmSpec:
     group = vm.vm_group
     return VmSpec(
@@ -106,6 +111,18 @@ def _spec(vm: Vm) -> VmSpec:
         image=group.image,
         flavor=group.flavor,
         day0_config=dict(group.day0_config),
+        interfaces=tuple(
+            Interface(
+                network=i["network"],
+                ip=_pick(i.get("ips", []), vm.ordinal),
+                floating_ip=_pick(i.get("floating_ips", []), vm.ordinal),
+                model=i.get("model", "virtio"),
+                vlan=i.get("vlan"),
+            )
+            for i in group.interfaces or []
+        ),
+        volumes=tuple(Volume(v["name"], v["size_gb"]) for v in group.volumes or []),
+        placement=Placement(**(group.placement or {})),
     )
 
 

@@ -27,10 +27,17 @@ from esc.db.models import (
     VmGroup,
     VmState,
 )
-from esc.descriptor import DATA_MODEL_VERSION, Descriptor, VmGroupSpec, check_data_model
-from esc.errors import Conflict, InvalidRequest, NotFound
+from esc.descriptor import (
+    DATA_MODEL_VERSION,
+    DeploymentSpec,
+    Descriptor,
+    VmGroupSpec,
+    check_data_model,
+)
+from esc.engine.vims import Vims, connection_name, vim_label
+from esc.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from esc.monitor.mappings import check_references
-from esc.vim.base import VimDriver, VimError
+from esc.vim.base import TransientVimError, VimError
 
 # One query per level instead of one per vm_group when a deployment is shown.
 WITH_GROUPS_AND_VMS = selectinload(Deployment.vm_groups).selectinload(VmGroup.vms)
@@ -88,17 +95,27 @@ def _open_transaction(
     return tx
 
 
-def validate_on_vim(vim: VimDriver, groups: list[VmGroupSpec]) -> None:
-    """The images and flavors the descriptor names exist on the VIM. Call it with no
-    database write open: it may wait on the VIM's network."""
+def validate_on_vim(vims: Vims, spec: DeploymentSpec) -> None:
+    """The VIM connection the deployment names exists, and the images and flavors it
+    names are on that VIM. Call it with no database write open: it may wait on the
+    VIM's network. A VIM that cannot answer now makes the request one to retry."""
+    try:
+        vim = vims.get(spec.vim)
+    except VimError as exc:
+        raise InvalidRequest(f"deployment.vim: {exc}") from None
     problems = []
-    for group in groups:
+    for group in spec.vm_groups:
         for check, value in (
             (vim.validate_image, group.image),
             (vim.validate_flavor, group.flavor),
         ):
             try:
                 check(value)
+            except TransientVimError as exc:
+                raise Unavailable(
+                    f"VIM {vim_label(spec.vim)} cannot check vm_group {group.name} now: "
+                    f"{exc}; retry the request"
+                ) from None
             except VimError as exc:
                 problems.append(f"vm_group {group.name}: {exc}")
     if problems:
@@ -118,6 +135,9 @@ def apply_group_spec(group: VmGroup, spec: VmGroupSpec) -> None:
     group.kpis = [k.model_dump(mode="json") for k in spec.kpis]
     group.rules = [r.model_dump(mode="json") for r in spec.rules]
     group.day0_config = dict(spec.day0_config)
+    group.interfaces = [i.model_dump(mode="json") for i in spec.interfaces]
+    group.volumes = [v.model_dump(mode="json") for v in spec.volumes]
+    group.placement = spec.placement.model_dump(mode="json")
     if group.desired_count is None:
         group.desired_count = spec.scaling.min_active
     group.desired_count = max(
@@ -206,6 +226,7 @@ def submit_deploy(session: Session, descriptor: Descriptor, max_vms: int) -> Tra
         tenant=tenant,
         name=spec.name,
         data_model_version=DATA_MODEL_VERSION,
+        vim=connection_name(spec.vim),
         status=DeploymentStatus.DEPLOYING,
         descriptor=descriptor.model_dump(mode="json"),
     )
@@ -239,6 +260,12 @@ def submit_update(
         )
     deployment = find_deployment(session, tenant, name)
     check_data_model(descriptor, f"{tenant}/{name}", deployment.data_model_version)
+    if connection_name(descriptor.deployment.vim) != deployment.vim:
+        raise InvalidRequest(
+            f"deployment {tenant}/{name} is on VIM {vim_label(deployment.vim)}; an update "
+            f"cannot move it to {vim_label(descriptor.deployment.vim)}: its VMs are there. "
+            "Undeploy and deploy it on the other VIM"
+        )
     if descriptor.initial_vm_count() > max_vms:
         raise InvalidRequest(
             f"update asks for at least {descriptor.initial_vm_count()} VMs; this controller "

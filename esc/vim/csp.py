@@ -404,6 +404,14 @@ class CspVim(VimDriver):
                 f"VM {spec.vm_id} asks for an availability zone, datastore or cluster: a CSP "
                 "has none of them; its placement may name a CSP host only"
             )
+        # One CSP is one host: its VMs are together whatever is asked, so only keeping
+        # them apart by force cannot be done.
+        if placement.group and placement.group_policy in ("", "anti-affinity"):
+            raise PermanentVimError(
+                f"VM {spec.vm_id} is in placement group {placement.group!r} with anti-affinity: "
+                "a CSP is one host and cannot keep its VMs apart; use affinity or "
+                "soft-anti-affinity, or no group"
+            )
         body: dict[str, Any] = {
             "name": name,
             "iso_name": spec.image,

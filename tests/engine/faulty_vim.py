@@ -74,6 +74,6 @@ def faulty_controller(
     settings.engine.vim_backoff = backoff
     controller = Controller(node.home, settings)
     vim = FaultyVim(controller.vim, fault)
-    controller.vim = vim  # the active role, made at start, takes it
+    controller.vims.default = vim  # the active role, made at start, takes it
     controller.start()
     return controller, vim

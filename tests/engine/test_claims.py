@@ -167,16 +167,18 @@ def test_a_running_controller_takes_over_from_one_that_died(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(executor, "TAKE_OVER_INTERVAL", 0.5)
-    survivor = Controller(node.home, node.settings)
-    survivor.start()
     dying = Controller(node.home, node.settings)
     dying.start()
+    survivor = Controller(node.home, node.settings)
     try:
         slow = THREE_VMS.replace("image: healthy", "image: 'slow-boot:1.5'").replace(
             "flavor: m1.tiny,", "flavor: m1.tiny, bootup_time: 30,"
         )
         tx = dying.northbound.deploy(parse_descriptor(slow))
         wait_for(lambda: _count(dying.db, tx.id, "VM_DEPLOYED") == 3, 20, "VMs created")
+        # Started once the dying one holds the transaction: a survivor already running
+        # could otherwise pick the QUEUED transaction up first.
+        survivor.start()
         assert dying.stop(timeout=5) == [tx.id]  # its owner row goes with it
         ended = _final(survivor, tx.id)
         assert ended.state is TransactionState.SUCCESS, ended.error

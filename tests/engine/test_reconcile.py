@@ -14,7 +14,8 @@ from esc.api.app import create_app
 from esc.db.models import Operation, Transaction, TransactionState, VmGroup
 from esc.descriptor import parse_descriptor
 from esc.engine.controller import Controller
-from esc.vim.base import VmSpec
+from esc.engine.orphans import delete_orphan, find_orphans
+from esc.vim.base import InstanceState, VmSpec
 
 TWO_VMS = """
 tenant: r
@@ -59,13 +60,22 @@ def test_vms_outlive_a_restart_and_are_managed_again(node: Node) -> None:
         second.stop()
 
 
-def test_orphan_instances_are_removed_at_start(node: Node) -> None:
+def test_orphan_instances_are_quarantined_at_start_and_kept(node: Node) -> None:
     controller = Controller(node.home, node.settings)
     controller.vim.create_vm(VmSpec("not-in-the-db", "orphan", "healthy", "m1.tiny"))
     assert len(live_vm_processes(node.home)) == 1
     controller.start()
     try:
+        # Stopped, never deleted: it may be what keeps a service up.
         assert live_vm_processes(node.home) == []
+        assert controller.vim.list_instances() == ["not-in-the-db"]
+        assert controller.vim.status("not-in-the-db").state is InstanceState.STOPPED
+        orphans, unreachable = find_orphans(controller.db, controller.vims)
+        assert [(o.vim, o.vm_id, o.state) for o in orphans] == [
+            ("default", "not-in-the-db", InstanceState.STOPPED)
+        ]
+        assert unreachable == []
+        delete_orphan(controller.db, controller.vims, "default", "not-in-the-db")
         assert controller.vim.list_instances() == []
     finally:
         controller.stop()
@@ -141,9 +151,11 @@ def test_newer_data_model_feature_refused_for_old_deployment(
         "/v0/deployments", content=TWO_VMS, headers={"content-type": "application/yaml"}
     ).json()
     wait_transaction(api, accepted["transaction_id"])
-    # A feature introduced by data model 2, used by any descriptor with day0_config.
+    # A feature of the next data model, used by any descriptor with day0_config.
     feature = dm.Feature(
-        "day0 templates", 2, lambda d: any(g.day0_config for g in d.deployment.vm_groups)
+        "day0 templates",
+        dm.DATA_MODEL_VERSION + 1,
+        lambda d: any(g.day0_config for g in d.deployment.vm_groups),
     )
     monkeypatch.setattr(dm, "FEATURES", [feature])
     updated = TWO_VMS.replace("max_active: 2}", "max_active: 2}, day0_config: {a: b}")
@@ -153,7 +165,7 @@ def test_newer_data_model_feature_refused_for_old_deployment(
         headers={"content-type": "application/yaml"},
     )
     assert response.status_code == 422
-    assert "created with data model version 1" in response.json()["detail"]
+    assert f"created with data model version {dm.DATA_MODEL_VERSION};" in response.json()["detail"]
     assert "undeploy and redeploy to use it" in response.json()["detail"]
     plain = api.put(
         "/v0/tenants/r/deployments/keep",

@@ -63,8 +63,8 @@ def in_thread(work) -> tuple[threading.Thread, list]:
 
 
 def test_a_slow_vim_check_holds_up_no_other_write(controller: Controller, api: TestClient) -> None:
-    vim = GatedVim(controller.northbound.vim, controller)
-    controller.northbound.vim = vim
+    vim = GatedVim(controller.vims.default, controller)
+    controller.vims.default = vim
     northbound = controller.northbound
 
     first, first_outcome = in_thread(

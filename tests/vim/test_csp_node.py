@@ -104,9 +104,13 @@ def test_the_example_deploys_on_the_csp_and_undeploys(node: Path, fake: FakeCsp)
     assert sorted(len(v) for v in by_image.values()) == [1, 2]
     (router,) = by_image["csr1000v-universalk9.16.09.01.qcow2"]
     held = fake.service(router)
-    assert held["vnics"]["vnic"][0]["network_name"] == "enp1s0f0"
+    first, second = held["vnics"]["vnic"]
+    assert (first["network_name"], first["vlan"], held["ip"]) == ("enp1s0f0", "110", "198.18.80.11")
+    assert (second["network_name"], second["model"]) == ("Internal1", "e1000")
     assert "hostname edge-router" in fake.day0_files(held["day0_filename"])["iosxe_config.txt"]
     for app in by_image["ubuntu-22.04-server-cloudimg-amd64.qcow2"]:
+        (vnic,) = fake.service(app)["vnics"]["vnic"]
+        assert vnic["network_name"] == "enp1s0f1" and "ip" not in fake.service(app)
         files = fake.day0_files(fake.service(app)["day0_filename"])
         assert sorted(files) == ["meta-data", "user-data"]
         assert files["user-data"].startswith("#cloud-config")
@@ -159,3 +163,44 @@ def test_credentials_the_csp_refuses_are_named_and_nothing_is_made(
     assert fake.names() == []
     health = vim_health(node)
     assert not health["ok"] and "refused the credentials" in health["detail"]
+
+
+def test_another_csp_is_a_vim_connection_a_deployment_goes_on(
+    node: Path, fake: FakeCsp, tmp_path: Path
+) -> None:
+    other = FakeCsp(tmp_path / "csp")
+    other.start()
+    try:
+        shutil.copy(other.cert_file, node / "edge-cert.pem")
+        section = tmp_path / "edge.toml"
+        section.write_text(
+            tomli_w.dumps(
+                {
+                    "url": other.url,
+                    "password_file": "csp.password",
+                    "cacert": "edge-cert.pem",
+                    "network": "enp1s0f0",
+                }
+            )
+        )
+        add = ("vim", "add", "edge", "--driver", "csp", "--file", str(section))
+        other.password = "not-the-nodes"
+        refused = escadm(*add, home=node)
+        assert refused.returncode == 1 and "refused the credentials" in refused.stderr
+        other.password = fake.password
+        assert escadm(*add, home=node, check=True).stdout.strip() == (
+            "VIM connection edge (csp) added"
+        )
+
+        descriptor = tmp_path / "edge.yaml"
+        descriptor.write_text(
+            EXAMPLE.read_text().replace("  name: csp-edge\n", "  name: edge-site\n  vim: edge\n")
+        )
+        status, output = deploy(node, descriptor)
+        assert status == 0 and "DEPLOY demo/edge-site: SUCCESS" in output, output
+        assert len(other.names()) == 3 and fake.names() == []  # on the connection's CSP
+        assert "UNDEPLOY demo/edge-site: SUCCESS" in undeploy(node, "edge-site")
+        assert other.names() == []
+        escadm("vim", "remove", "edge", home=node, check=True)
+    finally:
+        other.stop()

@@ -165,6 +165,11 @@ def test_what_a_csp_service_cannot_have_is_refused_before_anything_is_made(
             "one address per service",
         ),
         (spec(placement=Placement(zone="az1")), "zone, datastore or cluster"),
+        (spec(placement=Placement(group="edge")), "cannot keep its VMs apart"),
+        (
+            spec(placement=Placement(group="edge", group_policy="anti-affinity")),
+            "cannot keep its VMs apart",
+        ),
         (spec(day0_config={"../etc/passwd": "x"}), "cannot go on the day-0 CD"),
         (spec("v" * 60), f"CSP service names at most {SERVICE_NAME_MAX}"),
     ]
@@ -173,6 +178,10 @@ def test_what_a_csp_service_cannot_have_is_refused_before_anything_is_made(
             vim.create_vm(asked)
     assert fake.count("POST", SERVICES) == 0 and fake.names() == []
     assert fake.count("POST", REQUESTS["upload_file"]["path"]) == 0
+    # Together on one host is what a CSP does anyway; a soft wish to be apart is no order.
+    for policy in ("affinity", "soft-anti-affinity"):
+        vim.create_vm(spec(f"vm-{policy}", placement=Placement(group="edge", group_policy=policy)))
+    assert vim.list_instances() == ["vm-affinity", "vm-soft-anti-affinity"]
 
 
 def test_the_drivers_name_limit_is_the_recorded_one() -> None:
