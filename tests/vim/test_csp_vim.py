@@ -10,6 +10,7 @@ import os
 import socket
 import ssl
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -386,7 +387,7 @@ def test_a_service_csp_fails_is_error_with_csps_reason(vim: CspVim, fake: FakeCs
 def test_a_service_is_building_until_deployed_and_a_slow_one_times_out(
     fake: FakeCsp, tmp_path: Path
 ) -> None:
-    fake.boot_seconds = 0.6
+    fake.boot_seconds = 60  # deploying for as long as the test looks
     vim = make_driver(fake, tmp_path, boot_timeout=0.2)
     with pytest.raises(
         TransientVimError, match=r"running within 0\.2 s \(\[vim\.csp\] boot_timeout\)"
@@ -394,6 +395,7 @@ def test_a_service_is_building_until_deployed_and_a_slow_one_times_out(
         vim.create_vm(spec())
     status = vim.status("vm-1")
     assert status.state is InstanceState.BUILDING and "deploying" in status.detail
+    fake.boot_seconds = 0  # deployed now
     patient = make_driver(fake, tmp_path, boot_timeout=5)
     assert patient.create_vm(spec()).state is InstanceState.RUNNING  # retried: the same service
     assert fake.count("POST", SERVICES) == 1
@@ -413,11 +415,13 @@ def test_without_operational_data_the_running_power_is_the_state(
     vim: CspVim, fake: FakeCsp
 ) -> None:
     fake.operational = False
-    fake.stop_seconds = 0.3
     assert vim.create_vm(spec()).state is InstanceState.RUNNING
     assert vim.stop_vm("vm-1").state is InstanceState.STOPPED
     vim.start_vm("vm-1")
-    vim.delete_vm("vm-1")  # CSP refuses while the service still runs: asked again, deleted
+    # The service takes long to power off, then is off: meanwhile CSP refuses to delete it.
+    fake.stop_seconds = 60
+    threading.Timer(0.5, lambda: setattr(fake, "stop_seconds", 0)).start()
+    vim.delete_vm("vm-1")  # refused while the service still runs: asked again, deleted
     path = f"{SERVICES}/service/{service_of('vm-1')}"
     assert fake.count("DELETE", path, 409) >= 1 and fake.count("DELETE", path, 204) == 1
     assert fake.names() == []
