@@ -435,6 +435,124 @@ class LibvirtSettings(_Section):
         return flavors
 
 
+class CspFlavor(_Section):
+    """What a Cisco CSP service of this flavor gets: CSP itself has no flavors."""
+
+    numcpu: Annotated[int, Field(ge=1, le=256)] = Field(
+        description="CPU cores of the service (its numcpu)."
+    )
+    memory_mb: Annotated[int, Field(ge=64, le=4_194_304)] = Field(
+        description="Memory of the service in MiB (its memory)."
+    )
+    disk_gb: Annotated[int, Field(ge=1, le=65_536)] = Field(
+        description="Size of the service's disk in GB (its disk_size)."
+    )
+
+
+def _default_csp_flavors() -> dict[str, CspFlavor]:
+    return {
+        "m1.tiny": CspFlavor(numcpu=1, memory_mb=512, disk_gb=1),
+        "m1.small": CspFlavor(numcpu=1, memory_mb=2048, disk_gb=20),
+        "m1.medium": CspFlavor(numcpu=2, memory_mb=4096, disk_gb=40),
+        "m1.large": CspFlavor(numcpu=4, memory_mb=8192, disk_gb=80),
+    }
+
+
+class CspSettings(_Section):
+    """[vim.csp]: a Cisco Cloud Services Platform (CSP 2100/5000) over its REST API."""
+
+    url: str = Field(
+        "",
+        description="csp: the CSP's REST API, https://HOST or https://HOST:PORT (the "
+        "address its web UI answers on).",
+    )
+    username: str = Field(
+        "admin",
+        description="csp: the CSP user the controller logs in as; it needs the admin "
+        "role to create, power and delete services and upload day-0 files.",
+    )
+    password_file: str = Field(
+        "",
+        description="csp: the file holding that user's password (mode 0600); a relative "
+        "path is in the node home. Or set password_env.",
+    )
+    password_env: str = Field(
+        "",
+        description="csp: the environment variable holding that user's password, when "
+        "password_file is not set.",
+    )
+    cacert: str = Field(
+        "",
+        description="csp: the PEM certificate the CSP's HTTPS is checked against (its "
+        "self-signed certificate, or the CA that issued it); a relative path is in the "
+        "node home. Empty: the system's trusted CAs.",
+    )
+    insecure: bool = Field(
+        False,
+        description="csp: true skips checking the CSP's certificate (anyone on the path "
+        "can then read the password): only when the operator accepts that.",
+    )
+    host: str = Field(
+        "csp-2100",
+        description="csp: the CSP resource whose free CPUs and memory are checked before "
+        "a service is created (/api/running/resources/resource/HOST), when the VM's "
+        "placement names none.",
+    )
+    network: str = Field(
+        "",
+        description="csp: the CSP network (a physical NIC such as enp1s0f0, or a CSP "
+        "network) that a VM asking for no interface gets one vNIC on; empty: none.",
+    )
+    flavors: dict[str, CspFlavor] = Field(
+        default_factory=_default_csp_flavors,
+        description="csp: the flavors by name, each {numcpu, memory_mb, disk_gb}; CSP "
+        "has none of its own. Default: m1.tiny, m1.small, m1.medium, m1.large.",
+    )
+    timeout: Annotated[float, Field(gt=0, le=600)] = Field(
+        30.0,
+        description="csp: seconds one REST call may take before it counts as a "
+        "transient failure and is retried.",
+    )
+    boot_timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
+        300.0,
+        description="csp: seconds a created or started service has to be reported "
+        "running by the CSP before the call counts as a transient failure.",
+    )
+    stop_timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
+        120.0,
+        description="csp: seconds a service has to be reported powered off (before a "
+        "stop returns, and before it is deleted).",
+    )
+
+    @field_validator("flavors")
+    @classmethod
+    def _some_flavor(cls, flavors: dict[str, CspFlavor]) -> dict[str, CspFlavor]:
+        if not flavors:
+            raise ValueError("name at least one flavor, e.g. m1.small = {numcpu = 1, ...}")
+        return flavors
+
+    def problem(self) -> str | None:
+        """Why the csp driver cannot use these settings, or None."""
+        parts = urlsplit(self.url)
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            return f'[vim.csp] url must be "https://HOST[:PORT]", not {self.url!r}'
+        if parts.scheme != "https" or not parts.hostname or parts.path.strip("/"):
+            return (
+                f'the csp driver needs [vim.csp] url = "https://HOST[:PORT]" (the CSP\'s '
+                f"REST API, HTTPS only), not {self.url!r}"
+            )
+        if not self.password_file and not self.password_env:
+            return (
+                "the csp driver needs [vim.csp] password_file or password_env: where the "
+                f"password of {self.username!r} is"
+            )
+        if self.insecure and self.cacert:
+            return "[vim.csp] sets both cacert and insecure = true: keep one"
+        return None
+
+
 class VimSettings(_Section):
     driver: str = Field(
         "local",
@@ -483,6 +601,14 @@ class VimSettings(_Section):
             raise ValueError(
                 "the openstack driver needs [vim.openstack] " + ", ".join(self.openstack.missing())
             )
+        return self
+
+    csp: CspSettings = Field(default_factory=CspSettings)
+
+    @model_validator(mode="after")
+    def _csp_is_reachable(self) -> VimSettings:
+        if self.driver == "csp" and (problem := self.csp.problem()):
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")
