@@ -96,6 +96,7 @@ class LabProvider(NodeProvider):
         self.deploy_timeout = deploy_timeout
         self.http = TokenClient(url, API, token_file, TOKEN_SERVICE, timeout, CONNECT_TIMEOUT)
         self.url, self.token_file = self.http.url, self.http.token_file
+        self.where = f"the lab's host agent at {self.url}"
 
     @classmethod
     def from_settings(cls, ha: HaSettings, home: Path) -> LabProvider:
