@@ -277,7 +277,7 @@ def first_boot(day0_dir: Path, home: Path, escadm: Path, start: bool) -> int:
     return started.returncode
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="esc-firstboot", description="Make this ESC node from its day-0 (once)."
     )
@@ -285,7 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME)
     parser.add_argument("--escadm", type=Path, default=DEFAULT_ESCADM)
     parser.add_argument("--start", action="store_true", help="then run escadm start")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
     return first_boot(args.day0_dir, args.home.absolute(), args.escadm, args.start)
 
 
