@@ -104,6 +104,109 @@ class DatabaseSettings(_Section):
         return value
 
 
+class OpenStackSettings(_Section):
+    """[vim.openstack]: the OpenStack cloud and project the openstack driver runs VMs in."""
+
+    auth_url: str = Field(
+        "",
+        description="The cloud's keystone v3 URL, e.g. https://keystone.example.com:5000/v3 "
+        "(the OS_AUTH_URL of the project's openrc).",
+    )
+    username: str = Field("", description="The OpenStack user ESC authenticates as.")
+    password_file: str = Field(
+        "",
+        description="File holding that user's password (mode 0600; relative: in the node "
+        "home). Never put the password in esc.toml.",
+    )
+    password_env: str = Field(
+        "",
+        description="Instead of password_file: the environment variable holding the password.",
+    )
+    project_name: str = Field(
+        "", description="The project (tenant) the VMs are created in and counted against."
+    )
+    user_domain_name: str = Field("Default", description="The keystone domain of the user.")
+    project_domain_name: str = Field("Default", description="The keystone domain of the project.")
+    region_name: str = Field(
+        "", description="The region whose endpoints are used; empty: the catalog's only one."
+    )
+    interface: Literal["public", "internal", "admin"] = Field(
+        "public", description="Which endpoints of the catalog to call: public, internal or admin."
+    )
+    cacert: str = Field(
+        "",
+        description="PEM file of the CA(s) that signed the cloud's TLS certificates "
+        "(relative: in the node home); empty: the system's trusted CAs.",
+    )
+    verify: bool = Field(
+        True,
+        description="Check the cloud's TLS certificates. false accepts any certificate: for "
+        "a lab only, never with cacert set.",
+    )
+    timeout: Annotated[float, Field(gt=0, le=600)] = Field(
+        30.0,
+        description="Seconds one API request may take before it counts as a transient "
+        "failure and the VIM call is retried.",
+    )
+    boot_timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
+        600.0,
+        description="Seconds a create, start, reboot, stop or delete waits for nova to finish "
+        "it (a server to become ACTIVE, SHUTOFF or gone) before it counts as a transient "
+        "failure; the retry finds the server where it got to.",
+    )
+    poll_interval: Annotated[float, Field(gt=0, le=60)] = Field(
+        2.0, description="Seconds between two looks at a server that nova is still changing."
+    )
+    network: str = Field(
+        "",
+        description="The network (name or id) of a VM whose descriptor names no interface; "
+        "empty: such a VM gets no network.",
+    )
+    key_name: str = Field(
+        "",
+        description="An existing nova keypair put on every VM (its public key reaches the "
+        "VM through cloud-init); empty: none.",
+    )
+    day0_dir: str = Field(
+        "/etc/esc/day0",
+        description="The directory in the VM where cloud-init writes each day0_config file.",
+    )
+
+    @field_validator("auth_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ValueError(
+                f"auth_url must be the keystone v3 URL, http(s)://HOST[:PORT]/v3, not {value!r}"
+            )
+        return value
+
+    @field_validator("day0_dir")
+    @classmethod
+    def _absolute_dir(cls, value: str) -> str:
+        if not value.startswith("/") or "\n" in value:
+            raise ValueError(f"day0_dir must be an absolute path in the VM, not {value!r}")
+        return value.rstrip("/") or "/"
+
+    @model_validator(mode="after")
+    def _one_way_to_trust(self) -> OpenStackSettings:
+        if self.cacert and not self.verify:
+            raise ValueError(
+                "cacert is set but verify = false ignores it: keep cacert and verify = true"
+            )
+        if self.password_file and self.password_env:
+            raise ValueError("set password_file or password_env, not both")
+        return self
+
+    def missing(self) -> list[str]:
+        """The keys the driver cannot do without that are not set."""
+        missing = [k for k in ("auth_url", "username", "project_name") if not getattr(self, k)]
+        if not (self.password_file or self.password_env):
+            missing.append("password_file or password_env")
+        return missing
+
+
 class VmwareFlavor(_Section):
     """What a flavor name means on vCenter, which has no flavors of its own."""
 
@@ -370,6 +473,16 @@ class VimSettings(_Section):
     def _vcenter_is_named(self) -> VimSettings:
         if self.driver == "vmware" and (problems := self.vmware.problems()):
             raise ValueError("; ".join(problems))
+        return self
+
+    openstack: OpenStackSettings = Field(default_factory=OpenStackSettings)
+
+    @model_validator(mode="after")
+    def _openstack_is_named(self) -> VimSettings:
+        if self.driver == "openstack" and self.openstack.missing():
+            raise ValueError(
+                "the openstack driver needs [vim.openstack] " + ", ".join(self.openstack.missing())
+            )
         return self
 
     @model_validator(mode="after")
@@ -661,6 +774,18 @@ class NodeHome:
     @property
     def vim_dir(self) -> Path:
         return self.data / "vim"
+
+    @property
+    def vims_dir(self) -> Path:
+        """Where the drivers of the VIM connections (escadm vim add) keep their state, a
+        directory per connection."""
+        return self.data / "vims"
+
+    @property
+    def vim_state(self) -> tuple[Path, ...]:
+        """Every directory of the home where VIM drivers keep state (the local VIM's
+        instances among them): what moves with the node when its home is replaced."""
+        return (self.vim_dir, self.vims_dir)
 
     def vim_location(self, settings: Settings) -> Path:
         """Where the VIM driver keeps its state: [vim] local_dir (relative: to the home),

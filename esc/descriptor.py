@@ -21,7 +21,7 @@ import ipaddress
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -105,6 +105,12 @@ class PlacementSpec(_Strict):
     host: Annotated[str, Field(max_length=256)] = ""
     datastore: Annotated[str, Field(max_length=256)] = ""
     cluster: Annotated[str, Field(max_length=256)] = ""
+    # VMs naming one group are placed together (affinity) or apart (anti-affinity, the
+    # default for a group); the soft policies prefer rather than insist.
+    group: Annotated[str, Field(pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,62})?$")] = ""
+    group_policy: Literal[
+        "", "anti-affinity", "affinity", "soft-anti-affinity", "soft-affinity"
+    ] = ""
 
 
 class MetricCollector(_Strict):

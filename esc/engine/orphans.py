@@ -18,8 +18,8 @@ from sqlalchemy import select
 from esc.db.models import Vm
 from esc.db.session import Database
 from esc.engine.vims import Vims
-from esc.errors import Conflict, NotFound
-from esc.vim.base import InstanceState, VimError
+from esc.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from esc.vim.base import InstanceState, TransientVimError, VimError
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,16 @@ def delete_orphan(db: Database, vims: Vims, vim_name: str, vm_id: str) -> None:
                 f"{vm_id} is a VM of a deployment, not an orphan: undeploy or scale its "
                 "deployment instead"
             )
-    vim = vims.get(vim_name)
-    if vm_id not in vim.list_instances():
-        raise NotFound(f"VIM {vim_name} holds no orphan {vm_id}: see escadm vim orphans")
-    vim.delete_vm(vm_id)
+    try:
+        vim = vims.get(vim_name)
+    except VimError as exc:
+        raise NotFound(str(exc)) from None
+    try:
+        if vm_id not in vim.list_instances():
+            raise NotFound(f"VIM {vim_name} holds no orphan {vm_id}: see escadm vim orphans")
+        vim.delete_vm(vm_id)
+    except TransientVimError as exc:
+        raise Unavailable(f"VIM {vim_name} cannot answer now: {exc}; retry") from None
+    except VimError as exc:
+        raise InvalidRequest(f"VIM {vim_name} refused to delete {vm_id}: {exc}") from None
     log.warning("VIM %s: orphan %s deleted by the operator", vim_name, vm_id)

@@ -147,7 +147,7 @@ class Vims:
         try:
             return load_driver(
                 driver,
-                self.home.data / "vims" / name,
+                self.home.vims_dir / name,
                 connection_settings(driver, settings),
                 self.home.root,
                 controller_id,

@@ -2,10 +2,11 @@
 
 A VM watcher polls one VM for a success/failure metric (ICMPPing: on the
 local VIM, the VM's health endpoint, which also fails when its process is
-gone). A group watcher polls every ALIVE VM of a vm_group for a threshold
-metric and judges their average, so scaling follows the group's load, not
-one VM's. Polls run at a fixed rate (`poll_frequency`) from a random phase,
-so thousands of watchers spread over the period instead of polling at once.
+gone; on a real VIM, an ICMP echo to the VM's address). A group watcher
+polls every ALIVE VM of a vm_group for a threshold metric and judges their
+average, so scaling follows the group's load, not one VM's. Polls run at a
+fixed rate (`poll_frequency`) from a random phase, so thousands of watchers
+spread over the period instead of polling at once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from esc.monitor.icmp import IcmpProbe
 from esc.monitor.kpis import KpiState, threshold_holds
 from esc.monitor.probe import HttpProbe, ProbeError, ProbeTimeout
 from esc.monitor.targets import GroupTarget, VmTarget
@@ -120,23 +122,36 @@ class Watcher(abc.ABC):
             next_at = max(next_at + self.period, loop.time())
 
 
+def answers_http(address: str | None) -> bool:
+    """The VM answers ESC's own health and metrics endpoints (the local VIM's kinds give
+    an http:// address); a real VIM's VM is an IP address, to ping."""
+    return bool(address) and address.startswith("http://")
+
+
 class VmWatcher(Watcher):
     def __init__(self, group: GroupTarget, kpi: dict[str, Any], vm: VmTarget, **kw: Any) -> None:
         self.vm = vm
-        self.probe = HttpProbe(vm.address or "")
+        address = vm.address or ""
+        self.probe = HttpProbe(address) if answers_http(address) else IcmpProbe(address)
         super().__init__(group, kpi, **kw)
+
+    async def _alive(self) -> bool:
+        if isinstance(self.probe, IcmpProbe):
+            await self.probe.ping(self.timeout)
+            return True
+        status, body = await self.probe.get_json("/health", self.timeout)
+        # The VM id in the answer: another process on a reused port is not this VM.
+        return status == 200 and isinstance(body, dict) and body.get("vm_id") == self.vm.id
 
     async def observe(self) -> Observation | None:
         try:
-            status, body = await self.probe.get_json("/health", self.timeout)
+            alive = await self._alive()
         except ProbeTimeout:
             if self.lag.late > self.timeout / 2:
                 return None  # MONA was late, not the VM: this poll tells nothing
             return Observation(False, 0.0)
         except ProbeError:
             return Observation(False, 0.0)
-        # The VM id in the answer: another process on a reused port is not this VM.
-        alive = status == 200 and isinstance(body, dict) and body.get("vm_id") == self.vm.id
         return Observation(alive, 1.0 if alive else 0.0)
 
     def close(self) -> None:
@@ -145,7 +160,8 @@ class VmWatcher(Watcher):
 
 class GroupWatcher(Watcher):
     def __init__(self, group: GroupTarget, kpi: dict[str, Any], field: str, **kw: Any) -> None:
-        self.members = group.alive_vms()
+        # Metrics come from ESC's metrics endpoint, which only the local VIM's VMs serve.
+        self.members = [vm for vm in group.alive_vms() if answers_http(vm.address)]
         self.probes = [HttpProbe(vm.address or "") for vm in self.members]
         self.field = field
         super().__init__(group, kpi, **kw)

@@ -39,7 +39,6 @@ from esc.version import CURRENT
 
 RECORD = "upgrade.json"
 CATALOG_MEMBER = "esc/release/catalog.toml"
-VIM_STATE = Path("data") / "vim"
 STEP_TIMEOUT = 900.0
 
 
@@ -233,9 +232,7 @@ def _build_new_home(
         "restore into the new node", [new, "restore", "--file", str(backup), "--home", str(staging)]
     )
     # The VMs' instances move with the node; their processes keep running throughout.
-    if (root / VIM_STATE).exists():
-        shutil.rmtree(staging / VIM_STATE, ignore_errors=True)
-        (root / VIM_STATE).rename(staging / VIM_STATE)
+    _move_vim_state(root, staging)
     root.rename(rollback)
     staging.rename(root)
     record = UpgradeRecord(
@@ -251,17 +248,32 @@ def _build_new_home(
     return record
 
 
+def _move_vim_state(source: Path, target: Path, replace: bool = True) -> None:
+    """Move the VIM drivers' state (the local VIM's instances, the connections' state)
+    from the home `source` to the home `target`: what the VMs need moves with the node.
+    `replace`: what `target` has is given up for it; else `target`'s is kept."""
+    for directory in NodeHome(source).vim_state:
+        moved = target / directory.relative_to(source)
+        if not directory.exists():
+            continue
+        if moved.exists():
+            if not replace:
+                continue
+            shutil.rmtree(moved, ignore_errors=True)
+        moved.parent.mkdir(parents=True, exist_ok=True)
+        directory.rename(moved)
+
+
 def _undo_staging(root: Path, staging: Path, rollback: Path) -> None:
     """Put the old home back where it was, with its VMs' instances."""
     if rollback.exists() and not root.exists():
         rollback.rename(root)
     elif rollback.exists() and root.exists():
-        if (root / VIM_STATE).exists() and not (rollback / VIM_STATE).exists():
-            (root / VIM_STATE).rename(rollback / VIM_STATE)
+        _move_vim_state(root, rollback, replace=False)
         root.rename(staging if not staging.exists() else _sibling(root, ".failed"))
         rollback.rename(root)
-    if staging.exists() and (staging / VIM_STATE).exists() and not (root / VIM_STATE).exists():
-        (staging / VIM_STATE).rename(root / VIM_STATE)
+    if staging.exists():
+        _move_vim_state(staging, root, replace=False)
     if staging.exists():
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -279,9 +291,7 @@ def rollback(home: NodeHome, report: Callable[[str], None]) -> UpgradeRecord:
     failed = _sibling(root, f".failed-{record.new_version}")
     if failed.exists():
         shutil.rmtree(failed)
-    if (root / VIM_STATE).exists():
-        shutil.rmtree(old_home / VIM_STATE, ignore_errors=True)
-        (root / VIM_STATE).rename(old_home / VIM_STATE)
+    _move_vim_state(root, old_home)
     root.rename(failed)
     old_home.rename(root)
     run("starting the old node", [record.old_escadm, "start", *at])

@@ -124,6 +124,11 @@ class Placement:
     host: str = ""  # compute host, ESXi host or CSP host
     datastore: str = ""  # VMware datastore
     cluster: str = ""  # VMware cluster
+    # VMs naming the same group are placed by group_policy among themselves: "affinity"
+    # (one host) or "anti-affinity" (each on another host; the default for a group), as
+    # OpenStack's server groups place them.
+    group: str = ""
+    group_policy: str = ""
 
 
 @dataclass(frozen=True)

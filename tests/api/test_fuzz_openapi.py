@@ -42,11 +42,13 @@ ALL_CHECKS = CHECKS.get_all()
 # flavors the node's VIM has, stay within [limits] max_vms_per_deployment and,
 # on update, name the deployment of the URL; dynamic mappings are an XML
 # document; a subscription's callback host must be one deliveries may go to
-# (notifications.allowed_hosts). The pair's role changes and a restore's swap
+# (notifications.allowed_hosts); a VIM connection's settings are its driver's and its
+# VIM must answer them. The pair's role changes and a restore's swap
 # are refused (409) on this standalone node whatever their body. Every other check runs on them.
 SEMANTIC_RULES = {
     "POST /v0/deployments",
     "POST /v0/subscriptions",
+    "POST /v0/vims",
     "PUT /v0/tenants/{tenant}/deployments/{name}",
     "PUT /v0/dynamic_mappings",
     "POST /esc/ha/switchover",

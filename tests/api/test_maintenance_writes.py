@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from conftest import Node, all_rows, wait_transaction
 from fastapi.testclient import TestClient
 
+from esc.vim.base import VmSpec
+
 try:  # FastAPI nests included routers in app.routes since 0.16x
     from fastapi.routing import iter_route_contexts
 except ImportError:  # older: app.routes is flat
@@ -84,6 +86,9 @@ def populate(api: TestClient) -> dict[str, str]:
     assert api.put("/v0/scripts/old.sh", json=SCRIPT).status_code == 200
     sub = api.post("/v0/subscriptions", json={"callback_url": "http://127.0.0.1:9/events"})
     assert sub.status_code == 201
+    assert api.post("/v0/vims", json={"name": "old", "driver": "fake"}).status_code == 201
+    # An orphan on the node's own VIM: an instance with no VM record.
+    api.app.state.controller.vim.create_vm(VmSpec("left-behind", "left", "healthy", "m1.tiny"))
     return {"vm": vm["id"], "subscription": sub.json()["id"]}
 
 
@@ -122,6 +127,11 @@ def example_calls(api: TestClient, ids: dict[str, str]) -> dict[tuple[str, str],
         ("PUT", "/esc/monitoring"): Call("PUT", "/esc/monitoring", json={"mode": "STOPPED"}),
         ("PUT", "/v0/scripts/{name}"): Call("PUT", "/v0/scripts/new.sh", json=SCRIPT),
         ("DELETE", "/v0/scripts/{name}"): Call("DELETE", "/v0/scripts/old.sh"),
+        ("POST", "/v0/vims"): Call("POST", "/v0/vims", json={"name": "new", "driver": "fake"}),
+        ("DELETE", "/v0/vims/{name}"): Call("DELETE", "/v0/vims/old"),
+        ("DELETE", "/v0/vims/{name}/orphans/{vm_id}"): Call(
+            "DELETE", "/v0/vims/default/orphans/left-behind"
+        ),
     }
 
 
