@@ -762,7 +762,9 @@ class HaSettings(_Section):
         "",
         description="The node provider that fences a node and keeps the pair's witness "
         "record (which node is outdated): lab (nodes as network namespaces of one host), "
-        "or empty for none (a standby then never takes over from a peer it cannot fence).",
+        "a VIM driver's name (libvirt, vmware, ...: the node VMs' VIM, configured by its "
+        "[vim.NAME] section), or empty for none (a standby then never takes over from a "
+        "peer it cannot fence).",
     )
     provider_url: str = Field(
         "", description="Where the node provider's API answers, e.g. http://198.18.0.1:7700."

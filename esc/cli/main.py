@@ -14,6 +14,7 @@ from esc.cli.ha import ha_group, switchover_command
 from esc.cli.keepalived import keepalived_group
 from esc.cli.monitor import monitor_group, script_group
 from esc.cli.node import init_command, passwd_command, run_command
+from esc.cli.node_vm import node_group
 from esc.cli.operations import ip_trans_command, log_group, op_mode_group
 from esc.cli.replication import drbdadm_command, replication_group
 from esc.cli.service import (
@@ -67,6 +68,7 @@ for command in (
     ha_group,
     keepalived_group,
     vim_group,
+    node_group,
 ):
     cli.add_command(command)
 # What a group alone runs: a look, never a change.
@@ -79,6 +81,7 @@ DEFAULT_SUBCOMMANDS = {
     "replication": "status",
     "ha": "show",
     "vim": "list",
+    "node": "list",
 }
 add_shared_options(cli, DEFAULT_SUBCOMMANDS)
 

@@ -2,7 +2,7 @@
 an HA pair run in, served over HTTP.
 
     python -m esc.ha.labhost --listen IP:PORT --node ADDRESS=NETNS [--node ...] \\
-        --state FILE [--token-file FILE]
+        --state FILE [--token-file FILE] [--bridge BR --nodes-dir DIR --releases DIR]
 
 It runs in the root namespace of the host that holds the namespaces, listening on an
 address both nodes reach (in the lab, the bridge's gateway address), and it is to
@@ -22,6 +22,12 @@ nodes cannot take down with them.
 - the witness record: which node is marked outdated, why, since when, by whom; kept
   in --state (JSON, written atomically and synced before the answer), so it survives
   a restart of the agent.
+- nodes of its own (with --bridge, --nodes-dir, --releases): deploy makes a node from
+  a release's wheel as a VIM makes a VM (esc.ha.labnodes: its namespace on the
+  bridge, its venv, its day-0, its first boot), in the background (the node is
+  BUILDING, then RUNNING, or ERROR with the reason); power-on of such a node also
+  boots it (escadm start); delete fences it and removes it. They are kept in --state
+  too, and named by their name or their address.
 
 Every request carries `Authorization: Bearer TOKEN`, the token of --token-file (else
 of $ESC_PROVIDER_TOKEN); the token is never logged. JSON both ways, under /v1:
@@ -35,6 +41,14 @@ of $ESC_PROVIDER_TOKEN); the token is never logged. JSON both ways, under /v1:
     GET    /nodes/ADDRESS/outdated   {"outdated": REASON | null, "since", "by"}
     PUT    /nodes/ADDRESS/outdated   {"reason": R}: 204
     DELETE /nodes/ADDRESS/outdated   204 (a node without a mark too)
+    GET    /nodes                    {"nodes": [status, ...]}
+    POST   /nodes                    {"name", "image", "ip", ...: esc.ha.provider.NodeSpec}:
+                                     202, its status ("state": "BUILDING")
+    DELETE /nodes/NAME               204 (a node it deployed)
+
+A node's status also says its "name", "state" (RUNNING, STOPPED, BUILDING, ERROR),
+"image", "ip", "detail" and the "parameters" it was deployed with; ADDRESS may be a
+node's name.
 
 A refusal is {"error": MESSAGE, "kind": CLASS}: 404 an unknown node, 422 a malformed
 body, 409 another permanent refusal (PermanentProviderError), 503 a fence that could
@@ -57,7 +71,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -72,17 +85,23 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from esc import service
 from esc.files import write_atomic
-from esc.ha.provider import PermanentProviderError, ProviderError, TransientProviderError
+from esc.ha.labnodes import NETNS_DIR, Machine, NodeMachines, ip_command
+from esc.ha.provider import (
+    NodeSpec,
+    PermanentProviderError,
+    ProviderError,
+    TransientProviderError,
+    UnknownNode,
+)
 from esc.ha.providers.lab import API, SERVICE
 from esc.service import UsageError, bind, error_response, service_app, url_of
 
 log = logging.getLogger("esc.ha.labhost")
 
 TOKEN_ENV = "ESC_PROVIDER_TOKEN"
-MAX_BODY = 4096
+MAX_BODY = 65536  # a deploy's body holds the node's pair file
 KEEP_ALIVE = 60  # longer than a client keeps an idle connection (httpx: 5 s)
 EXIT_USAGE = 2
-NETNS_DIR = Path("/run/netns")
 STATE_FORMAT = 1
 # How long SIGKILLed processes may take to leave the namespace before a fence is
 # reported incomplete (transient: asking again fences again). Measured: a few ms.
@@ -90,10 +109,6 @@ KILL_BOUND = 2.0
 MAX_GRACE = 60.0
 LINK_UP_BOUND = 5.0
 _POLL = 0.002
-
-
-class UnknownNode(PermanentProviderError):
-    pass
 
 
 class NoteBody(BaseModel):
@@ -106,18 +121,35 @@ class PowerOffBody(BaseModel):
     grace: float = Field(0.0, ge=0.0, le=MAX_GRACE)
 
 
+class DeployBody(BaseModel):
+    """A node to deploy, as esc.ha.provider.NodeSpec says it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64)
+    image: str = Field(min_length=1, max_length=200)
+    flavor: str = ""
+    network: str = ""
+    ip: str = ""
+    gateway_ip: str = ""
+    ha_node_list: list[str] = Field(default_factory=list, max_length=2)
+    kad_vip: str = ""
+    kad_vif: str = ""
+    floating_ip: str = ""
+    init_options: dict[str, str] = Field(default_factory=dict)
+    ha_pair: str = Field("", max_length=60000)
+
+    def spec(self) -> NodeSpec:
+        values = self.model_dump()
+        values["ha_node_list"] = tuple(self.ha_node_list)
+        values["init_options"] = tuple(sorted(self.init_options.items()))
+        return NodeSpec(**values)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _ip(argv: list[str]) -> str:
-    """Run `ip ARGV`; a failure is permanent for this request and names the command."""
-    result = subprocess.run(["ip", *argv], capture_output=True, text=True, timeout=10)
-    if result.returncode != 0:
-        raise PermanentProviderError(
-            f"`ip {' '.join(argv)}` exited {result.returncode}: {result.stderr.strip()}"
-        )
-    return result.stdout
+_ip = ip_command
 
 
 # the namespaces ---------------------------------------------------------------------------
@@ -172,15 +204,26 @@ def _outside_links(netns: str) -> list[str]:
 class Node:
     address: str
     netns: str
+    name: str = ""  # a node it deployed: its name (its namespace's too)
+
+
+# The states of a node it deployed, besides those its power gives (RUNNING, STOPPED).
+BUILDING, RUNNING, ERROR = "BUILDING", "RUNNING", "ERROR"
 
 
 class LabAgent:
-    """The nodes (address → namespace) and the witness record in `state_file`."""
+    """The nodes (address → namespace), those it deploys on `machines`, and the witness
+    record, in `state_file`."""
 
-    def __init__(self, nodes: dict[str, str], state_file: Path) -> None:
+    def __init__(
+        self, nodes: dict[str, str], state_file: Path, machines: NodeMachines | None = None
+    ) -> None:
         self.nodes = {a: Node(a, ns) for a, ns in nodes.items()}
+        self.machines = machines
         self.state_file = state_file
         self._state_lock = threading.Lock()
+        # Deploys and deletes change the set of nodes: one at a time.
+        self._nodes_lock = threading.Lock()
         # One power operation at a time, over all nodes: when both nodes of a split pair
         # ask to fence each other at once, the second request finds its caller fenced
         # and is refused, so that one node survives. (A fence takes milliseconds.)
@@ -193,6 +236,26 @@ class LabAgent:
                 f"cannot write the state file {state_file}: {exc.strerror}; give a --state "
                 "in a directory the agent may write"
             ) from None
+        self._load_deployed()
+
+    def _load_deployed(self) -> None:
+        """The nodes it deployed before a restart; a deploy a restart cut short is ERROR."""
+        for address, record in self.state["nodes"].items():
+            deployed = record.get("deployed")
+            if not deployed:
+                continue
+            if address in self.nodes:
+                raise UsageError(
+                    f"--node {address} is the address of node {deployed['name']}, which this "
+                    "agent deployed: leave that --node out"
+                )
+            self.nodes[address] = Node(address, deployed["name"], deployed["name"])
+            if record.get("state") == BUILDING:
+                self._update(
+                    address,
+                    state=ERROR,
+                    detail="the agent stopped during its deploy: delete it and deploy it again",
+                )
 
     # the state file -----------------------------------------------------------------------
 
@@ -215,14 +278,27 @@ class LabAgent:
             write_atomic(self.state_file, _encode(state), 0o600, durable=True)
             self.state = state
 
+    def _forget(self, address: str) -> None:
+        with self._state_lock:
+            nodes = {a: r for a, r in self.state["nodes"].items() if a != address}
+            state = {**self.state, "nodes": nodes}
+            write_atomic(self.state_file, _encode(state), 0o600, durable=True)
+            self.state = state
+
     def node(self, address: str) -> Node:
+        """The node of an address, or of a name (a node it deployed, or a namespace)."""
         try:
             return self.nodes[str(ipaddress.ip_address(address))]
-        except (KeyError, ValueError):
-            raise UnknownNode(
-                f"no node {address} at this provider (it has {', '.join(self.nodes)}): "
-                "start the agent with --node ADDRESS=NETNS for it"
-            ) from None
+        except ValueError:
+            for node in list(self.nodes.values()):
+                if address in (node.name, node.netns):
+                    return node
+        except KeyError:
+            pass
+        raise UnknownNode(
+            f"no node {address} at this provider (it has {', '.join(self.nodes) or 'none'}): "
+            "start the agent with --node ADDRESS=NETNS for it, or deploy it"
+        )
 
     # power --------------------------------------------------------------------------------
 
@@ -350,6 +426,9 @@ class LabAgent:
             ):
                 _ip(["-n", node.netns, "route", "add", "default", "via", gateway])
             self._update(node.address, power="on", powered_on_at=_now())
+        machine = self._machine(node.address)
+        if machine is not None and self._record(node.address).get("state") == RUNNING:
+            machine.boot()  # as a VM boots once it is on: escadm start
         seconds = time.monotonic() - started
         log.info("powered %s (netns %s) on in %.3f s", node.address, node.netns, seconds)
         return {"address": node.address, "power": "on", "seconds": seconds}
@@ -371,21 +450,139 @@ class LabAgent:
 
     def status(self, address: str) -> dict[str, Any]:
         node = self.node(address)
-        self._check_netns(node)
         record = self._record(node.address)
+        deployed = record.get("deployed") or {}
+        exists = (NETNS_DIR / node.netns).exists()
+        if not exists and not deployed:
+            self._check_netns(node)
         links = {
             entry["ifname"]: entry.get("operstate", "UNKNOWN")
-            for entry in _links(node.netns)
+            for entry in (_links(node.netns) if exists else [])
             if entry.get("link_type") != "loopback"
         }
+        power = record.get("power", "on")
+        state = record.get("state")
+        if state not in (BUILDING, ERROR):
+            state = "STOPPED" if power == "off" else RUNNING
         return {
             "address": node.address,
             "netns": node.netns,
-            "power": record.get("power", "on"),
+            "name": node.name or node.netns,
+            "state": state,
+            "image": deployed.get("parameters", {}).get("image", ""),
+            "ip": node.address,
+            "detail": record.get("detail", ""),
+            "parameters": deployed.get("parameters", {}),
+            "deployed": bool(deployed),
+            "power": power,
             "links": links,
-            "processes": len(netns_pids(node.netns)),
-            **self.outdated(address),
+            "processes": len(netns_pids(node.netns)) if exists else 0,
+            **self.outdated(node.address),
         }
+
+    # nodes of its own -----------------------------------------------------------------------
+
+    def _machine(self, address: str) -> Machine | None:
+        deployed = self._record(address).get("deployed")
+        if not deployed or self.machines is None:
+            return None
+        return Machine(
+            deployed["name"],
+            Path(deployed["directory"]),
+            ipaddress.IPv4Interface(deployed["address"]),
+            deployed["gateway"],
+            deployed["bridge"],
+        )
+
+    def deploy(self, spec: NodeSpec) -> dict[str, Any]:
+        """Start deploying the node of `spec` (BUILDING; then RUNNING, or ERROR with the
+        reason). The same node asked again is left as it is; another of its name refused."""
+        if self.machines is None:
+            raise PermanentProviderError(
+                "this agent deploys no nodes: start it with --bridge, --nodes-dir and --releases"
+            )
+        with self._nodes_lock:
+            existing = next((n for n in self.nodes.values() if spec.name == n.name), None)
+            if existing is not None:
+                deployed = self._record(existing.address)["deployed"]
+                if deployed["parameters"] != spec.parameters():
+                    changed = sorted(
+                        k
+                        for k, v in spec.parameters().items()
+                        if deployed["parameters"].get(k) != v
+                    )
+                    raise PermanentProviderError(
+                        f"node {spec.name} exists already with another {', '.join(changed)}: "
+                        "delete it first to deploy it again"
+                    )
+                return self.status(existing.address)
+            taken = {n.netns for n in self.nodes.values()}
+            machine = self.machines.machine(spec, taken, set(self.nodes))
+            address = str(machine.address.ip)
+            self._update(
+                address,
+                deployed={
+                    "name": machine.name,
+                    "directory": str(machine.directory),
+                    "address": str(machine.address),
+                    "gateway": machine.gateway,
+                    "bridge": machine.bridge,
+                    "parameters": spec.parameters(),
+                },
+                state=BUILDING,
+                detail="",
+                power="on",
+                deployed_at=_now(),
+            )
+            self.nodes[address] = Node(address, machine.name, machine.name)
+        threading.Thread(
+            target=self._build, args=(machine, spec), name=f"deploy-{spec.name}", daemon=True
+        ).start()
+        return self.status(address)
+
+    def _build(self, machine: Machine, spec: NodeSpec) -> None:
+        assert self.machines is not None
+        address = str(machine.address.ip)
+        started = time.monotonic()
+        try:
+            self.machines.build(machine, spec)
+        except Exception as exc:
+            log.error("deploy of node %s (%s) failed: %s", machine.name, address, exc)
+            self._update(address, state=ERROR, detail=f"its deploy failed: {exc}")
+            return
+        self._update(address, state=RUNNING, detail="")
+        log.info(
+            "deployed node %s (%s, image %s) in %.1f s",
+            machine.name,
+            address,
+            spec.image,
+            time.monotonic() - started,
+        )
+
+    def delete(self, address: str) -> None:
+        """Fence a node it deployed and remove it: namespace, link, directory, record."""
+        node = self.node(address)
+        record = self._record(node.address)
+        machine = self._machine(node.address)
+        if machine is None:
+            raise PermanentProviderError(
+                f"node {node.address} (netns {node.netns}) was not deployed by this agent: it "
+                "is one of its --node; remove its namespace by hand"
+            )
+        if record.get("state") == BUILDING:
+            raise TransientProviderError(
+                f"node {node.name} is being deployed: delete it once its deploy has ended"
+            )
+        with self._nodes_lock:
+            with self._power_lock:
+                if (NETNS_DIR / node.netns).exists():
+                    for link in _outside_links(node.netns):
+                        _ip(["-n", node.netns, "link", "set", link, "down"])
+                    self._kill_all(node)
+                machine.remove()
+            self.nodes.pop(node.address, None)
+            self._forget(node.address)
+        log.info("deleted node %s (%s)", node.name, node.address)
 
     # the witness record -------------------------------------------------------------------
 
@@ -456,9 +653,22 @@ def create_app(agent: LabAgent, token: str) -> Any:
     def check() -> dict[str, Any]:
         return {"service": SERVICE, "nodes": list(agent.nodes)}
 
+    @app.get(f"{API}/nodes")
+    def node_list() -> dict[str, Any]:
+        return {"nodes": [agent.status(address) for address in list(agent.nodes)]}
+
+    @app.post(f"{API}/nodes", status_code=202)
+    def deploy(body: DeployBody) -> dict[str, Any]:
+        return agent.deploy(body.spec())
+
     @app.get(f"{API}/nodes/{{address}}")
     def node_status(address: str) -> dict[str, Any]:
         return agent.status(address)
+
+    @app.delete(f"{API}/nodes/{{address}}", status_code=204)
+    def delete(address: str) -> Response:
+        agent.delete(address)
+        return Response(status_code=204)
 
     @app.post(f"{API}/nodes/{{address}}/fence")
     def fence(address: str, request: Request) -> dict[str, Any]:
@@ -511,8 +721,6 @@ def parse_nodes(specs: list[str]) -> dict[str, str]:
                 f"create it first (ip netns add {netns})"
             )
         nodes[address] = netns
-    if not nodes:
-        raise UsageError("no --node: give ADDRESS=NETNS for each node the agent provides")
     return nodes
 
 
@@ -534,6 +742,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--token-file", type=Path, help=f"the shared token (mode 0600); else ${TOKEN_ENV}"
     )
+    parser.add_argument("--bridge", help="deploy nodes: the bridge their links are ports of")
+    parser.add_argument("--nodes-dir", type=Path, help="deploy nodes: where their disks are")
+    parser.add_argument("--releases", type=Path, help="deploy nodes: the release wheels")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -546,7 +757,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         token = service.service_token(args.token_file, TOKEN_ENV, "node provider")
         nodes = parse_nodes(args.node)
-        agent = LabAgent(nodes, args.state.absolute())
+        machines = None
+        deploying = [args.bridge, args.nodes_dir, args.releases]
+        if any(deploying):
+            if not all(deploying):
+                raise UsageError("--bridge, --nodes-dir and --releases go together: give all three")
+            machines = NodeMachines(args.bridge, args.nodes_dir, args.releases)
+        if not nodes and machines is None:
+            raise UsageError(
+                "no --node: give ADDRESS=NETNS for each node the agent provides, or --bridge, "
+                "--nodes-dir and --releases for the nodes it deploys"
+            )
+        agent = LabAgent(nodes, args.state.absolute(), machines)
         sock = bind(host, port)
     except UsageError as exc:
         print(f"esc.ha.labhost: {exc}", file=sys.stderr)
@@ -554,11 +776,11 @@ def main(argv: list[str] | None = None) -> int:
     url = url_of(host, sock.getsockname()[1])
     # The socket listens already: a client connecting from now on is served.
     print(json.dumps({"url": url, "pid": os.getpid()}), flush=True)
-    marked = [a for a in nodes if agent.outdated(a)["outdated"]]
+    marked = [a for a in agent.nodes if agent.outdated(a)["outdated"]]
     log.info(
         "lab node provider on %s for %s; outdated: %s",
         url,
-        ", ".join(f"{a} (netns {ns})" for a, ns in nodes.items()),
+        ", ".join(f"{n.address} (netns {n.netns})" for n in agent.nodes.values()) or "no node yet",
         ", ".join(marked) or "none",
     )
     with contextlib.suppress(KeyboardInterrupt):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
@@ -57,6 +58,10 @@ class UnknownFlavor(PermanentVimError):
     pass
 
 
+class MetadataUnsupported(PermanentVimError):
+    """The driver keeps no metadata of its own on a VM (see VimDriver.vm_metadata)."""
+
+
 class InstanceState(enum.StrEnum):
     BUILDING = "BUILDING"  # the VIM is still creating or starting it
     RUNNING = "RUNNING"
@@ -71,6 +76,8 @@ class InstanceState(enum.StrEnum):
 TAG_CONTROLLER = "esc-controller"
 TAG_VM = "esc-vm-id"
 VM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+# The keys of VimDriver.set_vm_metadata: plain names that fit every VIM's metadata.
+METADATA_KEY = re.compile(r"[a-z][a-z0-9_-]{0,63}\Z")
 
 
 def check_vm_id(vm_id: str) -> None:
@@ -79,6 +86,14 @@ def check_vm_id(vm_id: str) -> None:
     if not isinstance(vm_id, str) or not VM_ID.match(vm_id):
         raise PermanentVimError(
             f"invalid VM id {vm_id!r}: use letters, digits, '.', '_' and '-' (at most 128)"
+        )
+
+
+def check_metadata_key(key: str) -> None:
+    if not isinstance(key, str) or not METADATA_KEY.match(key):
+        raise PermanentVimError(
+            f"invalid metadata key {key!r}: use lowercase letters, digits, '_' and '-' "
+            "(at most 64, starting with a letter)"
         )
 
 
@@ -184,6 +199,19 @@ class VimDriver(abc.ABC):
     def stop_vm(self, vm_id: str) -> InstanceStatus:
         """Stop the VM, keeping its definition; a stopped one is left alone."""
 
+    def power_off(self, vm_id: str) -> InstanceStatus:
+        """Power the VM off at once, as pulling its plug: the guest is neither asked nor
+        waited for. Fencing needs this: a fenced node must stop acting now, and a guest
+        that hangs or ignores a shutdown request must not delay it. A stopped VM is left
+        alone; an absent one is reported ABSENT.
+
+        The default is stop_vm, for a driver that has no hard power-off of its own yet:
+        every driver's stop ends in a forced power-off once its bounded wait for the
+        guest has passed (libvirt's, vCenter's and nova's stop all do), so the VM is still
+        powered off, only up to that bound later. A driver overrides it where its VIM can
+        cut the power at once."""
+        return self.stop_vm(vm_id)
+
     @abc.abstractmethod
     def reboot_vm(self, vm_id: str) -> InstanceStatus:
         """Stop then start the VM (a stopped VM is just started)."""
@@ -205,6 +233,28 @@ class VimDriver(abc.ABC):
     def list_instances(self) -> list[str]:
         """The VM ids of the instances tagged as this controller's, sorted (to find
         orphans). An instance without this controller's tags is never listed."""
+
+    def vm_metadata(self, vm_id: str) -> dict[str, str]:
+        """What set_vm_metadata recorded on this controller's VM `vm_id` ({} if nothing).
+
+        It is kept by the VIM itself, in the VM's own metadata, so it is durable and the
+        same for every driver object on any host with the VIM's credentials (the witness
+        record of a pair of node VMs lives there), never where the guest could write it.
+        Raises PermanentVimError for a VM that does not exist, MetadataUnsupported when
+        the driver keeps none (the default)."""
+        raise MetadataUnsupported(
+            f"the {self.name} VIM driver keeps no metadata on its VMs (vm_metadata is not "
+            "implemented for it)"
+        )
+
+    def set_vm_metadata(self, vm_id: str, changes: Mapping[str, str | None]) -> None:
+        """Set each key of `changes` on this controller's VM `vm_id` (None: remove it),
+        keys as check_metadata_key allows; the other keys are kept. Durable on the VIM
+        when it returns."""
+        raise MetadataUnsupported(
+            f"the {self.name} VIM driver keeps no metadata on its VMs (set_vm_metadata is "
+            "not implemented for it)"
+        )
 
     def quarantine(self, vm_id: str) -> InstanceStatus:
         """Put an orphan (tagged as this controller's, but with no VM record) out of

@@ -7,7 +7,9 @@ Its images behave as the local VIM's do, by the clock instead of a process:
 a `slow-boot:N` VM is not alive for N seconds after each start, an
 `unhealthy-after:N` one stops being alive N seconds after its creation (a
 reboot does not help), and a `crash-after:N` one is found stopped N seconds
-after each start.
+after each start. A running VM reports its interfaces' fixed and floating IPs
+as its `ips` (its `address` stays the loopback one its monitors probe), and keeps
+the metadata set_vm_metadata records, as a real VIM does.
 
 What a VIM holds outlives the controller that asked for it, so the VMs belong
 to the data directory, not to a driver object: every FakeVim made for the same
@@ -26,7 +28,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from esc.vim.base import (
     VimDriver,
     VimError,
     VmSpec,
+    check_metadata_key,
     check_vm_id,
 )
 from esc.vim.local import validate_flavor, validate_image
@@ -51,11 +54,14 @@ OPERATIONS = (
     "create_vm",
     "start_vm",
     "stop_vm",
+    "power_off",
     "reboot_vm",
     "delete_vm",
     "status",
     "is_alive",
     "list_instances",
+    "vm_metadata",
+    "set_vm_metadata",
     "check",
 )
 
@@ -169,6 +175,16 @@ class _Instance:
     created_at: float
     running: bool = False
     booted_at: float = 0.0
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _ips(instance: _Instance) -> tuple[str, ...]:
+    """The fixed and floating addresses its interfaces asked for, as a VIM that has both
+    reports them (the fake has no network to assign any other)."""
+    ips = []
+    for interface in instance.spec.interfaces:
+        ips += [ip.split("/")[0] for ip in (interface.ip, interface.floating_ip) if ip]
+    return tuple(ips)
 
 
 @dataclass
@@ -285,6 +301,18 @@ class FakeVim(VimDriver):
 
         return self._call("stop_vm", vm_id, stop)
 
+    def power_off(self, vm_id: str) -> InstanceStatus:
+        # As stop_vm (a fake VM has no guest to ask), but its own operation in `calls`, so
+        # that a test tells a hard power-off from a stop.
+        def power_off() -> InstanceStatus:
+            check_vm_id(vm_id)
+            instance = self._vim.instances.get(self._key(vm_id))
+            if instance is not None:
+                instance.running = False
+            return self._status(vm_id)
+
+        return self._call("power_off", vm_id, power_off)
+
     def reboot_vm(self, vm_id: str) -> InstanceStatus:
         def reboot() -> InstanceStatus:
             self._boot(self._require_defined(vm_id))
@@ -330,6 +358,22 @@ class FakeVim(VimDriver):
 
         return self._call("list_instances", None, own)
 
+    def vm_metadata(self, vm_id: str) -> dict[str, str]:
+        return self._call("vm_metadata", vm_id, lambda: dict(self._require_defined(vm_id).metadata))
+
+    def set_vm_metadata(self, vm_id: str, changes: Mapping[str, str | None]) -> None:
+        def update() -> None:
+            for key in changes:
+                check_metadata_key(key)
+            metadata = self._require_defined(vm_id).metadata
+            for key, value in changes.items():
+                if value is None:
+                    metadata.pop(key, None)
+                else:
+                    metadata[key] = str(value)
+
+        self._call("set_vm_metadata", vm_id, update)
+
     def check(self) -> None:
         # Always usable unless a test injects a fault: there is nothing to reach.
         self._call("check", None, lambda: None)
@@ -360,6 +404,13 @@ class FakeVim(VimDriver):
         with self._vim.lock:
             return self.tags(vm_id) if self._key(vm_id) in self._vim.instances else {}
 
+    def spec_of(self, vm_id: str) -> VmSpec | None:
+        """What this controller's instance `vm_id` was created with (None if none), as a
+        test reads what a real VIM holds (its day-0, its NICs)."""
+        with self._vim.lock:
+            instance = self._vim.instances.get(self._key(vm_id))
+            return instance.spec if instance else None
+
     def _require_defined(self, vm_id: str) -> _Instance:
         check_vm_id(vm_id)
         instance = self._vim.instances.get(self._key(vm_id))
@@ -386,4 +437,4 @@ class FakeVim(VimDriver):
             return InstanceStatus(vm_id, InstanceState.ABSENT)
         if not self._running(instance):
             return InstanceStatus(vm_id, InstanceState.STOPPED)
-        return InstanceStatus(vm_id, InstanceState.RUNNING, instance.address)
+        return InstanceStatus(vm_id, InstanceState.RUNNING, instance.address, "", _ips(instance))

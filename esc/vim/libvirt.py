@@ -14,9 +14,10 @@ NoCloud seed on a CD-ROM (esc.vim.nocloud); the driver makes these files itself
 Flavors are declared in the settings: libvirt has none.
 
 Life cycle: define and start; a stop asks the guest to power off (ACPI) and
-waits a bounded time, then powers it off by force; a reboot is a stop and a
-start; a delete destroys and undefines the domain and removes the VM's own files
-(never the image it was made from). State is polled: no libvirt event loop.
+waits a bounded time, then powers it off by force; a power-off (a fence) destroys
+the domain at once, asking the guest nothing; a reboot is a stop and a start; a
+delete destroys and undefines the domain and removes the VM's own files (never the
+image it was made from). State is polled: no libvirt event loop.
 
 What reaches the engine: a connection that fails or breaks, a timeout, a system
 error or a busy host is a TransientVimError (the connection is made anew at the
@@ -37,7 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ from esc.vim.base import (
     VimDriver,
     VimError,
     VmSpec,
+    check_metadata_key,
     check_vm_id,
 )
 from esc.vim.libvirt_domain import (
@@ -612,6 +614,21 @@ class LibvirtVim(VimDriver):
             self._stop(vm_id, dom)
             return self._status(vm_id, dom, record)
 
+    def power_off(self, vm_id: str) -> InstanceStatus:
+        check_vm_id(vm_id)
+        # Without the VM's lock: a fence must not wait for a graceful stop (up to
+        # shutdown_timeout) another call is in, and destroying the domain under it only
+        # ends that wait early.
+        with self._errors(f"power off VM {vm_id}"):
+            found = self._own(self._conn(), vm_id)
+            if found is None:
+                return InstanceStatus(vm_id, InstanceState.ABSENT)
+            dom, record = found
+            if dom.isActive():
+                self._destroy(dom)
+                log.info("VM %s powered off (destroyed)", vm_id, extra={"tags": "power_off"})
+            return self._status(vm_id, dom, record)
+
     def reboot_vm(self, vm_id: str) -> InstanceStatus:
         check_vm_id(vm_id)
         with self._vm_locks.hold(vm_id), self._errors(f"reboot VM {vm_id}"):
@@ -679,6 +696,28 @@ class LibvirtVim(VimDriver):
             if not ip and by_mac.get(_mac(uuid_text, index)):
                 ips[index] = by_mac[_mac(uuid_text, index)][0]
         return ips
+
+    def vm_metadata(self, vm_id: str) -> dict[str, str]:
+        check_vm_id(vm_id)
+        with self._errors(f"read the metadata of VM {vm_id}"):
+            _, record = self._require(self._conn(), vm_id)
+            return dict(record.metadata)
+
+    def set_vm_metadata(self, vm_id: str, changes: Mapping[str, str | None]) -> None:
+        check_vm_id(vm_id)
+        for key in changes:
+            check_metadata_key(key)
+        with self._vm_locks.hold(vm_id), self._errors(f"write the metadata of VM {vm_id}"):
+            dom, record = self._require(self._conn(), vm_id)
+            metadata = dict(record.metadata)
+            for key, value in changes.items():
+                if value is None:
+                    metadata.pop(key, None)
+                else:
+                    metadata[key] = str(value)
+            # Into the persistent definition too: it outlives the domain's runs and the host's
+            # reboots.
+            self._set_record(dom, replace(record, metadata=metadata))
 
     def list_instances(self) -> list[str]:
         with self._errors("list the domains"):

@@ -2,7 +2,8 @@
 
 The record (`<esc:instance>` under the ESC namespace in `<metadata>`) is what
 makes a domain this controller's: the instance's tags (controller id and VM id),
-where its own files are, its fixed addresses, and why its last start failed.
+where its own files are, its fixed addresses, why its last start failed, and the
+metadata the driver was asked to keep on the VM (`<esc:meta key=...>`).
 A domain without it is someone else's and is never touched; its name and UUID
 are only how it is looked up.
 """
@@ -27,6 +28,7 @@ class Record:
     storage: str = ""  # the VM's own directory (removed with it)
     ips: tuple[str, ...] = ()  # fixed addresses, in NIC order
     failure: str = ""  # libvirt's reason the last start failed; empty once one worked
+    metadata: dict[str, str] = field(default_factory=dict)  # VimDriver.set_vm_metadata's
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ def record_element(record: Record, namespaced: bool = True) -> etree._Element:
         _sub(element, name("ip"), ip)
     if record.failure:
         _sub(element, name("failure"), record.failure)
+    for key, value in sorted(record.metadata.items()):
+        _sub(element, name("meta"), value, key=key)
     return element
 
 
@@ -112,7 +116,9 @@ def parse_record(xml: str) -> Record | None:
     tags = {c.get("key", ""): c.text or "" for c in children("tag")}
     storage = next((c.text or "" for c in children("storage")), "")
     failure = next((c.text or "" for c in children("failure")), "")
-    return Record(tags, storage, tuple(c.text or "" for c in children("ip")), failure)
+    metadata = {c.get("key", ""): c.text or "" for c in children("meta")}
+    ips = tuple(c.text or "" for c in children("ip"))
+    return Record(tags, storage, ips, failure, metadata)
 
 
 def _disk(devices: etree._Element, path: Path, target: str, serial: str = "") -> None:

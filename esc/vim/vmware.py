@@ -14,7 +14,8 @@ and only by them: it is looked up by them (its name, `NAME-VMID`, only helps peo
 and a VM without both tags is never stopped, started or deleted. A stop asks the guest
 to shut down when VMware Tools run in it and powers the VM off after
 [vim.vmware] shutdown_timeout (or at once without tools); a reboot is such a stop and a
-power-on with tools, a reset without; a delete powers off and destroys the VM with its
+power-on with tools, a reset without; a power-off (a fence) is vCenter's PowerOffVM_Task
+at once, the guest asked nothing; a delete powers off and destroys the VM with its
 disks. vCenter's faults reach the engine as esc.vim.vmware_session maps them.
 """
 
@@ -24,6 +25,7 @@ import contextlib
 import ipaddress
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from esc.vim.base import (
     UnknownFlavor,
     VimDriver,
     VmSpec,
+    check_metadata_key,
     check_vm_id,
 )
 from esc.vim.vmware_devices import (
@@ -61,6 +64,8 @@ from esc.vim.vmware_extraconfig import (
     tag_options,
     tags_of,
     userdata,
+    vm_metadata_of,
+    vm_metadata_options,
 )
 from esc.vim.vmware_inventory import Inventory, properties
 from esc.vim.vmware_session import TRANSIENT_FAULTS, VcenterSession, fault_words
@@ -210,6 +215,18 @@ class VmwareVim(VimDriver):
         check_vm_id(vm_id)
         return self.session.call(f"stop VM {vm_id}", stop)
 
+    def power_off(self, vm_id: str) -> InstanceStatus:
+        def power_off() -> InstanceStatus:
+            found = self._find(vm_id)
+            if found is None:
+                return InstanceStatus(vm_id, InstanceState.ABSENT)
+            if found.power != "poweredOff":
+                self._power_off(found, vm_id, self.session.deadline())
+            return self._status(vm_id, self._look(found.vm, vm_id))
+
+        check_vm_id(vm_id)
+        return self.session.call(f"power off VM {vm_id}", power_off)
+
     def reboot_vm(self, vm_id: str) -> InstanceStatus:
         def reboot() -> InstanceStatus:
             found = self._require(vm_id)
@@ -246,6 +263,25 @@ class VmwareVim(VimDriver):
     def status(self, vm_id: str) -> InstanceStatus:
         check_vm_id(vm_id)
         return self.session.call(f"read VM {vm_id}", lambda: self._status(vm_id, self._find(vm_id)))
+
+    def vm_metadata(self, vm_id: str) -> dict[str, str]:
+        check_vm_id(vm_id)
+        return self.session.call(
+            f"read the metadata of VM {vm_id}", lambda: vm_metadata_of(self._require(vm_id).options)
+        )
+
+    def set_vm_metadata(self, vm_id: str, changes: Mapping[str, str | None]) -> None:
+        def update() -> None:
+            found = self._require(vm_id)
+            change = vim.vm.ConfigSpec(extraConfig=_option_values(vm_metadata_options(changes)))
+            what = f"write the metadata of VM {vm_id}"
+            self.session.wait(found.vm.ReconfigVM_Task(spec=change), what, self.session.deadline())
+
+        check_vm_id(vm_id)
+        changes = dict(changes)
+        for key in changes:
+            check_metadata_key(key)
+        self.session.call(f"write the metadata of VM {vm_id}", update)
 
     def list_instances(self) -> list[str]:
         def own() -> list[str]:

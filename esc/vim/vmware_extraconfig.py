@@ -14,6 +14,10 @@ image), so an image needs nothing of ESC's:
   (so it is written once vCenter has given the NICs their MACs);
 both base64 (`.encoding` keys), as the datasource reads them.
 
+`esc.meta.KEY`: what VimDriver.set_vm_metadata keeps on the VM (the witness record of a
+pair of node VMs), out of the guest's reach like the tags; an empty value is no value
+(vCenter removes an option set to "").
+
 `esc.error`: why vCenter failed the VM's last power-on; set by the driver, cleared by
 the next power-on that works, so that any driver object reports the VM in ERROR.
 """
@@ -34,6 +38,7 @@ from esc.vim.base import TAG_CONTROLLER, TAG_VM, Interface, PermanentVimError
 # The driver's tags (esc.vim.base's names) as extraConfig keys.
 TAG_KEYS = {TAG_CONTROLLER: "esc.controller", TAG_VM: "esc.vm_id"}
 ERROR_KEY = "esc.error"
+META_PREFIX = "esc.meta."
 USERDATA = "guestinfo.userdata"
 METADATA = "guestinfo.metadata"
 ENCODING = ".encoding"
@@ -52,6 +57,20 @@ def tags_of(options: dict[str, str]) -> dict[str, str]:
 
 def tag_options(tags: dict[str, str]) -> dict[str, str]:
     return {TAG_KEYS[tag]: value for tag, value in tags.items()}
+
+
+def vm_metadata_of(options: dict[str, str]) -> dict[str, str]:
+    """The driver's metadata an extraConfig holds, by key."""
+    return {
+        key.removeprefix(META_PREFIX): value
+        for key, value in options.items()
+        if key.startswith(META_PREFIX) and value
+    }
+
+
+def vm_metadata_options(changes: dict[str, str | None]) -> dict[str, str]:
+    """The options that set (or, for None, remove) each key of `changes`."""
+    return {META_PREFIX + k: "" if v is None else str(v) for k, v in changes.items()}
 
 
 def _encoded(key: str, text: str) -> dict[str, str]:

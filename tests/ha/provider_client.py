@@ -7,6 +7,7 @@ naming `lab`), then answers one JSON request per line on stdin with one JSON lin
 on stdout:
 
     {"op": "fence", "address": A}               → {"ok": true, "result": null, "seconds": S}
+    {"op": "power_on", "node": A}               (power_on, power_off, status: "node")
     {"op": "mark_outdated", "address": A, "reason": R}
     {"op": "outdated", "address": A}            → {"ok": true, "result": REASON | null, ...}
     {"op": ..., "token_file": F}                 the same call through a provider reading F

@@ -284,7 +284,7 @@ def test_fence_cuts_the_node_off_and_kills_everything_in_it(
     assert killed_by_sigkill(orphan)
     assert lab.probe(fencer, address, BANNER_PORT) == "silent"
     assert lab.probe(victim, "127.0.0.1", BANNER_PORT) == "refused"  # its listener is gone
-    status = nodes[fencer].ok("status", address=address)
+    status = nodes[fencer].ok("status", node=address)
     assert status["power"] == "off"
     assert status["links"] == {"eth0": "DOWN"}
 
@@ -300,16 +300,16 @@ def test_fence_cuts_the_node_off_and_kills_everything_in_it(
     assert again["ok"], again
     assert lab.pids(victim) == []
     assert again["seconds"] < FENCE_BOUND
-    assert nodes[fencer].ok("status", address=address)["power"] == "off"
+    assert nodes[fencer].ok("status", node=address)["power"] == "off"
 
     # Powered on as after a reboot: its own address only (the VIP is gone), routed again.
-    nodes[fencer].ok("power_on", address=address)
+    nodes[fencer].ok("power_on", node=address)
     assert link_state(victim) == "UP"
     assert addresses(victim) == [f"{address}/24"]
     assert default_route(victim)[0]["gateway"] == GATEWAY
     assert lab.probe(fencer, address, BANNER_PORT) == "refused"  # reachable, nothing runs
     assert lab.pids(victim) == []
-    assert nodes[fencer].ok("status", address=address)["power"] == "on"
+    assert nodes[fencer].ok("status", node=address)["power"] == "on"
 
 
 def test_power_off_lets_processes_stop_before_it_kills(lab: Lab, nodes: dict[str, Node]) -> None:
@@ -319,7 +319,7 @@ def test_power_off_lets_processes_stop_before_it_kills(lab: Lab, nodes: dict[str
     polite = lab.popen("pv2", ["sh", "-c", trap.format(marker)])
     stubborn = lab.popen("pv2", ["sh", "-c", "trap '' TERM; sleep 300 & wait"])
     time.sleep(0.2)  # the shells set their traps
-    nodes["pv1"].ok("power_off", address=NODE["pv2"], grace=0.5)
+    nodes["pv1"].ok("power_off", node=NODE["pv2"], grace=0.5)
     assert polite.wait(2) == 0
     assert marker.read_text().strip() == "stopped"
     assert stubborn.wait(2) == -signal.SIGKILL

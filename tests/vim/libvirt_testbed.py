@@ -13,12 +13,14 @@ test's own (mode 0700) directories.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
@@ -246,3 +248,34 @@ class PrivateLibvirtd:
     def log(self) -> str:
         path = self.logs / "libvirtd.log"
         return path.read_text()[-3000:] if path.exists() else "(no log)"
+
+
+@contextlib.contextmanager
+def private_daemon(root: Path, bridges: dict[str, str]) -> Iterator[PrivateLibvirtd]:
+    """A private libvirtd (qemu:///system) whose namespace has each bridge NAME with its
+    address (`{"escbr70": "198.18.70.1/24"}`) and, for each bridge's network, a route
+    `unreachable` (a fallback: nothing for it ever leaves); every domain it holds is
+    destroyed and undefined, and the daemon stopped, after."""
+    import libvirt
+
+    # What libvirt probes of QEMU at first use (seconds of it) is kept for the next run.
+    daemon = PrivateLibvirtd(root, TINY_IMAGE / "libvirt-cache")
+    daemon.start()
+    try:
+        for bridge, address in bridges.items():
+            network = ipaddress.ip_interface(address).network
+            daemon.run("ip", "link", "add", bridge, "type", "bridge")
+            daemon.run("ip", "addr", "add", address, "dev", bridge)
+            daemon.run("ip", "link", "set", bridge, "up")
+            daemon.run("ip", "route", "add", "unreachable", str(network), "metric", "4000")
+        yield daemon
+    finally:
+        try:
+            connection = libvirt.open(daemon.uri())
+            for dom in connection.listAllDomains(0):
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefine()
+            connection.close()
+        finally:
+            daemon.stop()

@@ -4,7 +4,9 @@ What the engine relies on (esc.vim.base): operations idempotent by VM id, the st
 after each, a refusal raised as a PermanentVimError of the right kind, the VM's
 address kept across a stop and start, VMs that a new driver object (a restarted
 controller, the other node) finds as they were, every instance tagged as this
-controller's, and an instance that is not this controller's never listed or touched.
+controller's, and an instance that is not this controller's never listed or touched;
+a power-off (a fence) that leaves the VM as a stop does, and VM metadata kept on the
+VIM by the drivers that keep it.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from esc.vim.base import (
     TAG_CONTROLLER,
     TAG_VM,
     InstanceState,
+    MetadataUnsupported,
     PermanentVimError,
     UnknownFlavor,
     UnknownImage,
+    VimDriver,
     VmSpec,
 )
 
@@ -158,3 +162,48 @@ def test_quarantine_stops_an_instance_and_keeps_it(vim_target: Target) -> None:
     assert vim.quarantine("vm-q").state is InstanceState.STOPPED
     assert vim.list_instances() == ["vm-q"]
     assert vim.start_vm("vm-q").state is InstanceState.RUNNING
+
+
+def test_power_off_leaves_the_vm_as_a_stop_does(vim_target: Target) -> None:
+    vim = vim_target.make()
+    address = vim.create_vm(spec(vim_target, "vm-p")).address
+    off = vim.power_off("vm-p")
+    assert (off.state, off.address) == (InstanceState.STOPPED, None)
+    assert vim.power_off("vm-p") == off  # a powered-off VM: no error
+    assert not vim.is_alive("vm-p")
+    assert vim.list_instances() == ["vm-p"]
+    started = vim.start_vm("vm-p")
+    assert (started.state, started.address) == (InstanceState.RUNNING, address)
+    assert vim.power_off("vm-x").state is InstanceState.ABSENT
+    if vim_target.put_foreign is not None and vim_target.foreign_running is not None:
+        vim_target.put_foreign("other-vm")
+        assert vim.power_off("other-vm").state is InstanceState.ABSENT
+        assert vim_target.foreign_running("other-vm")
+
+
+def test_vm_metadata_is_kept_on_the_vim_or_refused_as_unsupported(vim_target: Target) -> None:
+    vim = vim_target.make()
+    vim.create_vm(spec(vim_target, "vm-m"))
+    if type(vim).vm_metadata is VimDriver.vm_metadata:
+        with pytest.raises(MetadataUnsupported, match="keeps no metadata on its VMs"):
+            vim.set_vm_metadata("vm-m", {"node": "x"})
+        with pytest.raises(MetadataUnsupported):
+            vim.vm_metadata("vm-m")
+        return
+    assert vim.vm_metadata("vm-m") == {}
+    record = {"node": '{"ip": "198.18.0.12/24", "image": "esc-1.2.0.1"}', "outdated": "a reason"}
+    vim.set_vm_metadata("vm-m", record)
+    vim.power_off("vm-m")  # kept while it is off, and by any driver object
+    other = vim_target.make()
+    assert other.vm_metadata("vm-m") == record
+    other.set_vm_metadata("vm-m", {"outdated": None})
+    other.set_vm_metadata("vm-m", {"outdated": None})  # removing an absent key: no error
+    assert vim.vm_metadata("vm-m") == {"node": record["node"]}
+    assert vim.start_vm("vm-m").state is InstanceState.RUNNING
+    assert vim.vm_metadata("vm-m") == {"node": record["node"]}
+    with pytest.raises(PermanentVimError, match="invalid metadata key"):
+        vim.set_vm_metadata("vm-m", {"Esc.Node": "x"})
+    with pytest.raises(PermanentVimError, match="does not exist"):
+        vim.vm_metadata("vm-x")
+    with pytest.raises(PermanentVimError, match="does not exist"):
+        vim.set_vm_metadata("vm-x", {"node": "x"})

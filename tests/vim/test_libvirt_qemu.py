@@ -25,6 +25,7 @@ from libvirt_testbed import (
     PrivateLibvirtd,
     daemon_missing,
     make_disk_image,
+    private_daemon,
     tiny_image_missing,
 )
 
@@ -38,7 +39,6 @@ from esc.vim.base import (
 )
 
 BRIDGE = "escbr70"
-BRIDGE_NET = "198.18.70.0/24"
 VM_IP = "198.18.70.10/24"
 BOOTED = "ESC-BOOT-OK"
 DAY0 = {"app.conf": "greeting = hello from day 0\nanswer = 42\n"}
@@ -48,27 +48,8 @@ DAY0 = {"app.conf": "greeting = hello from day 0\nanswer = 42\n"}
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvirtd]:
     need(daemon_missing())
     need(tiny_image_missing())
-    import libvirt
-
-    # What libvirt probes of QEMU at first use (seconds of it) is kept for the next run.
-    daemon = PrivateLibvirtd(tmp_path_factory.mktemp("libvirtd"), TINY_IMAGE / "libvirt-cache")
-    daemon.start()
-    try:
-        daemon.run("ip", "link", "add", BRIDGE, "type", "bridge")
-        daemon.run("ip", "addr", "add", "198.18.70.1/24", "dev", BRIDGE)
-        daemon.run("ip", "link", "set", BRIDGE, "up")
-        daemon.run("ip", "route", "add", "unreachable", BRIDGE_NET, "metric", "4000")
+    with private_daemon(tmp_path_factory.mktemp("libvirtd"), {BRIDGE: "198.18.70.1/24"}) as daemon:
         yield daemon
-    finally:
-        try:
-            connection = libvirt.open(daemon.uri())
-            for dom in connection.listAllDomains(0):
-                if dom.isActive():
-                    dom.destroy()
-                dom.undefine()
-            connection.close()
-        finally:
-            daemon.stop()
 
 
 @pytest.fixture(scope="module")
