@@ -165,6 +165,12 @@ class VimDriver(abc.ABC):
     """One virtual infrastructure manager."""
 
     name: ClassVar[str]
+    # How day0_config reaches the guest. False: the driver puts each file where the guest
+    # reads its day-0 (cloud-init's write_files under its day0_dir, an instance
+    # directory). True: the files go as they are onto a CD labelled `cidata` (CSP's day0
+    # file), so a cloud-init guest reads them only as its NoCloud seed (user-data,
+    # meta-data, network-config), which whoever wants the files elsewhere writes.
+    day0_on_cd: ClassVar[bool] = False
     # Set by load_driver from the controller's id (kept in its database, so both nodes of
     # a pair and a restored node have the same): the value of every instance's TAG_CONTROLLER.
     controller_id: str = "esc"

@@ -12,11 +12,20 @@ Images are files of the CSP's repository (a service's iso_name); flavors are
 [vim.csp] flavors (CSP has none). Day-0 files go on one ISO image (see
 esc.vim.day0_iso) uploaded to the repository as `<service>-day0.iso` and named
 by the service's day0_filename, so any number of files keep their names and a
-cloud-init image finds its NoCloud data. The interfaces are the service's
-vNICs (network_name, access VLAN, NIC model); the first one's fixed address is
-the service's `ip`, the one address CSP takes. Before a service is created the
-CSP resource of the placement host (else [vim.csp] host) must have the free
-CPUs and memory the flavor asks for, by CSP's own counts.
+cloud-init image finds its NoCloud data (day0_on_cd: the files are the CD's, the
+driver writes no cloud-init of its own). The interfaces are the service's vNICs
+(network_name, access VLAN, NIC model); the first one's fixed address, without
+its prefix, is the service's `ip`, the one address CSP takes, and it is reported
+whatever the service's power (CSP keeps it in the running configuration). CSP has
+no floating IPs. Before a service is created the CSP resource of the placement
+host (else [vim.csp] host) must have the free CPUs and memory the flavor asks
+for, by CSP's own counts.
+
+No metadata. A service's fields (name, iso_name, numcpu, memory, disk_size,
+power, vNICs, serial ports, ip, the day-0 file) are what CSP runs; once it is
+made only power, numcpu and serial_ports can be changed, none of them free text.
+So the driver keeps no metadata on a VM (vm_metadata is not implemented), and
+nothing is written into those fields to stand for it.
 
 States: CSP keeps what was asked (the running configuration's power) and, in its
 operational data, what the service does (deploying, deployed or error, and its
@@ -30,6 +39,7 @@ power. CSP deletes only a powered-off service: delete powers it off, waits
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import re
 import time
@@ -79,6 +89,7 @@ def controller_digest(controller_id: str) -> str:
 
 class CspVim(VimDriver):
     name = "csp"
+    day0_on_cd = True
 
     def __init__(
         self,
@@ -333,23 +344,26 @@ class CspVim(VimDriver):
         asked_on = running.get("power", "on") != "off"  # CSP powers a service on by default
         state = operational.get("state") if operational else None
         power = operational.get("power_state") if operational else None
+        # The address is the running configuration's: known whatever the power.
+        ips = (str(running["ip"]),) if running.get("ip") else ()
         if not asked_on:
             if power in (None, "off"):
-                return InstanceStatus(vm_id, InstanceState.STOPPED)
-            return InstanceStatus(vm_id, InstanceState.RUNNING, detail="the CSP is powering it off")
+                return InstanceStatus(vm_id, InstanceState.STOPPED, ips=ips)
+            return InstanceStatus(
+                vm_id, InstanceState.RUNNING, detail="the CSP is powering it off", ips=ips
+            )
         if state == "error":
             reason = str(operational.get("error_message") or "") if operational else ""
             return InstanceStatus(
-                vm_id, InstanceState.ERROR, detail=reason or "the CSP reports the service in error"
+                vm_id,
+                InstanceState.ERROR,
+                detail=reason or "the CSP reports the service in error",
+                ips=ips,
             )
         if state not in (None, "deployed") or power not in (None, "on"):
-            return InstanceStatus(
-                vm_id, InstanceState.BUILDING, detail=f"the CSP reports it {state or power}"
-            )
-        ip = running.get("ip")
-        return InstanceStatus(
-            vm_id, InstanceState.RUNNING, str(ip) if ip else None, ips=(str(ip),) if ip else ()
-        )
+            detail = f"the CSP reports it {state or power}"
+            return InstanceStatus(vm_id, InstanceState.BUILDING, detail=detail, ips=ips)
+        return InstanceStatus(vm_id, InstanceState.RUNNING, ips[0] if ips else None, ips=ips)
 
     def _wait_for(self, vm_id: str, wanted: InstanceState) -> InstanceStatus:
         """The status once the CSP reports `wanted`; ERROR raises CSP's reason."""
@@ -426,7 +440,8 @@ class CspVim(VimDriver):
             if interface.floating_ip:
                 raise PermanentVimError(
                     f"VM {spec.vm_id} asks for floating IP {interface.floating_ip}: a CSP has "
-                    "no floating IPs"
+                    "no floating IPs; a service is reached at its own address, the fixed ip "
+                    "of its first interface: ask for no floating IP, and give that address"
                 )
             if interface.ip and nic > 0:
                 raise PermanentVimError(
@@ -446,7 +461,7 @@ class CspVim(VimDriver):
         if vnics:
             body["vnics"] = {"vnic": vnics}
         if interfaces and interfaces[0].ip:
-            body["ip"] = interfaces[0].ip
+            body["ip"] = _plain_address(spec.vm_id, interfaces[0].ip)
         return body
 
     def _resource(self, host: str) -> dict[str, Any]:
@@ -510,6 +525,14 @@ class CspVim(VimDriver):
         except (PermanentVimError, TransientVimError) as exc:
             # The service is gone; only a file is left, named for an operator to find.
             log.warning("the day-0 file %s stays in the CSP's repository: %s", file_name, exc)
+
+
+def _plain_address(vm_id: str, ip: str) -> str:
+    """The address of `ip` (IP or IP/PREFIX): the service's ip holds no prefix."""
+    try:
+        return str(ipaddress.ip_interface(ip).ip)
+    except ValueError:
+        raise PermanentVimError(f"VM {vm_id}: fixed ip {ip!r} is no IP address") from None
 
 
 def _service_of(answer: Any) -> dict[str, Any] | None:

@@ -4,9 +4,11 @@ finds on a VM's CD-ROM and reads its instance's configuration from.
 It holds `meta-data` (the instance id and host name), `user-data` (a
 `#cloud-config` whose write_files puts each day-0 file under a directory of the
 guest) and, when the VM has NICs, `network-config` (version 2: each NIC matched
-by its MAC address, a fixed address or DHCP). The ISO is written with pycdlib
-(pure Python, so the controller's host needs no ISO tool), with Rock Ridge and
-Joliet names, as `genisoimage -volid cidata -joliet -rock` makes it.
+by its MAC address, or, a VM's one NIC whose MAC is not known before the VM is
+made, as the guest's only Ethernet NIC; a fixed address or DHCP). The ISO is
+written with pycdlib (pure Python, so the controller's host needs no ISO tool),
+with Rock Ridge and Joliet names, as `genisoimage -volid cidata -joliet -rock`
+makes it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ _HOST_LABEL = re.compile(r"[^a-z0-9-]+")
 class SeedNic:
     """What the guest is told of one NIC."""
 
+    # "": not known before the VM is made (a CSP chooses it): the guest's only Ethernet
+    # NIC, whatever the kernel named it.
     mac: str
     address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None = None  # None: DHCP
     gateway: str | None = None
@@ -97,9 +101,15 @@ def meta_data(instance_id: str, name: str) -> str:
 
 
 def network_config(nics: list[SeedNic]) -> str:
+    if len(nics) > 1 and not all(nic.mac for nic in nics):
+        raise PermanentVimError(
+            "a NIC without a MAC address can be set up only as the VM's one NIC: with "
+            f"{len(nics)} NICs the guest could not tell them apart"
+        )
     ethernets: dict[str, Any] = {}
     for index, nic in enumerate(nics):
-        entry: dict[str, Any] = {"match": {"macaddress": nic.mac}, "set-name": f"eth{index}"}
+        match = {"macaddress": nic.mac} if nic.mac else {"name": "e*"}
+        entry: dict[str, Any] = {"match": match, "set-name": f"eth{index}"}
         if nic.address is None:
             entry["dhcp4"] = True
         else:

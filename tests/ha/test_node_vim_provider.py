@@ -222,12 +222,15 @@ def test_a_vim_without_metadata_fences_running_nodes_and_names_what_to_use_inste
     provider = VimNodeProvider(MetadataLessVim(vim_dir), "the plain VIM")
     provider.deploy(SPEC)
     assert provider.show("esc-b").ip == f"{NET}.12"  # from what the VIM reports
+    # Nothing on the VIM says what it was deployed with: not deployed over, alike or not.
+    with pytest.raises(PermanentProviderError, match=r"exists already .* cannot be told"):
+        provider.deploy(SPEC)
     with pytest.raises(PermanentProviderError, match=r"keeps no metadata .* libvirt or vmware"):
         provider.mark_outdated(f"{NET}.12", "lost")
     with pytest.raises(PermanentProviderError, match=r"or lab, the lab's host agent"):
         provider.outdated(f"{NET}.12")
     provider.fence(f"{NET}.12")  # running: its address is the VIM's
-    with pytest.raises(UnknownNode, match="a stopped node's address is not known"):
+    with pytest.raises(UnknownNode, match="a stopped node's address is known only where"):
         provider.fence(f"{NET}.12")
     provider.fence("esc-b")  # by name it is found, and fencing it again is no error
 
@@ -243,7 +246,9 @@ def test_the_ha_provider_is_named_by_its_vim_driver(tmp_path: Path) -> None:
     assert provider.driver.data_dir == home.data / "nodes" / "fake"
     assert provider.driver.controller_id == NODE_CONTROLLER
     provider.check()
-    with pytest.raises(PermanentProviderError, match=r"'vim' is not valid.*lab, fake, libvirt"):
+    with pytest.raises(
+        PermanentProviderError, match=r"'vim' is not valid.*one of: lab, .*fake, libvirt"
+    ):
         load_provider(home, HaSettings(provider="vim"))
     with pytest.raises(PermanentProviderError, match=r"reads \[vim.fake\] of esc.toml: no node"):
         load_provider(tmp_path / "nowhere", ha)

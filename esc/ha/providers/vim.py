@@ -9,9 +9,14 @@ its own nodes for orphans (nor stops one), and the node provider never sees a VN
 - deploy: one VM (image, flavor, one NIC on `network` with the node's fixed IP and
   floating IP) whose day-0 is the node's escadm init parameters
   (esc.node.firstboot), delivered the VIM's way (cloud-init on libvirt and
-  OpenStack, guestinfo on VMware, a day0 file on CSP). What was asked is recorded in
-  the VM's own metadata on the VIM (VimDriver.set_vm_metadata), so any host with the
-  VIM's credentials shows it, and a redeploy with other parameters is told apart.
+  OpenStack, guestinfo on VMware); a VIM that puts the day-0 files as they are on a
+  CD (VimDriver.day0_on_cd: CSP's day0 file) gets them as the NoCloud seed that
+  cloud-init in the node's image reads: its user-data writes them into the image's
+  day-0 directory, its network-config gives the NIC the node's address. What was
+  asked is recorded in the VM's own metadata on the VIM (VimDriver.set_vm_metadata),
+  so any host with the VIM's credentials shows it, and a redeploy with other
+  parameters is told apart; where the driver keeps no metadata nothing tells them
+  apart, so an existing node is not deployed over.
 - power-off with a grace: the VIM's graceful stop, then as fence; fence: the VIM's
   hard power-off (VimDriver.power_off), returning only once the VIM reports the VM
   stopped; fencing a stopped node powers nothing and succeeds.
@@ -49,6 +54,7 @@ from esc.ha.provider import (
     UnknownNode,
     is_address,
 )
+from esc.node.firstboot import DEFAULT_DAY0_DIR
 from esc.vim.base import (
     InstanceState,
     Interface,
@@ -59,6 +65,7 @@ from esc.vim.base import (
     VmSpec,
     load_driver,
 )
+from esc.vim.nocloud import SeedNic, seed_files
 
 # The controller id every node VM is tagged with: never a controller's (those are ids
 # made by the controller's database), so no controller lists a node VM.
@@ -76,6 +83,17 @@ def _plain_ip(address: str) -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def cd_seed(spec: NodeSpec, day0: dict[str, str]) -> dict[str, str]:
+    """The node's day-0 files as a NoCloud seed, for a VIM that puts day-0 files on a CD
+    as they are: cloud-init in the node's image writes them into the directory its
+    first boot reads (esc-node.service's --day0-dir) and gives its one NIC the node's
+    address and default route (DHCP without an address)."""
+    nics = []
+    if spec.ip:
+        nics = [SeedNic("", ipaddress.ip_interface(spec.ip), spec.gateway_ip or None)]
+    return seed_files(spec.name, spec.name, day0, str(DEFAULT_DAY0_DIR), nics)
 
 
 def node_driver(
@@ -177,7 +195,7 @@ class VimNodeProvider(NodeProvider):
         if not self._keeps_metadata():
             hint = (
                 f"; the {self.driver.name} driver keeps no metadata, so a stopped node's "
-                "address is not known: name the node instead"
+                "address is known only where the VIM reports it: name the node instead"
             )
         raise UnknownNode(
             f"no node on {self.where} has address {address} (its nodes: {known}){hint}"
@@ -214,9 +232,23 @@ class VimNodeProvider(NodeProvider):
                 f"node {spec.name}: give the network its NIC is on, the VIM's name for it "
                 "(--network)"
             )
+        if self.driver.day0_on_cd:
+            if spec.ip and "/" not in spec.ip:
+                raise PermanentProviderError(
+                    f"node {spec.name}: give --ip with the network's prefix ({spec.ip}/24, "
+                    f"say): on {self.where} the node's day-0 sets up its NIC, which needs it"
+                )
+            day0 = cd_seed(spec, day0)
         with self._vim(f"deploy node {spec.name}"):
             exists = spec.name in self.driver.list_instances()
             recorded = self._recorded(spec.name) if exists else None
+        if exists and not self._keeps_metadata():
+            raise PermanentProviderError(
+                f"node {spec.name} exists already on {self.where}, whose {self.driver.name} "
+                "driver keeps no record of what a node was deployed with, so whether it is "
+                f"alike cannot be told: escadm node delete {spec.name} first to deploy it "
+                "again"
+            )
         if recorded is not None and recorded != wanted:
             changed = sorted(k for k in wanted if recorded.get(k) != wanted[k])
             raise PermanentProviderError(
@@ -293,8 +325,9 @@ class VimNodeProvider(NodeProvider):
             f"the {self.driver.name} VIM driver keeps no metadata on its VMs, so the pair's "
             f"witness record (which node is outdated) cannot be kept on {self.where}: set "
             "[ha] provider to one that keeps it (the VIM of a driver that keeps VM metadata, "
-            "libvirt or vmware; or lab, the lab's host agent), or leave it empty (a standby "
-            "then never takes over by itself)"
+            "libvirt or vmware; or lab, the lab's host agent), or keep it and the nodes "
+            "still fence each other through this VIM, but a standby never takes over by "
+            "itself (an operator runs escadm ha force-active --discard-unreplicated on it)"
         )
 
     def _set_mark(self, address: str, mark: str | None, what: str) -> None:
