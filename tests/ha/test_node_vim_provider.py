@@ -222,7 +222,8 @@ def test_a_vim_without_metadata_fences_running_nodes_and_names_what_to_use_inste
     provider = VimNodeProvider(MetadataLessVim(vim_dir), "the plain VIM")
     provider.deploy(SPEC)
     assert provider.show("esc-b").ip == f"{NET}.12"  # from what the VIM reports
-    with pytest.raises(PermanentProviderError, match=r"keeps no metadata .* libvirt or vmware"):
+    keeping = r"keeps no metadata .* libvirt, openstack or vmware"
+    with pytest.raises(PermanentProviderError, match=keeping):
         provider.mark_outdated(f"{NET}.12", "lost")
     with pytest.raises(PermanentProviderError, match=r"or lab, the lab's host agent"):
         provider.outdated(f"{NET}.12")

@@ -293,8 +293,8 @@ class VimNodeProvider(NodeProvider):
             f"the {self.driver.name} VIM driver keeps no metadata on its VMs, so the pair's "
             f"witness record (which node is outdated) cannot be kept on {self.where}: set "
             "[ha] provider to one that keeps it (the VIM of a driver that keeps VM metadata, "
-            "libvirt or vmware; or lab, the lab's host agent), or leave it empty (a standby "
-            "then never takes over by itself)"
+            "libvirt, openstack or vmware; or lab, the lab's host agent), or leave it empty "
+            "(a standby then never takes over by itself)"
         )
 
     def _set_mark(self, address: str, mark: str | None, what: str) -> None:
