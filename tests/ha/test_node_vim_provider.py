@@ -244,7 +244,8 @@ def test_the_ha_provider_is_named_by_its_vim_driver(tmp_path: Path) -> None:
     assert provider.driver.data_dir == home.data / "nodes" / "fake"
     assert provider.driver.controller_id == NODE_CONTROLLER
     provider.check()
-    with pytest.raises(PermanentProviderError, match=r"'vim' is not valid.*lab, fake, libvirt"):
+    named = r"'vim' is not valid.*lab, csp, fake, libvirt, openstack"
+    with pytest.raises(PermanentProviderError, match=named):
         load_provider(home, HaSettings(provider="vim"))
     with pytest.raises(PermanentProviderError, match=r"reads \[vim.fake\] of esc.toml: no node"):
         load_provider(tmp_path / "nowhere", ha)
