@@ -8,7 +8,9 @@ Whose a server is: its nova metadata carries this controller's tags
 (`esc-controller`, `esc-vm-id`). Nova lets only admins filter servers by
 metadata (it drops an unknown filter silently for others), so the driver lists
 the project's servers and matches their metadata itself; a server without both
-tags, or with another controller's, is never listed, stopped or deleted.
+tags, or with another controller's, is never listed, stopped or deleted. What
+set_vm_metadata records (a node VM's parameters, the pair's witness record) is
+kept in the same metadata under keys of its own (esc.vim.openstack_metadata).
 
 How a VmSpec becomes a server: the image and flavor by name or id; each
 interface a port nova makes on the named network (with the fixed IP asked
@@ -32,11 +34,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ipaddress
 import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +65,10 @@ from esc.vim.base import (
     VimDriver,
     VimError,
     VmSpec,
+    check_metadata_key,
     check_vm_id,
 )
+from esc.vim.openstack_metadata import decode, plan
 
 # Nova's server statuses by what they mean here; any other (BUILD, REBOOT,
 # HARD_REBOOT, RESIZE, MIGRATING, ...) is a change nova is still making.
@@ -133,6 +138,20 @@ def cloud_config(files: dict[str, Any], directory: str) -> str:
             }
         )
     return "#cloud-config\n" + yaml.safe_dump({"write_files": entries}, sort_keys=False)
+
+
+def fixed_ip(interface: Interface) -> str | None:
+    """The interface's fixed IP as neutron takes it: the address alone (a node's comes
+    with its prefix, which is the subnet's on OpenStack)."""
+    if not interface.ip:
+        return None
+    try:
+        return str(ipaddress.ip_interface(interface.ip).ip)
+    except ValueError:
+        raise PermanentVimError(
+            f"interface on network {interface.network!r}: fixed IP {interface.ip!r} is no IP "
+            "address"
+        ) from None
 
 
 def names(items: list[str]) -> str:
@@ -560,11 +579,32 @@ class OpenStackVim(VimDriver):
             return [{"uuid": self._network(self.settings.network).id}]
         networks = []
         for interface in interfaces:
-            entry = {"uuid": self._network(interface.network).id}
-            if interface.ip:
-                entry["fixed_ip"] = interface.ip
+            network = self._network(interface.network)
+            entry = {"uuid": network.id}
+            address = fixed_ip(interface)
+            if address:
+                self._check_prefix(interface, network)
+                entry["fixed_ip"] = address
             networks.append(entry)
         return networks
+
+    def _check_prefix(self, interface: Interface, network: Any) -> None:
+        """A fixed IP given with a prefix (as a node's is, for its guest) is on a subnet of
+        its network with that prefix: neutron's subnet sets the port's prefix, and a
+        different one would be silently another."""
+        if not interface.ip or "/" not in interface.ip:
+            return
+        wanted = ipaddress.ip_interface(interface.ip).network
+        subnets = [
+            ipaddress.ip_network(s.cidr, strict=False)
+            for s in self.conn.network.subnets(network_id=network.id)
+        ]
+        if wanted not in subnets:
+            raise PermanentVimError(
+                f"interface on network {interface.network!r}: {interface.ip} is on none of "
+                f"its subnets ({names([str(n) for n in subnets])}); give the address alone "
+                "or with its subnet's prefix"
+            )
 
     @staticmethod
     def _zone(placement: Placement) -> str:
@@ -640,9 +680,10 @@ class OpenStackVim(VimDriver):
     def _port_of(self, vm_id: str, interface: Interface, ports: list[Any], used: set[str]) -> Any:
         network = self._network(interface.network)
         candidates = [p for p in ports if p.network_id == network.id and p.id not in used]
-        if interface.ip:
+        address = fixed_ip(interface)
+        if address:
             candidates = [
-                p for p in candidates if any(f["ip_address"] == interface.ip for f in p.fixed_ips)
+                p for p in candidates if any(f["ip_address"] == address for f in p.fixed_ips)
             ]
         if not candidates:
             raise PermanentVimError(
@@ -678,6 +719,18 @@ class OpenStackVim(VimDriver):
                 self.conn.compute.stop_server(server)
                 server = self._settle(vm_id, self._refresh(vm_id, server), what, self._stopped)
             return self._status(vm_id, server)
+
+    def power_off(self, vm_id: str) -> InstanceStatus:
+        """Nova's stop: its API has no hard power-off. Every stop (`os-stop`) is a clean
+        shutdown: nova asks the guest (ACPI) and waits up to the image's
+        `os_shutdown_timeout` property, else the compute host's `[DEFAULT]
+        shutdown_timeout` (60 s by default), then destroys the domain; only nova's own
+        internals power off without asking. Pause would freeze the guest at once, but
+        not power it off: unpaused, it goes on from where it was, which a fenced node
+        must never do. So a fence returns once nova reports the server SHUTOFF, at most
+        that timeout later; an image with `os_shutdown_timeout=0` makes every stop of
+        its servers cut the power at once."""
+        return self.stop_vm(vm_id)
 
     def reboot_vm(self, vm_id: str) -> InstanceStatus:
         what = f"reboot VM {vm_id}"
@@ -739,6 +792,35 @@ class OpenStackVim(VimDriver):
     def list_instances(self) -> list[str]:
         with self._calling("list the project's servers"):
             return sorted({s.metadata[TAG_VM] for s in self._ours()})
+
+    # the VM's metadata -----------------------------------------------------------------
+
+    def vm_metadata(self, vm_id: str) -> dict[str, str]:
+        """What set_vm_metadata recorded, from the server's nova metadata (read fresh:
+        any driver object, on any host, reads the same)."""
+        check_vm_id(vm_id)
+        with self._calling(f"read the metadata of VM {vm_id}"):
+            return decode(self._require(vm_id).metadata or {})
+
+    def set_vm_metadata(self, vm_id: str, changes: Mapping[str, str | None]) -> None:
+        """Into the server's nova metadata, under keys of ESC's own (openstack_metadata):
+        the driver's tags and anyone else's keys are never changed. Nova refuses it while
+        the server is busy with a task (a 409, transient)."""
+        check_vm_id(vm_id)
+        changes = dict(changes)
+        for key in changes:
+            check_metadata_key(key)
+        with self._calling(f"write the metadata of VM {vm_id}"):
+            server = self._require(vm_id)
+            writes, deletes = plan(server.metadata or {}, changes)
+            # By id: the SDK's bookkeeping of a Server object's metadata fails deleting
+            # a key its copy lacks (a KeyError after nova's answer).
+            if writes:
+                self.conn.compute.set_server_metadata(server.id, **writes)
+            for key in deletes:
+                # Gone already (another writer's delete): what was wanted.
+                with contextlib.suppress(sdk.NotFoundException):
+                    self.conn.compute.delete_server_metadata(server.id, [key])
 
     def check(self) -> None:
         """Log in, then ask each service the driver uses for one item, so that a wrong

@@ -36,6 +36,7 @@ from esc.vim.base import (
     Volume,
 )
 from esc.vim.openstack import OpenStackVim
+from esc.vim.openstack_metadata import VALUE_LIMIT, decode, plan
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "vims" / "openstack.yaml"
 FLOATING = "198.19.100.10"
@@ -129,6 +130,109 @@ def test_an_unknown_floating_ip_or_network_is_refused(cloud: NovaCloud) -> None:
     with pytest.raises(PermanentVimError, match=r"unknown network 'nowhere'.* mgmt, private"):
         vim.create_vm(spec("vm-n", interfaces=(Interface("nowhere"),)))
     assert vim.list_instances() == ["vm-f"]  # made before its floating IP was looked up
+
+
+def test_a_fixed_ip_with_its_prefix_is_the_subnets_or_refused(cloud: NovaCloud) -> None:
+    vim = cloud.driver()
+    vim.create_vm(spec("vm-p", interfaces=(Interface("mgmt", ip="198.18.10.78/24"),)))
+    (port,) = ports_of(cloud, cloud.server_of("vm-p").id)
+    assert [f["ip_address"] for f in port.fixed_ips] == ["198.18.10.78"]
+    with pytest.raises(PermanentVimError, match=r"198\.18\.10\.79/16 is on none of its subnets"):
+        vim.create_vm(spec("vm-q", interfaces=(Interface("mgmt", ip="198.18.10.79/16"),)))
+    with pytest.raises(PermanentVimError, match=r"fixed IP 'far' is no IP address"):
+        vim.create_vm(spec("vm-q", interfaces=(Interface("mgmt", ip="far"),)))
+    assert vim.list_instances() == ["vm-p"]  # refused before nova was asked
+
+
+def test_vm_metadata_is_nova_metadata_of_escs_own_keys_in_parts_nova_holds(
+    cloud: NovaCloud,
+) -> None:
+    vim = cloud.driver()
+    vim.create_vm(spec("vm-m"))
+    server = cloud.server_of("vm-m")
+    cloud.user.compute.set_server_metadata(server.id, owner="ops")  # another user's key
+
+    def held() -> dict[str, str]:
+        return dict(cloud.server_of("vm-m").metadata)
+
+    def escs() -> dict[str, str]:
+        return {k: v for k, v in held().items() if k.startswith("esc.meta.")}
+
+    # A value longer than nova keeps goes in parts; keys named as the driver's tags are
+    # keys of ESC's own, never the tags.
+    long = "x" * 300 + "y" * 300
+    vim.set_vm_metadata("vm-m", {"node": long, TAG_VM: "vm-z", TAG_CONTROLLER: "other"})
+    assert escs() == {
+        "esc.meta.node.parts": "3",
+        "esc.meta.node.1": long[:255],
+        "esc.meta.node.2": long[255:510],
+        "esc.meta.node.3": long[510:],
+        f"esc.meta.{TAG_VM}": "vm-z",
+        f"esc.meta.{TAG_CONTROLLER}": "other",
+    }
+    assert {k: held()[k] for k in (TAG_CONTROLLER, TAG_VM, "owner")} == {
+        TAG_CONTROLLER: vim.controller_id,
+        TAG_VM: "vm-m",
+        "owner": "ops",
+    }
+    assert vim.list_instances() == ["vm-m"]
+    assert cloud.driver().vm_metadata("vm-m") == {
+        "node": long,
+        TAG_VM: "vm-z",
+        TAG_CONTROLLER: "other",
+    }
+
+    # Shorter: whole, its parts gone; longer again; removed: nothing of ESC's is left.
+    vim.set_vm_metadata("vm-m", {"node": "short", TAG_VM: None, TAG_CONTROLLER: None})
+    assert escs() == {"esc.meta.node": "short"}
+    vim.set_vm_metadata("vm-m", {"node": long[:400]})
+    assert escs() == {
+        "esc.meta.node.parts": "2",
+        "esc.meta.node.1": long[:255],
+        "esc.meta.node.2": long[255:400],
+    }
+    assert vim.vm_metadata("vm-m") == {"node": long[:400]}
+    vim.set_vm_metadata("vm-m", {"node": None})
+    assert escs() == {} and vim.vm_metadata("vm-m") == {}
+    assert held()["owner"] == "ops" and vim.list_instances() == ["vm-m"]
+
+    # nova's 503 on the write is transient; asked again, it is made.
+    cloud.fail_next(1, 503, service="compute", method="POST", path="/metadata")
+    with pytest.raises(TransientVimError, match="write the metadata of VM vm-m"):
+        vim.set_vm_metadata("vm-m", {"outdated": "lost"})
+    vim.set_vm_metadata("vm-m", {"outdated": "lost"})
+    assert vim.vm_metadata("vm-m") == {"outdated": "lost"}
+
+
+def test_a_metadata_change_is_read_old_or_new_between_novas_requests() -> None:
+    """Nova sets keys in one request but deletes one per request: after each request of
+    a change, a reader finds the old value or the new one, never a mix of parts."""
+    long, longer = "a" * 300, "b" * 600
+    for old, new in (
+        (None, "short"),
+        (None, long),
+        ("short", long),
+        (long, "short"),
+        (long, longer),
+        (longer, long),
+        (long, None),
+        ("short", None),
+    ):
+        held = {TAG_VM: "vm-1", "owner": "ops"}
+        if old is not None:
+            writes, _ = plan(held, {"node": old})
+            held.update(writes)
+        writes, deletes = plan(held, {"node": new})
+        seen = []
+        held.update(writes)
+        seen.append(decode(held).get("node"))
+        for key in deletes:
+            del held[key]
+            seen.append(decode(held).get("node"))
+        assert set(seen) <= {old, new} and seen[-1] == new, (old, new, seen)
+        assert {TAG_VM: "vm-1", "owner": "ops"}.items() <= held.items()
+        assert all(len(v) <= VALUE_LIMIT for v in held.values())
+        assert plan(held, {"node": new}) == ({}, [])  # made already: nothing to ask
 
 
 def test_volumes_are_blank_cinder_volumes_tagged_and_deleted_with_the_vm(

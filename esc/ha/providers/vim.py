@@ -325,7 +325,7 @@ class VimNodeProvider(NodeProvider):
             f"the {self.driver.name} VIM driver keeps no metadata on its VMs, so the pair's "
             f"witness record (which node is outdated) cannot be kept on {self.where}: set "
             "[ha] provider to one that keeps it (the VIM of a driver that keeps VM metadata, "
-            "libvirt or vmware; or lab, the lab's host agent), or keep it and the nodes "
+            "libvirt, openstack or vmware; or lab, the lab's host agent), or keep it and the nodes "
             "still fence each other through this VIM, but a standby never takes over by "
             "itself (an operator runs escadm ha force-active --discard-unreplicated on it)"
         )
