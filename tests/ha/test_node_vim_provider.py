@@ -225,7 +225,8 @@ def test_a_vim_without_metadata_fences_running_nodes_and_names_what_to_use_inste
     # Nothing on the VIM says what it was deployed with: not deployed over, alike or not.
     with pytest.raises(PermanentProviderError, match=r"exists already .* cannot be told"):
         provider.deploy(SPEC)
-    with pytest.raises(PermanentProviderError, match=r"keeps no metadata .* libvirt, openstack or vmware"):
+    keeping = r"keeps no metadata .* libvirt, openstack or vmware"
+    with pytest.raises(PermanentProviderError, match=keeping):
         provider.mark_outdated(f"{NET}.12", "lost")
     with pytest.raises(PermanentProviderError, match=r"or lab, the lab's host agent"):
         provider.outdated(f"{NET}.12")

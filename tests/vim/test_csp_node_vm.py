@@ -278,7 +278,7 @@ def test_the_witness_record_cannot_be_kept_on_a_csp_and_says_what_to_use(
         message = str(refused.value)
         assert "the csp VIM driver keeps no metadata on its VMs" in message
         assert "witness record (which node is outdated) cannot be kept on the CSP" in message
-        assert "libvirt or vmware; or lab, the lab's host agent" in message
+        assert "libvirt, openstack or vmware; or lab, the lab's host agent" in message
         assert "a standby never takes over by itself" in message
         assert "escadm ha force-active --discard-unreplicated" in message
     assert written(fake, before) == []  # nothing written into a service to stand for it
