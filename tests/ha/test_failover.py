@@ -44,7 +44,9 @@ def pair() -> Iterator[Pair]:
     yield from running_pair(f"{NET}.0/24", PREFIX, kad_vri=66, vim_host=True, keep_env="FO_KEEP")
 
 
-HOST_DOWN_ROUNDS = 20  # host-down failovers of this test alone, each at a random moment
+# Host-down failovers of this test alone, each at a random moment; with the four other
+# cases below that kill the active host, twenty in this module.
+HOST_DOWN_ROUNDS = 16
 
 
 def _under_load(pair: Pair, fault, label: str) -> dict:
