@@ -89,6 +89,9 @@ class Service:
     # RESTART or STOP while an exit that was asked for is awaited: not a death.
     planned: str | None = None
     kill_at: float | None = None  # a planned stop not done by then is a SIGKILL
+    # The thread running the service's own stop, which may go on after the process is
+    # gone (keepalived's removes the VIP a killed keepalived left).
+    stopper: threading.Thread | None = None
 
     @property
     def name(self) -> str:
@@ -190,7 +193,8 @@ class Supervisor:
         stopped within STOP_TIMEOUT."""
         service.kill_at = time.monotonic() + STOP_TIMEOUT
         if service.spec.stop is not None:
-            threading.Thread(target=self._own_stop, args=(service,), daemon=True).start()
+            service.stopper = threading.Thread(target=self._own_stop, args=(service,), daemon=True)
+            service.stopper.start()
         else:
             self._signal(service, service.spec.stop_signal, service.spec.signal_group)
 
@@ -343,6 +347,10 @@ class Supervisor:
                     )
                     self._signal(service, signal.SIGKILL, True)
                     service.process.wait()
+                # Its own stop finishes too before the next group stops and the
+                # supervisor exits: what it does after the process is gone is part of it.
+                if service.stopper is not None:
+                    service.stopper.join(max(0.1, deadline - time.monotonic()))
         for service in self.services:
             remove_record(self.home.run, service.name)
             remove_given_up(self.home.run, service.name)

@@ -281,7 +281,7 @@ def test_a_pair_is_installed_started_replicates_and_stops_clean(lab: Lab, base: 
         )
         print(f"FAULT seen {fault_s:.1f} s after the active's keepalived hung")
         ok(lab, ns2, "stop", home=h2, timeout=180)
-        assert not holds(lab, ns2)
+        assert not holds(lab, ns2), log_tails(h2)
         assert f"the VIP {VIP}/24 the killed keepalived left on eth0 was removed" in (
             supervisor_log(h2)
         )
