@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,9 +75,25 @@ def provider_options(func: F) -> F:
     @json_option
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        kwargs["choice"] = ProviderChoice(
+            kwargs.pop("provider"),
+            kwargs.pop("vim_name"),
+            kwargs.pop("agent_url"),
+            kwargs.pop("agent_token_file"),
+        )
         return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ProviderChoice:
+    """The node provider the options name: --provider, --vim, --agent, --agent-token-file."""
+
+    provider: str | None
+    vim_name: str
+    agent_url: str | None
+    agent_token_file: Path | None
 
 
 def _lab(home: NodeHome, url: str | None, token_file: Path | None) -> Any:
@@ -173,20 +190,14 @@ def _vim_provider(home: NodeHome, provider: str | None, vim_name: str) -> Any:
 
 
 @contextmanager
-def _provider(
-    home: NodeHome,
-    provider: str | None,
-    vim_name: str,
-    agent_url: str | None,
-    agent_token_file: Path | None,
-) -> Iterator[Any]:
+def _provider(home: NodeHome, choice: ProviderChoice) -> Iterator[Any]:
     """The provider the options name, its errors as escadm's exit codes."""
     from esc.ha.provider import NodeSpecError, ProviderError, TransientProviderError
 
-    if provider == LOCAL:
-        chosen = _lab(home, agent_url, agent_token_file)
+    if choice.provider == LOCAL:
+        chosen = _lab(home, choice.agent_url, choice.agent_token_file)
     else:
-        chosen = _vim_provider(home, provider, vim_name)
+        chosen = _vim_provider(home, choice.provider, choice.vim_name)
     try:
         yield chosen
     except NodeSpecError as exc:
@@ -269,10 +280,7 @@ def deploy_command(
     floating_ip: str,
     ha_pair_file: Path | None,
     init_pairs: tuple[str, ...],
-    provider: str | None,
-    vim_name: str,
-    agent_url: str | None,
-    agent_token_file: Path | None,
+    choice: ProviderChoice,
     home: NodeHome,
     as_json: bool,
 ) -> None:
@@ -299,7 +307,7 @@ def deploy_command(
         spec.check()
     except NodeSpecError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
-    with _provider(home, provider, vim_name, agent_url, agent_token_file) as chosen:
+    with _provider(home, choice) as chosen:
         status = chosen.deploy(spec)
     if not as_json:
         click.echo(f"node {name} deployed on {chosen.where}")
@@ -309,15 +317,12 @@ def deploy_command(
 @node_group.command("list")
 @provider_options
 def list_command(
-    provider: str | None,
-    vim_name: str,
-    agent_url: str | None,
-    agent_token_file: Path | None,
+    choice: ProviderChoice,
     home: NodeHome,
     as_json: bool,
 ) -> None:
     """List the nodes of the provider (its VIM's node VMs)."""
-    with _provider(home, provider, vim_name, agent_url, agent_token_file) as chosen:
+    with _provider(home, choice) as chosen:
         nodes = chosen.nodes()
     if as_json:
         print_json([node.as_dict() for node in nodes])
@@ -340,6 +345,23 @@ def list_command(
     print_table(table)
 
 
+def _act(
+    node: str,
+    choice: ProviderChoice,
+    home: NodeHome,
+    as_json: bool,
+    act: Callable[[Any], None],
+    done: str,
+) -> None:
+    """Do `act` to node NAME with the chosen provider, say it is `done`, show the node."""
+    with _provider(home, choice) as chosen:
+        act(chosen)
+        status = chosen.show(node)
+    if not as_json:
+        click.echo(f"node {node} {done}")
+    _show(status, as_json)
+
+
 def _one(name: str) -> Callable[[F], F]:
     """A command on one node NAME (its name, or its address)."""
 
@@ -353,15 +375,12 @@ def _one(name: str) -> Callable[[F], F]:
 @provider_options
 def show_command(
     node: str,
-    provider: str | None,
-    vim_name: str,
-    agent_url: str | None,
-    agent_token_file: Path | None,
+    choice: ProviderChoice,
     home: NodeHome,
     as_json: bool,
 ) -> None:
     """Show node NAME: its state, addresses, image and the parameters it was deployed with."""
-    with _provider(home, provider, vim_name, agent_url, agent_token_file) as chosen:
+    with _provider(home, choice) as chosen:
         status = chosen.show(node)
     _show(status, as_json)
 
@@ -379,76 +398,49 @@ def show_command(
 def power_off_command(
     node: str,
     grace: float,
-    provider: str | None,
-    vim_name: str,
-    agent_url: str | None,
-    agent_token_file: Path | None,
+    choice: ProviderChoice,
     home: NodeHome,
     as_json: bool,
 ) -> None:
     """Power node NAME off, after a grace for its services to stop."""
-    with _provider(home, provider, vim_name, agent_url, agent_token_file) as chosen:
-        chosen.power_off(node, grace)
-        status = chosen.show(node)
-    if not as_json:
-        click.echo(f"node {node} powered off")
-    _show(status, as_json)
+    _act(node, choice, home, as_json, lambda chosen: chosen.power_off(node, grace), "powered off")
 
 
 @_one("power-on")
 @provider_options
 def power_on_command(
     node: str,
-    provider: str | None,
-    vim_name: str,
-    agent_url: str | None,
-    agent_token_file: Path | None,
+    choice: ProviderChoice,
     home: NodeHome,
     as_json: bool,
 ) -> None:
     """Power node NAME on: it boots, and its services start."""
-    with _provider(home, provider, vim_name, agent_url, agent_token_file) as chosen:
-        chosen.power_on(node)
-        status = chosen.show(node)
-    if not as_json:
-        click.echo(f"node {node} powered on")
-    _show(status, as_json)
+    _act(node, choice, home, as_json, lambda chosen: chosen.power_on(node), "powered on")
 
 
 @_one("fence")
 @provider_options
 def fence_command(
     node: str,
-    provider: str | None,
-    vim_name: str,
-    agent_url: str | None,
-    agent_token_file: Path | None,
+    choice: ProviderChoice,
     home: NodeHome,
     as_json: bool,
 ) -> None:
     """Fence node NAME: power it off at once (its guest is not asked), and return only
     once the provider says it is off. Fencing a fenced node is not an error."""
-    with _provider(home, provider, vim_name, agent_url, agent_token_file) as chosen:
-        chosen.fence(node)
-        status = chosen.show(node)
-    if not as_json:
-        click.echo(f"node {node} fenced")
-    _show(status, as_json)
+    _act(node, choice, home, as_json, lambda chosen: chosen.fence(node), "fenced")
 
 
 @_one("delete")
 @provider_options
 def delete_command(
     node: str,
-    provider: str | None,
-    vim_name: str,
-    agent_url: str | None,
-    agent_token_file: Path | None,
+    choice: ProviderChoice,
     home: NodeHome,
     as_json: bool,
 ) -> None:
     """Delete node NAME: power it off and remove it with its disks."""
-    with _provider(home, provider, vim_name, agent_url, agent_token_file) as chosen:
+    with _provider(home, choice) as chosen:
         chosen.delete(node)
     if as_json:
         print_json({"deleted": node})
