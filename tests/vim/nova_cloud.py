@@ -276,7 +276,12 @@ class NovaCloud:
         return dict(server.metadata) if server is not None else {}
 
     def clean(self) -> None:
-        """Back to an empty project: every server deleted, the quotas nova's defaults."""
+        """Back to an empty project: no fault pending, the floating IPs let go of, every
+        server deleted, the quotas nova's defaults."""
+        self.fail_next(0)
+        for fip in self.admin.network.ips():
+            if fip.port_id:
+                self.admin.network.update_ip(fip, port_id=None)
         servers = self.servers()
         for server in servers:
             self.admin.compute.delete_server(server, ignore_missing=True)

@@ -52,12 +52,8 @@ def nova(request: pytest.FixtureRequest) -> NovaCloud:
 
 @pytest.fixture
 def cloud(nova: NovaCloud) -> Iterator[NovaCloud]:
-    """The module's nova, emptied after each test (the floating IPs let go of)."""
+    """The module's nova, emptied after each test."""
     yield nova
-    nova.fail_next(0)
-    for fip in nova.admin.network.ips():
-        if fip.port_id:
-            nova.admin.network.update_ip(fip, port_id=None)
     nova.clean()
 
 

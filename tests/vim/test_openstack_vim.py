@@ -51,10 +51,6 @@ def nova(request: pytest.FixtureRequest) -> NovaCloud:
 def cloud(nova: NovaCloud) -> Iterator[NovaCloud]:
     """The module's nova, emptied after each test."""
     yield nova
-    nova.fail_next(0)
-    for fip in nova.admin.network.ips():
-        if fip.port_id:
-            nova.admin.network.update_ip(fip, port_id=None)
     nova.clean()
 
 
