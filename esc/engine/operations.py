@@ -41,6 +41,7 @@ from esc.descriptor import validate_descriptor
 from esc.engine.claims import Claim, fenced_write
 from esc.engine.events import FAILURE, emit_for
 from esc.engine.submit import apply_group_spec, ensure_vm_rows, new_group
+from esc.monitor.liveness import vm_is_up
 from esc.vim.base import Interface, Placement, VimDriver, VimError, VmSpec, Volume
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,8 @@ def _create_vm(ctx: StepContext, vm_id: str) -> None:
 def _wait_alive(
     ctx: StepContext, vm_ids: list[str], timeout_of: Callable[[VmGroup], float], why: str
 ) -> None:
-    """Wait until every VM answers; each gets the timeout its vm_group sets."""
+    """Wait until every VM is up: the VIM reports it RUNNING, then the liveness check of
+    its address (esc.monitor.liveness) passes; each gets the timeout its vm_group sets."""
     with ctx.db.read() as session:
         deadlines = {
             vm_id: time.monotonic() + timeout_of(session.get(Vm, vm_id).vm_group)
@@ -185,12 +187,13 @@ def _wait_alive(
     interval = ALIVE_POLL_FIRST
     while waiting:
         for vm_id in sorted(waiting):
-            if ctx.vim.is_alive(vm_id):
+            status = ctx.vim.status(vm_id)
+            if vm_is_up(status):
                 waiting.discard(vm_id)
                 with ctx.write() as session:
                     vm = session.get(Vm, vm_id)
                     vm.state = VmState.ALIVE
-                    vm.address = ctx.vim.status(vm_id).address
+                    vm.address = status.address
                     emit_for(
                         session,
                         vm.vm_group.deployment,

@@ -102,9 +102,6 @@ class StepVim(VimDriver):
             f"to tell the status of VM {vm_id}", lambda: self.inner.status(vm_id), changes=False
         )
 
-    def is_alive(self, vm_id: str) -> bool:
-        return self._call(f"to check VM {vm_id}", lambda: self.inner.is_alive(vm_id), changes=False)
-
     def validate_image(self, image: str) -> None:
         self.inner.validate_image(image)
 

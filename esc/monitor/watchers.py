@@ -1,12 +1,13 @@
 """Watchers: one asyncio task per KPI being polled.
 
-A VM watcher polls one VM for a success/failure metric (ICMPPing: on the
-local VIM, the VM's health endpoint, which also fails when its process is
-gone; on a real VIM, an ICMP echo to the VM's address). A group watcher
-polls every ALIVE VM of a vm_group for a threshold metric and judges their
-average, so scaling follows the group's load, not one VM's. Polls run at a
-fixed rate (`poll_frequency`) from a random phase, so thousands of watchers
-spread over the period instead of polling at once.
+A VM watcher polls one VM for a success/failure metric (ICMPPing: the
+liveness check of esc.monitor.liveness, the VM's health endpoint where its
+address is http://, which also fails when its process is gone, else an ICMP
+echo to its address). A group watcher polls every ALIVE VM of a vm_group
+for a threshold metric and judges their average, so scaling follows the
+group's load, not one VM's. Polls run at a fixed rate (`poll_frequency`)
+from a random phase, so thousands of watchers spread over the period
+instead of polling at once.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from esc.monitor.icmp import IcmpProbe
 from esc.monitor.kpis import KpiState, threshold_holds
+from esc.monitor.liveness import LivenessProbe, answers_http
 from esc.monitor.probe import HttpProbe, ProbeError, ProbeTimeout
 from esc.monitor.targets import GroupTarget, VmTarget
 
@@ -122,30 +123,15 @@ class Watcher(abc.ABC):
             next_at = max(next_at + self.period, loop.time())
 
 
-def answers_http(address: str | None) -> bool:
-    """The VM answers ESC's own health and metrics endpoints (the local VIM's kinds give
-    an http:// address); a real VIM's VM is an IP address, to ping."""
-    return bool(address) and address.startswith("http://")
-
-
 class VmWatcher(Watcher):
     def __init__(self, group: GroupTarget, kpi: dict[str, Any], vm: VmTarget, **kw: Any) -> None:
         self.vm = vm
-        address = vm.address or ""
-        self.probe = HttpProbe(address) if answers_http(address) else IcmpProbe(address)
+        self.probe = LivenessProbe(vm.id, vm.address or "")
         super().__init__(group, kpi, **kw)
-
-    async def _alive(self) -> bool:
-        if isinstance(self.probe, IcmpProbe):
-            await self.probe.ping(self.timeout)
-            return True
-        status, body = await self.probe.get_json("/health", self.timeout)
-        # The VM id in the answer: another process on a reused port is not this VM.
-        return status == 200 and isinstance(body, dict) and body.get("vm_id") == self.vm.id
 
     async def observe(self) -> Observation | None:
         try:
-            alive = await self._alive()
+            alive = await self.probe.answers(self.timeout)
         except ProbeTimeout:
             if self.lag.late > self.timeout / 2:
                 return None  # MONA was late, not the VM: this poll tells nothing

@@ -154,15 +154,18 @@ class VmSpec:
 class InstanceStatus:
     vm_id: str
     state: InstanceState
-    # Where the VM answers (the local VIM: http://127.0.0.1:PORT; a real VIM: its first
-    # interface's IP address), None unless running.
+    # Where the VM answers, which says how esc.monitor.liveness asks it (the local VIM:
+    # http://127.0.0.1:PORT, its health endpoint's; a real VIM: its first interface's IP
+    # address; the fake VIM: a loopback IP of its own), None unless running.
     address: str | None = None
     detail: str = ""  # the VIM's own words on the state (an ERROR's reason)
     ips: tuple[str, ...] = ()  # every address the VIM gave it, floating ones included
 
 
 class VimDriver(abc.ABC):
-    """One virtual infrastructure manager."""
+    """One virtual infrastructure manager, as its VIM reports it: the state of each
+    instance, never the health of the application in it (the liveness check of
+    esc.monitor.liveness asks the VM itself, at its address)."""
 
     name: ClassVar[str]
     # How day0_config reaches the guest. False: the driver puts each file where the guest
@@ -229,11 +232,6 @@ class VimDriver(abc.ABC):
     @abc.abstractmethod
     def status(self, vm_id: str) -> InstanceStatus:
         """What the VIM knows of the VM now."""
-
-    def is_alive(self, vm_id: str) -> bool:
-        """The VM is up as far as the VIM can tell: running. A driver whose VIM checks
-        more (the local VIM asks the VM's health endpoint) says so here."""
-        return self.status(vm_id).state is InstanceState.RUNNING
 
     @abc.abstractmethod
     def list_instances(self) -> list[str]:

@@ -3,13 +3,23 @@
 It keeps the whole driver contract (esc.vim.base) without starting a process:
 creation idempotent by VM id, the states after each operation, the local VIM's
 images and flavors and its refusals, an address kept for a VM's whole life.
-Its images behave as the local VIM's do, by the clock instead of a process:
-a `slow-boot:N` VM is not alive for N seconds after each start, an
-`unhealthy-after:N` one stops being alive N seconds after its creation (a
-reboot does not help), and a `crash-after:N` one is found stopped N seconds
-after each start. A running VM reports its interfaces' fixed and floating IPs
-as its `ips` (its `address` stays the loopback one its monitors probe), and keeps
-the metadata set_vm_metadata records, as a real VIM does.
+Like every driver it reports VIM state only, and its images behave by the
+clock as far as a VIM would show them: a `slow-boot:N` VM is BUILDING for N
+seconds after each start (create, start, reboot), then RUNNING; a
+`crash-after:N` one is found STOPPED N seconds after each start.
+
+Application health is not faked. Nothing runs in a fake VM to answer ESC's
+health endpoint, so its address is a bare loopback IP (127.77.X.Y, never
+http://), and for such an address the liveness check (esc.monitor.liveness)
+counts the VIM's state only, as for a real VIM's VM. So an `unhealthy-after:N`
+VM runs on, as a real VIM shows a VM whose application went bad inside it
+(the local VIM's VMs, real processes, answer 503 for it). This host answers a
+ping to any loopback address, running VM or not: MONA's ICMPPing of a fake VM
+says nothing of it.
+
+A running VM reports its interfaces' fixed and floating IPs as its `ips` (its
+`address` stays its own loopback one), and keeps the metadata set_vm_metadata
+records, as a real VIM does.
 
 What a VIM holds outlives the controller that asked for it, so the VMs belong
 to the data directory, not to a driver object: every FakeVim made for the same
@@ -58,23 +68,21 @@ OPERATIONS = (
     "reboot_vm",
     "delete_vm",
     "status",
-    "is_alive",
     "list_instances",
     "vm_metadata",
     "set_vm_metadata",
     "check",
 )
 
-# Loopback addresses with a port nothing serves: a monitor's probe of a fake VM is
-# refused at once and never leaves the host, and each VM still has an address of its own.
+# Loopback addresses: whatever is sent to one never leaves the host, and each VM still has
+# an address of its own. Bare IPs, not http:// ones: a fake VM serves no health endpoint.
 ADDRESS_NET = "127.77"
-ADDRESS_PORT = 9
 _addresses = itertools.count(1)
 
 
 def _next_address() -> str:
     n = next(_addresses) % (256 * 256 - 2) + 1  # never .0.0 (a network address)
-    return vnf.http_address(f"{ADDRESS_NET}.{n // 256}.{n % 256}", ADDRESS_PORT)
+    return f"{ADDRESS_NET}.{n // 256}.{n % 256}"
 
 
 @dataclass
@@ -172,7 +180,6 @@ class Faults:
 class _Instance:
     spec: VmSpec
     address: str
-    created_at: float
     running: bool = False
     booted_at: float = 0.0
     metadata: dict[str, str] = field(default_factory=dict)
@@ -273,7 +280,7 @@ class FakeVim(VimDriver):
             validate_flavor(spec.flavor, "fake VIM")
             instance = self._vim.instances.get(self._key(spec.vm_id))
             if instance is None:
-                instance = _Instance(spec, _next_address(), self._vim.clock())
+                instance = _Instance(spec, _next_address())
                 self._vim.instances[self._key(spec.vm_id)] = instance
             # An existing VM keeps its first spec, as the local VIM keeps its spec.json.
             if not self._running(instance):
@@ -336,22 +343,6 @@ class FakeVim(VimDriver):
 
         return self._call("status", vm_id, status)
 
-    def is_alive(self, vm_id: str) -> bool:
-        def alive() -> bool:
-            check_vm_id(vm_id)
-            instance = self._vim.instances.get(self._key(vm_id))
-            if instance is None or not self._running(instance):
-                return False
-            kind, seconds = vnf.parse_image(instance.spec.image)
-            now = self._vim.clock()
-            if kind == "slow-boot":
-                return now - instance.booted_at >= seconds
-            if kind == "unhealthy-after":
-                return now - instance.created_at < seconds
-            return True
-
-        return self._call("is_alive", vm_id, alive)
-
     def list_instances(self) -> list[str]:
         def own() -> list[str]:
             return sorted(v for c, v in self._vim.instances if c == self.controller_id)
@@ -390,7 +381,7 @@ class FakeVim(VimDriver):
         controller would (untagged when `controller` is None), running."""
         with self._vim.lock:
             spec = VmSpec(name, name, "healthy", "m1.tiny")
-            instance = _Instance(spec, _next_address(), self._vim.clock(), running=True)
+            instance = _Instance(spec, _next_address(), running=True, booted_at=self._vim.clock())
             self._vim.instances[(controller, name)] = instance
 
     def foreign_running(self, name: str, controller: str | None = None) -> bool:
@@ -431,10 +422,19 @@ class FakeVim(VimDriver):
                 instance.running = False
         return instance.running
 
+    def _booting(self, instance: _Instance) -> bool:
+        """Within the first N seconds of a boot of a `slow-boot:N` image: still starting, as
+        a VIM shows a VM whose guest has not come up yet."""
+        kind, seconds = vnf.parse_image(instance.spec.image)
+        return kind == "slow-boot" and self._vim.clock() - instance.booted_at < seconds
+
     def _status(self, vm_id: str) -> InstanceStatus:
         instance = self._vim.instances.get(self._key(vm_id))
         if instance is None:
             return InstanceStatus(vm_id, InstanceState.ABSENT)
         if not self._running(instance):
             return InstanceStatus(vm_id, InstanceState.STOPPED)
+        if self._booting(instance):
+            detail = f"booting ({instance.spec.image})"
+            return InstanceStatus(vm_id, InstanceState.BUILDING, None, detail, _ips(instance))
         return InstanceStatus(vm_id, InstanceState.RUNNING, instance.address, "", _ips(instance))

@@ -6,7 +6,8 @@ The VMs are the local VIM's (one OS process each, detached), started by this
 service in DIR, so they outlive every controller, and this service too: a
 restarted host finds them running. Controllers reach it with the vimhost
 driver ([vim] driver = "vimhost"); the VMs listen on the host's address, so
-monitors on the controllers' nodes probe them directly.
+a controller's deploys and monitors ask each VM's health endpoint directly
+(esc.monitor.liveness): the host reports VIM state only.
 
 Every request carries `Authorization: Bearer TOKEN`, the token of
 --token-file (else of $ESC_VIM_TOKEN); the token is never logged. The API,
@@ -20,7 +21,6 @@ JSON both ways, under /v1:
     GET    /vms/VM_ID                 the VM's status: {"vm_id", "state", "address", "detail"}
     POST   /vms/VM_ID/start|stop|reboot   the status after it
     DELETE /vms/VM_ID                 204 (an absent VM too)
-    GET    /vms/VM_ID/alive           {"alive": true|false}: its health endpoint answers
 
 A refusal is {"error": MESSAGE, "kind": CLASS}: 422 an unknown image or
 flavor, 409 another permanent refusal, 503 a transient failure (a busy host),
@@ -137,10 +137,6 @@ def create_app(vim: LocalVim, token: str) -> Any:
     @app.get(f"{API}/vms/{{vm_id}}")
     def vm_status(vm_id: str) -> dict[str, Any]:
         return _status(vim.status(vm_id))
-
-    @app.get(f"{API}/vms/{{vm_id}}/alive")
-    def vm_alive(vm_id: str) -> dict[str, Any]:
-        return {"alive": vim.is_alive(vm_id)}
 
     @app.post(f"{API}/vms/{{vm_id}}/start")
     def start_vm(vm_id: str) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import http.client
 import json
 import logging
 import os
@@ -36,7 +35,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import psutil
 
@@ -63,7 +61,6 @@ IMAGE_FORMS = (
 )
 LAUNCH_TIMEOUT = 10.0
 STOP_GRACE = 5.0
-HEALTH_TIMEOUT = 1.0
 # How long a lock held by no identifiable VNF may take to go away before stop gives up.
 UNKNOWN_HOLDER_WAIT = 1.0
 TOMBSTONE_PREFIX = ".deleting-"
@@ -220,23 +217,6 @@ class LocalVim(VimDriver):
         directory = self._dir(vm_id)
         with _os_errors(f"read the status of VM {vm_id}"):
             return self._status(vm_id, directory)
-
-    def is_alive(self, vm_id: str) -> bool:
-        status = self.status(vm_id)
-        if status.state is not InstanceState.RUNNING or status.address is None:
-            return False
-        where = urlsplit(status.address)
-        connection = http.client.HTTPConnection(where.hostname, where.port, timeout=HEALTH_TIMEOUT)
-        try:
-            connection.request("GET", "/health")
-            response = connection.getresponse()
-            body = json.loads(response.read())
-        except (OSError, ValueError, http.client.HTTPException):
-            return False
-        finally:
-            connection.close()
-        # The VM id in the answer guards against another process having taken the port.
-        return response.status == 200 and isinstance(body, dict) and body.get("vm_id") == vm_id
 
     def list_instances(self) -> list[str]:
         with _os_errors(f"list {self.instances_dir}"):

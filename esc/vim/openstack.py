@@ -783,12 +783,6 @@ class OpenStackVim(VimDriver):
         with self._calling(f"look up VM {vm_id}"):
             return self._status(vm_id, self._server(vm_id))
 
-    def is_alive(self, vm_id: str) -> bool:
-        check_vm_id(vm_id)
-        with self._calling(f"look up VM {vm_id}"):
-            server = self._server(vm_id)
-            return server is not None and self._running(server)
-
     def list_instances(self) -> list[str]:
         with self._calling("list the project's servers"):
             return sorted({s.metadata[TAG_VM] for s in self._ours()})

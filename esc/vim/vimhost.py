@@ -160,10 +160,6 @@ class VimHostDriver(VimDriver):
     def status(self, vm_id: str) -> InstanceStatus:
         return self._status(self._call("GET", self._vm(vm_id), f"tell the status of VM {vm_id}"))
 
-    def is_alive(self, vm_id: str) -> bool:
-        answer = self._call("GET", f"{self._vm(vm_id)}/alive", f"check VM {vm_id}")
-        return isinstance(answer, dict) and answer.get("alive") is True
-
     def list_instances(self) -> list[str]:
         answer = self._call("GET", "/vms", "list its VMs")
         if not isinstance(answer, dict) or not isinstance(answer.get("vms"), list):

@@ -4,6 +4,7 @@ orphans a connection holds."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from esc.vim.fake import FakeVim
 YAML = {"content-type": "application/yaml"}
 
 
-def on_vim(vim: str | None, name: str = "web", image: str = "healthy") -> str:
+def on_vim(vim: str | None, name: str = "web", image: str = "healthy", bootup: int = 10) -> str:
     line = f"  vim: {vim}\n" if vim else ""
     return (
         "tenant: t\n"
@@ -26,7 +27,7 @@ def on_vim(vim: str | None, name: str = "web", image: str = "healthy") -> str:
         f"  name: {name}\n"
         f"{line}"
         "  vm_groups:\n"
-        f"    - {{name: app, image: '{image}', flavor: m1.tiny, bootup_time: 10,\n"
+        f"    - {{name: app, image: '{image}', flavor: m1.tiny, bootup_time: {bootup},\n"
         "       scaling: {min_active: 2, max_active: 2}}\n"
     )
 
@@ -150,6 +151,34 @@ def test_a_refusal_of_the_connections_vim_fails_the_transaction_in_its_words(
     ended = wait_transaction(api, accepted["transaction_id"])
     assert ended["state"] == "FAILED"
     assert "fake VIM: quota exceeded for instances" in ended["error"]
+
+
+def test_a_deploy_waits_while_the_vim_shows_its_vms_booting(
+    api: TestClient, lab2: FakeVim, controller: Controller
+) -> None:
+    """The VIM's state is what a deploy waits for on a VM that serves no health endpoint:
+    the fake VIM's slow-boot VMs are BUILDING for their first N seconds."""
+    with controller.db.read() as session:
+        lab2.controller_id = read_controller_id(session)
+    started = time.monotonic()
+    accepted = api.post(
+        "/v0/deployments", content=on_vim("lab2", image="slow-boot:1"), headers=YAML
+    )
+    assert wait_transaction(api, accepted.json()["transaction_id"])["state"] == "SUCCESS"
+    assert time.monotonic() - started >= 1
+    vms = api.get("/v0/tenants/t/deployments/web").json()["vm_groups"][0]["vms"]
+    assert [vm["state"] for vm in vms] == ["ALIVE", "ALIVE"]
+    # Recorded as the VIM gives it once running (none while it was BUILDING).
+    assert [vm["address"] for vm in vms] == [lab2.status(vm["id"]).address for vm in vms]
+    assert all(vm["address"] for vm in vms)
+
+    slow = on_vim("lab2", name="slower", image="slow-boot:30", bootup=1)
+    ended = wait_transaction(
+        api, api.post("/v0/deployments", content=slow, headers=YAML).json()["transaction_id"]
+    )
+    assert ended["state"] == "FAILED"
+    assert "did not answer its health check within bootup_time 1 s" in ended["error"]
+    assert len(lab2.list_instances()) == 2  # the slower ones rolled back, web's kept
 
 
 def test_orphans_are_listed_and_deleted_only_on_request(

@@ -45,9 +45,6 @@ class FaultyVim(VimDriver):
     def status(self, vm_id: str) -> InstanceStatus:
         return self.inner.status(vm_id)
 
-    def is_alive(self, vm_id: str) -> bool:
-        return self.inner.is_alive(vm_id)
-
     def validate_image(self, image: str) -> None:
         self.inner.validate_image(image)
 

@@ -77,10 +77,10 @@ def _watch(address: str) -> VmWatcher:
 
 def test_a_real_vims_vm_is_pinged_and_a_local_vms_health_asked(unrouted: str) -> None:
     pinged = _watch("127.0.0.1")
-    assert isinstance(pinged.probe, IcmpProbe)
+    assert isinstance(pinged.probe.via, IcmpProbe)
     assert asyncio.run(pinged.observe()) == Observation(True, 1.0)
     pinged.close()
     silent = _watch(unrouted)
     assert asyncio.run(silent.observe()) == Observation(False, 0.0)
     silent.close()
-    assert isinstance(_watch("http://127.0.0.1:9").probe, HttpProbe)
+    assert isinstance(_watch("http://127.0.0.1:9").probe.via, HttpProbe)

@@ -1,14 +1,16 @@
 """What the fake VIM adds to the driver contract (which test_driver_contract runs on it):
-one VIM per directory shared by its driver objects, images that behave by the clock,
-and the failures a test injects."""
+one VIM per directory shared by its driver objects, images that behave by the clock as
+a VIM shows them, and the failures a test injects."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from esc.monitor.liveness import vm_is_up
 from esc.vim.base import (
     InstanceState,
     PermanentVimError,
@@ -82,47 +84,66 @@ def test_each_vm_has_an_address_of_its_own_for_its_whole_life(vim: FakeVim) -> N
     assert vim.reboot_vm("vm-a").address == first
 
 
+def test_an_address_is_a_loopback_ip_that_serves_no_health_endpoint(vim: FakeVim) -> None:
+    """Nothing sent to it leaves the host, and the liveness check counts the VIM's state
+    only: a fake VM fakes no application health."""
+    status = vim.create_vm(spec())
+    assert status.address is not None
+    assert ipaddress.ip_address(status.address) in ipaddress.ip_network("127.77.0.0/16")
+    assert vm_is_up(status)
+    assert not vm_is_up(vim.stop_vm("vm-1"))
+
+
 def test_an_existing_vm_keeps_the_spec_it_was_created_with(vim: FakeVim, clock: Clock) -> None:
     vim.create_vm(spec(image="slow-boot:5"))
-    vim.create_vm(spec(image="healthy"))  # a step run again with a changed descriptor
-    assert not vim.is_alive("vm-1")
+    again = vim.create_vm(spec(image="healthy"))  # a step run again with a changed descriptor
+    assert again.state is InstanceState.BUILDING and "slow-boot:5" in again.detail
 
 
 # images ----------------------------------------------------------------------------------
 
 
-def test_slow_boot_answers_only_after_each_boot_has_lasted(vim: FakeVim, clock: Clock) -> None:
-    vim.create_vm(spec(image="slow-boot:5"))
-    assert vim.status("vm-1").state is InstanceState.RUNNING
-    assert not vim.is_alive("vm-1")
+def test_slow_boot_is_building_until_each_boot_has_lasted(vim: FakeVim, clock: Clock) -> None:
+    booting = vim.create_vm(spec(image="slow-boot:5"))
+    assert (booting.state, booting.address) == (InstanceState.BUILDING, None)
+    assert not vm_is_up(booting)
+    clock.now += 4.9
+    assert vim.status("vm-1").state is InstanceState.BUILDING
+    clock.now += 0.1
+    running = vim.status("vm-1")
+    assert running.state is InstanceState.RUNNING and running.address
+    assert vm_is_up(running)
+    assert vim.reboot_vm("vm-1").state is InstanceState.BUILDING  # each boot is slow
     clock.now += 5
-    assert vim.is_alive("vm-1")
-    vim.reboot_vm("vm-1")
-    assert not vim.is_alive("vm-1")
+    vim.stop_vm("vm-1")
+    assert vim.start_vm("vm-1") == booting
+    clock.now += 5
+    assert vim.status("vm-1") == running  # the same address after every boot
 
 
-def test_unhealthy_after_stays_unhealthy_through_a_reboot(vim: FakeVim, clock: Clock) -> None:
+def test_unhealthy_after_is_not_faked_the_vm_runs_on(vim: FakeVim, clock: Clock) -> None:
+    """An application that went bad inside a running VM is not what a VIM shows: the
+    local VIM's VMs answer 503 for it, a fake VM runs on."""
     vim.create_vm(spec(image="unhealthy-after:3"))
-    assert vim.is_alive("vm-1")
     clock.now += 3
-    assert not vim.is_alive("vm-1")
+    status = vim.status("vm-1")
+    assert status.state is InstanceState.RUNNING and vm_is_up(status)
     assert vim.reboot_vm("vm-1").state is InstanceState.RUNNING
-    assert not vim.is_alive("vm-1")  # its "disk" went bad: only a new instance helps
-    vim.delete_vm("vm-1")
-    vim.create_vm(spec(image="unhealthy-after:3"))
-    assert vim.is_alive("vm-1")
 
 
 def test_crash_after_is_found_stopped_and_starts_again(vim: FakeVim, clock: Clock) -> None:
     address = vim.create_vm(spec(image="crash-after:2")).address
     clock.now += 1.9
-    assert vim.is_alive("vm-1")
+    assert vim.status("vm-1").state is InstanceState.RUNNING
     clock.now += 0.1
-    assert vim.status("vm-1").state is InstanceState.STOPPED
-    assert not vim.is_alive("vm-1")
+    crashed = vim.status("vm-1")
+    assert (crashed.state, crashed.address) == (InstanceState.STOPPED, None)
+    assert not vm_is_up(crashed)
     assert vim.list_instances() == ["vm-1"]
     assert vim.start_vm("vm-1").address == address
-    assert vim.is_alive("vm-1")
+    assert vm_is_up(vim.status("vm-1"))
+    clock.now += 2
+    assert vim.status("vm-1").state is InstanceState.STOPPED  # two seconds after each start
 
 
 # injected failures -----------------------------------------------------------------------

@@ -22,6 +22,7 @@ import httpx
 import psutil
 import pytest
 
+from esc.monitor.liveness import vm_is_up
 from esc.vim import local
 from esc.vim.base import (
     InstanceState,
@@ -128,7 +129,7 @@ def test_create_starts_a_detached_vnf_answering_health(vim: LocalVim) -> None:
     assert httpx.get(f"{status.address}/day0", timeout=2).json() == {"app.conf": "x = 1\n"}
     root = httpx.get(f"{status.address}/", timeout=2).json()
     assert root["image"] == "healthy" and root["flavor"] == "m1.tiny" and root["uptime"] >= 0
-    assert vim.is_alive("vm-1")
+    assert vm_is_up(vim.status("vm-1"))
     assert vim.status("vm-1") == status
 
     state = state_of(vim, "vm-1")
@@ -201,7 +202,7 @@ def test_two_drivers_racing_on_one_vm_start_one_process(vim: LocalVim) -> None:
         thread.join()
     assert [r.state for r in results] == [InstanceState.RUNNING] * 2
     assert len(vnfs_of(vim, "vm-1")) == 1
-    assert vim.is_alive("vm-1")
+    assert vm_is_up(vim.status("vm-1"))
 
 
 def test_a_second_vnf_for_a_running_instance_refuses_to_run(vim: LocalVim) -> None:
@@ -247,7 +248,7 @@ def test_vms_of_different_ids_are_independent(vim: LocalVim) -> None:
     assert a.address != b.address
     assert vim.list_instances() == ["vm-a", "vm-b"]
     vim.stop_vm("vm-a")
-    assert not vim.is_alive("vm-a") and vim.is_alive("vm-b")
+    assert not vm_is_up(vim.status("vm-a")) and vm_is_up(vim.status("vm-b"))
 
 
 # stop, start, reboot, delete ----------------------------------------------------------------
@@ -260,7 +261,7 @@ def test_stop_then_start_keeps_the_address(vim: LocalVim) -> None:
     stopped = vim.stop_vm("vm-1")
     assert stopped.state is InstanceState.STOPPED and stopped.address is None
     assert gone(pid)
-    assert not vim.is_alive("vm-1")
+    assert not vm_is_up(vim.status("vm-1"))
     assert vim.stop_vm("vm-1").state is InstanceState.STOPPED  # idempotent
     # A stopped VM keeps its records, so it starts again as it was.
     for record in ("spec.json", "state.json", "port", "console.log"):
@@ -268,7 +269,7 @@ def test_stop_then_start_keeps_the_address(vim: LocalVim) -> None:
 
     started = vim.start_vm("vm-1")
     assert started.state is InstanceState.RUNNING and started.address == address
-    assert vim.is_alive("vm-1")
+    assert vm_is_up(vim.status("vm-1"))
     assert state_of(vim, "vm-1")["pid"] != pid
     assert vim.start_vm("vm-1") == started  # a running VM is left alone
 
@@ -282,7 +283,7 @@ def test_start_takes_another_port_when_its_own_is_taken(vim: LocalVim) -> None:
         squatter.listen()
         started = vim.start_vm("vm-1")
     assert started.address != address
-    assert vim.is_alive("vm-1")
+    assert vm_is_up(vim.status("vm-1"))
 
 
 def test_reboot_runs_a_new_process(vim: LocalVim) -> None:
@@ -292,7 +293,7 @@ def test_reboot_runs_a_new_process(vim: LocalVim) -> None:
     assert rebooted.state is InstanceState.RUNNING
     assert gone(pid)
     assert state_of(vim, "vm-1")["pid"] != pid
-    assert vim.is_alive("vm-1")
+    assert vm_is_up(vim.status("vm-1"))
     assert len(vnfs_of(vim, "vm-1")) == 1
     vim.stop_vm("vm-1")
     assert vim.reboot_vm("vm-1").state is InstanceState.RUNNING  # a stopped VM just starts
@@ -315,7 +316,7 @@ def test_delete_leaves_no_process_and_no_record(vim: LocalVim) -> None:
 def test_operations_on_an_absent_vm(vim: LocalVim) -> None:
     assert vim.status("vm-x").state is InstanceState.ABSENT
     assert vim.stop_vm("vm-x").state is InstanceState.ABSENT
-    assert not vim.is_alive("vm-x")
+    assert not vm_is_up(vim.status("vm-x"))
     with pytest.raises(PermanentVimError, match="does not exist"):
         vim.start_vm("vm-x")
     with pytest.raises(PermanentVimError, match="does not exist"):
@@ -331,7 +332,7 @@ def test_vnf_exits_0_on_sigterm_and_can_run_in_the_foreground(vim: LocalVim) -> 
         stdout=subprocess.DEVNULL,
     )
     try:
-        assert wait_until(lambda: vim.is_alive("vm-1"))
+        assert wait_until(lambda: vm_is_up(vim.status("vm-1")))
         foreground.send_signal(signal.SIGTERM)
         assert foreground.wait(timeout=5) == 0
         assert vim.status("vm-1").state is InstanceState.STOPPED
@@ -348,7 +349,7 @@ def test_crash_after_image_exits(vim: LocalVim) -> None:
     pid = state_of(vim, "vm-1")["pid"]
     assert wait_until(lambda: vim.status("vm-1").state is InstanceState.STOPPED, timeout=3)
     assert gone(pid)
-    assert not vim.is_alive("vm-1")
+    assert not vm_is_up(vim.status("vm-1"))
     assert "crashing now" in (vim.instances_dir / "vm-1" / "console.log").read_text()
     assert vim.start_vm("vm-1").state is InstanceState.RUNNING  # a crashed VM can be restarted
 
@@ -360,8 +361,8 @@ def test_crash_after_zero_still_starts(vim: LocalVim) -> None:
 
 def test_unhealthy_after_image_fails_health_but_lives(vim: LocalVim) -> None:
     address = vim.create_vm(spec(image="unhealthy-after:0.5")).address
-    assert vim.is_alive("vm-1")
-    assert wait_until(lambda: not vim.is_alive("vm-1"), timeout=3)
+    assert vm_is_up(vim.status("vm-1"))
+    assert wait_until(lambda: not vm_is_up(vim.status("vm-1")), timeout=3)
     health = httpx.get(f"{address}/health", timeout=2)
     assert health.status_code == 503 and health.json()["status"] == "unhealthy"
     assert vim.status("vm-1").state is InstanceState.RUNNING
@@ -371,12 +372,12 @@ def test_unhealthy_after_image_fails_health_but_lives(vim: LocalVim) -> None:
 def test_unhealthy_after_survives_a_reboot_but_not_a_redeploy(vim: LocalVim) -> None:
     """The image models a bad disk: the age counts from the instance's creation."""
     vim.create_vm(spec(image="unhealthy-after:0.5"))
-    assert wait_until(lambda: not vim.is_alive("vm-1"), timeout=3)
+    assert wait_until(lambda: not vm_is_up(vim.status("vm-1")), timeout=3)
     vim.reboot_vm("vm-1")
-    assert not vim.is_alive("vm-1")  # a new process, the same old instance
+    assert not vm_is_up(vim.status("vm-1"))  # a new process, the same old instance
     vim.delete_vm("vm-1")
     vim.create_vm(spec(image="unhealthy-after:0.5"))
-    assert vim.is_alive("vm-1")  # a new instance is young again
+    assert vm_is_up(vim.status("vm-1"))  # a new instance is young again
 
 
 def test_vnf_reports_the_load_it_is_told_over_one_kept_alive_connection(vim: LocalVim) -> None:
@@ -406,8 +407,8 @@ def test_vnf_reports_the_load_it_is_told_over_one_kept_alive_connection(vim: Loc
 
 def test_slow_boot_image_becomes_alive(vim: LocalVim) -> None:
     vim.create_vm(spec(image="slow-boot:0.5"))
-    assert not vim.is_alive("vm-1")
-    assert wait_until(lambda: vim.is_alive("vm-1"), timeout=3)
+    assert not vm_is_up(vim.status("vm-1"))
+    assert wait_until(lambda: vm_is_up(vim.status("vm-1")), timeout=3)
 
 
 def test_unknown_image_and_flavor_name_the_accepted_values(vim: LocalVim) -> None:
@@ -502,7 +503,7 @@ def test_reused_pid_of_a_stopped_vm_is_never_signalled(
     # The VM's old pid now belongs to another process (as after a pid wrap-around).
     forge_state(vim, "vm-1", bystander.pid)
     assert vim.status("vm-1").state is InstanceState.STOPPED
-    assert not vim.is_alive("vm-1")
+    assert not vm_is_up(vim.status("vm-1"))
     vim.stop_vm("vm-1")
     vim.delete_vm("vm-1")
     assert bystander.poll() is None, "an unrelated process was signalled"
@@ -518,7 +519,6 @@ def test_forged_state_of_a_running_vm_is_never_signalled(
     # Running (the lock is held) but the record is not the holder's: no address is trusted.
     assert status.state is InstanceState.RUNNING
     assert status.address is None
-    assert not vim.is_alive("vm-1")
     # Stop finds the real VNF by its command line, never by the forged pid.
     assert vim.stop_vm("vm-1").state is InstanceState.STOPPED
     assert gone(real_pid)
@@ -559,7 +559,7 @@ def test_vms_outlive_a_killed_controller(vim: LocalVim) -> None:
         controller.wait()
     assert address.startswith("http://127.0.0.1:")
     assert vim.status("vm-1").address == address
-    assert vim.is_alive("vm-1")
+    assert vm_is_up(vim.status("vm-1"))
     assert len(vnfs_of(vim, "vm-1")) == 1
 
 
@@ -620,7 +620,7 @@ def test_a_vm_listens_on_the_address_its_driver_gives(tmp_path: Path, address: s
         status = vim.create_vm(spec())
         url = f"http://[{address}]" if ":" in address else f"http://{address}"
         assert status.address is not None and status.address.startswith(f"{url}:")
-        assert vim.is_alive("vm-1")
+        assert vm_is_up(vim.status("vm-1"))
         port = int(status.address.rsplit(":", 1)[1])
         with socket.socket() as other, pytest.raises(ConnectionRefusedError):
             other.connect(("127.0.0.1", port))  # that address only, not every one

@@ -31,6 +31,7 @@ from conftest import ESCADM, escadm, free_port, live_vm_processes, monitored_des
 from vim_host_process import HOST_IP, TOKEN, VimHostProcess, wait_until, write_token
 
 from esc.config import NodeHome, VimSettings
+from esc.monitor.liveness import vm_is_up
 from esc.monitor.probe import HttpProbe, ProbeError
 from esc.vim import host as host_service
 from esc.vim.base import (
@@ -105,13 +106,13 @@ def test_the_driver_runs_the_vm_life_cycle_on_the_host(
     assert str(vim_host.directory) in " ".join(vnf.cmdline())
     assert vim.list_instances() == ["vm-1"]
     assert vim.status("vm-1") == created
-    assert vim.is_alive("vm-1")
+    assert vm_is_up(vim.status("vm-1"))
 
     stopped = vim.stop_vm("vm-1")
     assert stopped.state is InstanceState.STOPPED and stopped.address is None
-    assert not vim.is_alive("vm-1") and vim_host.vnf_pids() == set()
+    assert not vm_is_up(vim.status("vm-1")) and vim_host.vnf_pids() == set()
     assert vim.start_vm("vm-1") == created  # the same address after a restart
-    assert vim.is_alive("vm-1")
+    assert vm_is_up(vim.status("vm-1"))
     rebooted = vim.reboot_vm("vm-1")
     assert rebooted.state is InstanceState.RUNNING and vim_host.vnf_pids() - {pid}
 
@@ -120,7 +121,7 @@ def test_the_driver_runs_the_vm_life_cycle_on_the_host(
     assert vim.list_instances() == [] and vim_host.vnf_pids() == set()
     vim.delete_vm("vm-1")  # idempotent
     assert vim.stop_vm("vm-1").state is InstanceState.ABSENT
-    assert not vim.is_alive("vm-1")
+    assert not vm_is_up(vim.status("vm-1"))
 
 
 def test_refusals_keep_the_local_vims_kinds_and_words(vim_host: VimHostProcess) -> None:
@@ -185,7 +186,7 @@ def test_vms_outlive_a_killed_controller_and_a_new_driver_manages_them(
     other = vim_host.driver()  # the other node's controller
     assert other.list_instances() == ["vm-1", "vm-2"]
     assert [other.status(v).address for v in ("vm-1", "vm-2")] == addresses
-    assert other.is_alive("vm-1") and other.is_alive("vm-2")
+    assert vm_is_up(other.status("vm-1")) and vm_is_up(other.status("vm-2"))
     other.delete_vm("vm-1")
     other.delete_vm("vm-2")
     assert vim_host.vnf_pids() == set()
