@@ -919,6 +919,16 @@ class NodeHome:
         return self.root / settings.vim.local_dir if settings.vim.local_dir else self.vim_dir
 
     @property
+    def packages(self) -> Path:
+        """The release wheels uploaded for the package installer (PUT /esc/node/packages)."""
+        return self.root / "packages"
+
+    @property
+    def install_dir(self) -> Path:
+        """The package installer's state, log and the release it saved to go back to."""
+        return self.root / "install"
+
+    @property
     def tls_dir(self) -> Path:
         """Where `escadm init --tls` puts the self-signed certificate and its key."""
         return self.root / "tls"

@@ -27,6 +27,10 @@ class Unavailable(EscError):
     title = "Temporarily unavailable"
 
 
+class TooLarge(EscError):
+    title = "Request too large"
+
+
 class MalformedRequest(InvalidRequest):
     """The request could not even be parsed (bad YAML/JSON, not UTF-8)."""
 

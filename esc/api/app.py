@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI
 from esc import __version__
 from esc.api import problems, spec
 from esc.api.query import reject_unknown_query
-from esc.api.routes import activity, deployments, ha, monitoring, system, vims
+from esc.api.routes import activity, deployments, ha, monitoring, node, system, vims
 from esc.engine.controller import Controller
 from esc.security import FailureBudget
 
@@ -41,8 +41,12 @@ def create_app(controller: Controller, *, manage_lifecycle: bool = True) -> Fast
     app.state.auth_failures = FailureBudget(api.max_auth_failures, api.auth_failure_window)
     problems.install(app)
     # Added first, so it runs inside BodySizeLimit and reads a bounded body.
-    app.add_middleware(problems.JsonDepthLimit)
-    app.add_middleware(problems.BodySizeLimit, limit=controller.settings.api.max_body_bytes)
+    app.add_middleware(problems.JsonDepthLimit, raw=(node.PACKAGE_UPLOADS,))
+    app.add_middleware(
+        problems.BodySizeLimit,
+        limit=controller.settings.api.max_body_bytes,
+        own_bound=(node.PACKAGE_UPLOADS,),
+    )
     app.add_middleware(problems.NulInUrl)
     app.add_middleware(problems.NodeHeader, node=controller.settings.node.name)
     app.include_router(system.router)
@@ -51,6 +55,7 @@ def create_app(controller: Controller, *, manage_lifecycle: bool = True) -> Fast
     app.include_router(monitoring.router)
     app.include_router(ha.router)
     app.include_router(vims.router)
+    app.include_router(node.router)
 
     spec.install(app)
     return app

@@ -16,7 +16,15 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from esc.errors import Conflict, EscError, InvalidRequest, MalformedRequest, NotFound, Unavailable
+from esc.errors import (
+    Conflict,
+    EscError,
+    InvalidRequest,
+    MalformedRequest,
+    NotFound,
+    TooLarge,
+    Unavailable,
+)
 from esc.nesting import TooDeep, check_json_depth
 
 log = logging.getLogger(__name__)
@@ -29,6 +37,7 @@ STATUS_OF: list[tuple[type[EscError], int]] = [
     (NotFound, 404),
     (Conflict, 409),
     (Unavailable, 503),
+    (TooLarge, 413),
 ]
 
 
@@ -124,14 +133,17 @@ class NulInUrl:
 
 
 class BodySizeLimit:
-    """Refuse a body larger than `limit` bytes with 413, declared or streamed."""
+    """Refuse a body larger than `limit` bytes with 413, declared or streamed. A route
+    under a prefix of `own_bound` streams its body and bounds it itself: a release
+    package is far larger than any other request."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, own_bound: tuple[str, ...] = ()) -> None:
         self.app = app
         self.limit = limit
+        self.own_bound = own_bound
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(self.own_bound):
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
@@ -184,13 +196,16 @@ def _declares_json(scope: Scope) -> bool:
 
 class JsonDepthLimit:
     """Refuse a JSON body nesting deeper than the bound with 400, before any route
-    parses it: the decoder would recurse into a RecursionError (a 500)."""
+    parses it: the decoder would recurse into a RecursionError (a 500). Bodies under a
+    prefix of `raw` are never JSON: their routes stream them (unbuffered here)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, raw: tuple[str, ...] = ()) -> None:
         self.app = app
+        self.raw = raw
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _declares_json(scope):
+        raw = scope["type"] == "http" and scope["path"].startswith(self.raw)
+        if scope["type"] != "http" or raw or not _declares_json(scope):
             await self.app(scope, receive, send)
             return
         # The body is already bounded by BodySizeLimit, which wraps this one.

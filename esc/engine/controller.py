@@ -143,6 +143,11 @@ class Controller:
             ]
         return results
 
+    def health(self) -> tuple[bool, list[CheckResult]]:
+        """(serving with every check passing, the checks): what GET /esc/health says."""
+        checks = self.health_checks()
+        return self.stage == STAGE_READY and all(c.ok for c in checks), checks
+
     # authentication ------------------------------------------------------------
 
     def authenticate(self, user: str, password: str) -> bool:

@@ -22,7 +22,6 @@ import shutil
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -32,9 +31,10 @@ from esc.backup.signing import UPGRADE_DIR, UPGRADE_STAGING_SUFFIX
 from esc.config import NodeHome, Settings
 from esc.files import write_atomic
 from esc.release.catalog import Catalog, CatalogError, parse_catalog
-from esc.release.numbers import ReleaseNumber, ReleaseNumberError
+from esc.release.numbers import ReleaseNumber
 from esc.release.planner import plan_upgrade
 from esc.release.procedures import Method
+from esc.release.wheel import WheelError, read_member, wheel_release
 from esc.version import CURRENT
 
 RECORD = "upgrade.json"
@@ -70,38 +70,21 @@ class UpgradeRecord:
             ) from None
 
 
-def _wheel_file(wheel: Path, wanted: Callable[[str], bool], what: str) -> str:
-    try:
-        with zipfile.ZipFile(wheel) as archive:
-            name = next(n for n in archive.namelist() if wanted(n))
-            return archive.read(name).decode()
-    except (OSError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
-        raise UpgradeError(f"{wheel} is not a readable wheel ({exc})") from None
-    except StopIteration:
-        raise UpgradeError(f"{wheel} has no {what}: it is not an ESC release") from None
-
-
 def wheel_catalog(wheel: Path) -> Catalog:
     """The new release's catalog: it, not this older one, knows which sources it accepts."""
-    text = _wheel_file(wheel, lambda n: n == CATALOG_MEMBER, CATALOG_MEMBER)
     try:
+        text = read_member(wheel, lambda n: n == CATALOG_MEMBER, CATALOG_MEMBER)
         return parse_catalog(text, f"{wheel}:{CATALOG_MEMBER}")
-    except CatalogError as exc:
+    except (WheelError, CatalogError) as exc:
         raise UpgradeError(str(exc)) from None
 
 
 def wheel_version(wheel: Path) -> ReleaseNumber:
     """The release a wheel holds, from its metadata (not its file name)."""
-    metadata = _wheel_file(wheel, lambda n: n.endswith(".dist-info/METADATA"), "METADATA")
-    fields = dict(
-        line.split(": ", 1) for line in metadata.splitlines() if ": " in line and line[0] != " "
-    )
-    if fields.get("Name") != "esc":
-        raise UpgradeError(f"{wheel} is a package of {fields.get('Name')!r}, not of ESC")
     try:
-        return ReleaseNumber.parse(fields.get("Version", ""))
-    except ReleaseNumberError as exc:
-        raise UpgradeError(f"{wheel}: {exc}") from None
+        return wheel_release(wheel)
+    except WheelError as exc:
+        raise UpgradeError(str(exc)) from None
 
 
 def check_plan(target: ReleaseNumber, catalog: Catalog, settings: Settings) -> None:

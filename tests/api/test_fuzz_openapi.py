@@ -43,7 +43,8 @@ ALL_CHECKS = CHECKS.get_all()
 # on update, name the deployment of the URL; dynamic mappings are an XML
 # document; a subscription's callback host must be one deliveries may go to
 # (notifications.allowed_hosts); a VIM connection's settings are its driver's and its
-# VIM must answer them. The pair's role changes and a restore's swap
+# VIM must answer them; a package's body must be the release wheel its name and checksum
+# header say. The pair's role changes and a restore's swap
 # are refused (409) on this standalone node whatever their body. Every other check runs on them.
 SEMANTIC_RULES = {
     "POST /v0/deployments",
@@ -54,6 +55,7 @@ SEMANTIC_RULES = {
     "POST /esc/ha/switchover",
     "POST /esc/ha/force-active",
     "POST /esc/ha/restore",
+    "PUT /esc/node/packages/{file}",
 }
 
 

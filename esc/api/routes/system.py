@@ -22,8 +22,7 @@ router = APIRouter(prefix="/esc", tags=["system"])
 )
 def health(controller: ControllerDep) -> JSONResponse:
     """Unauthenticated: load balancers and the HA pair probe it."""
-    checks = controller.health_checks()
-    ready = controller.stage == STAGE_READY and all(c.ok for c in checks)
+    ready, checks = controller.health()
     body = Health(
         status_code=2000 if ready else 5000,
         message="ESC services are running" if ready else _failure_message(controller, checks),
