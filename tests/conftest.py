@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ import httpx
 import psutil
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import DateTime, MetaData, create_engine, select
+from sqlalchemy import DateTime, MetaData, create_engine, event, select
 
 from esc.api.app import create_app
 from esc.config import MonitorSettings, NodeHome, Settings
@@ -54,6 +55,7 @@ LONGEST_MODULES = (
     "tests/cli/test_monitor_cli.py",
     "tests/api/test_fuzz_openapi.py",
     "tests/ha/test_pair_backup.py",
+    "tests/node/test_package_install.py",
     "tests/monitor/test_recovery.py",
     "tests/cli/test_supervisor_restarts.py",
     "tests/cli/test_tls.py",
@@ -240,6 +242,24 @@ def api(controller: Controller, node: Node) -> Iterator[TestClient]:
     headers = {"Authorization": f"Basic {token}"}
     with TestClient(app, headers=headers, raise_server_exceptions=False) as client:
         yield client
+
+
+@contextmanager
+def database_down(controller: Controller) -> Iterator[None]:
+    """Every new connection of the controller's database refused, as by a server that
+    stopped; its pool emptied first, so no request gets one already open."""
+    engine = controller.db.engine
+    refused = engine.dialect.loaded_dbapi.OperationalError
+
+    def down(*_args: object) -> None:
+        raise refused("connection refused: the server is not running")
+
+    engine.dispose()
+    event.listen(engine, "do_connect", down)
+    try:
+        yield
+    finally:
+        event.remove(engine, "do_connect", down)
 
 
 def controller_id_of(home: NodeHome, settings: Settings) -> str:

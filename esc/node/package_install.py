@@ -20,6 +20,7 @@ from pathlib import Path
 import esc
 from esc.config import NodeHome, Settings, api_base_url
 from esc.errors import Conflict
+from esc.files import lock_held
 from esc.node import installer
 from esc.node.installer import FAILED, IDLE, RUNNING, InstallPaths
 from esc.node.packages import PackageStore
@@ -36,17 +37,7 @@ def install_paths(home: NodeHome) -> InstallPaths:
 
 def installer_runs(paths: InstallPaths) -> bool:
     """Does a process hold the install lock (an installer, or the API starting one)?"""
-    try:
-        fd = os.open(paths.lock, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # and with it the shared lock just taken
-    return False
+    return lock_held(paths.lock)
 
 
 def install_state(home: NodeHome) -> dict:
@@ -83,7 +74,7 @@ def _venv_refusal() -> str | None:
     """Why this node's ESC cannot be replaced by a package, None when it can."""
     purelib = Path(sysconfig.get_paths()["purelib"])
     package = Path(esc.__file__).parent
-    if package.parent != purelib:
+    if package.parent.resolve() != purelib.resolve():
         return (
             f"this node runs ESC from {package}, not from a release installed in its venv "
             f"({purelib}): a package install replaces a release installed from its wheel; "

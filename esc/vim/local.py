@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from typing import Any
 
 import psutil
 
+from esc.files import lock_held
 from esc.vim import vnf
 from esc.vim.base import (
     VM_ID,
@@ -289,23 +289,9 @@ class LocalVim(VimDriver):
 
     @staticmethod
     def _running(directory: Path) -> bool:
-        """A VNF holds the instance lock.
-
-        The probe asks for a shared lock: only a VNF's exclusive lock refuses it, while
-        two probes (two threads asking at once) never do, so a probe is never mistaken
-        for a VNF. A VNF starting during a probe waits the instant it lasts.
-        """
-        try:
-            fd = os.open(directory / "instance.lock", os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # closing releases the probe's lock if it got it
-        return False
+        """A VNF holds the instance lock (a VNF starting during the probe waits the
+        instant it lasts)."""
+        return lock_held(directory / "instance.lock")
 
     def _recorded(self, directory: Path) -> tuple[psutil.Process, dict[str, Any]] | None:
         """The process state.json names (and the record), only if it provably is this

@@ -3,8 +3,8 @@ an internal error: on a pair that is what a client sees during a failover."""
 
 from __future__ import annotations
 
+from conftest import database_down
 from fastapi.testclient import TestClient
-from sqlalchemy import event
 
 from esc.engine.controller import Controller
 
@@ -13,18 +13,8 @@ def test_a_database_that_does_not_answer_is_a_503_to_retry(
     api: TestClient, controller: Controller
 ) -> None:
     assert api.get("/v0/tenants").status_code == 200  # the login is known from here on
-    engine = controller.db.engine
-    refused = engine.dialect.loaded_dbapi.OperationalError
-
-    def down(*_args: object) -> None:
-        raise refused("connection refused: the server is not running")
-
-    engine.dispose()
-    event.listen(engine, "do_connect", down)
-    try:
+    with database_down(controller):
         response = api.post("/v0/tenants", json={"name": "while-down"})
-    finally:
-        event.remove(engine, "do_connect", down)
     assert response.status_code == 503, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert response.headers["retry-after"] == "1"

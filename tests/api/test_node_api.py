@@ -5,6 +5,7 @@ stored. The install itself runs in tests/node/test_package_install.py."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
@@ -12,12 +13,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import Node, slow_boot_descriptor, wait_transaction
+from conftest import Node, database_down, slow_boot_descriptor, wait_transaction
 from fastapi.testclient import TestClient
-from sqlalchemy import event
 
 from esc.engine.controller import Controller
-from esc.node import packages
+from esc.node import installer, packages
+from esc.node.package_install import install_paths
 from esc.version import CURRENT
 
 YAML = {"content-type": "application/yaml"}
@@ -92,18 +93,8 @@ def test_a_database_that_does_not_answer_is_a_fact_said_unreadable(
     api: TestClient, controller: Controller
 ) -> None:
     assert api.get("/esc/node").status_code == 200  # the login is known from here on
-    engine = controller.db.engine
-    refused = engine.dialect.loaded_dbapi.OperationalError
-
-    def down(*_args: object) -> None:
-        raise refused("connection refused: the server is not running")
-
-    engine.dispose()
-    event.listen(engine, "do_connect", down)
-    try:
+    with database_down(controller):
         response = api.get("/esc/node")
-    finally:
-        event.remove(engine, "do_connect", down)
     assert response.status_code == 200, response.text
     body = response.json()
     for fact in ("schema", "op_mode", "transactions"):
@@ -267,3 +258,55 @@ def test_an_install_is_refused_with_what_to_do_and_nothing_starts(
     assert bad.status_code == 422
     assert api.get("/esc/node/package/install").json()["state"] == "idle"
     assert not Path(node.home.install_dir / "installer.py").exists()
+
+
+@sqlite_only
+def test_while_an_install_runs_another_is_refused_and_its_package_kept(
+    api: TestClient, node: Node
+) -> None:
+    """The install lock is held (here by the test, as an installer holds it)."""
+    assert put(api, name("1.2.0.7"), wheel("1.2.0.7")).status_code == 201
+    paths = install_paths(node.home)
+    paths.directory.mkdir(mode=0o700)
+    installer.write_state(paths.state, installer.initial_state(str(CURRENT), "1.2.0.7", True))
+    lock = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        running = api.get("/esc/node/package/install").json()
+        assert (running["state"], running["to"]) == ("stopping", "1.2.0.7")
+        again = api.post("/esc/node/package/install", json={"version": "1.2.0.7"})
+        assert again.status_code == 409 and "runs (state stopping)" in again.json()["detail"]
+        for response in (
+            api.delete(f"/esc/node/packages/{name('1.2.0.7')}"),
+            put(api, name("1.2.0.7"), wheel("1.2.0.7")),
+        ):
+            assert response.status_code == 409, response.text
+            assert "runs from this package" in response.json()["detail"]
+        assert put(api, name("1.2.0.8"), wheel("1.2.0.8")).status_code == 201
+    finally:
+        os.close(lock)
+    assert (node.home.packages / name("1.2.0.7")).is_file()
+
+
+@sqlite_only
+def test_an_install_whose_installer_died_is_reported_failed(api: TestClient, node: Node) -> None:
+    paths = install_paths(node.home)
+    paths.directory.mkdir(mode=0o700)
+    state = installer.initial_state(str(CURRENT), "1.2.0.7", False)
+    state["state"], state["pid"] = "installing", 4242
+    state["steps"] = [
+        {
+            "name": "stop",
+            "started_at": installer.now(),
+            "ended_at": installer.now(),
+            "ok": True,
+            "detail": "ESC stopped",
+        },
+        {"name": "save", "started_at": installer.now(), "ended_at": None, "ok": None, "detail": ""},
+    ]
+    installer.write_state(paths.state, state)
+    reported = api.get("/esc/node/package/install").json()
+    assert reported["state"] == "failed" and reported["to"] == "1.2.0.7"
+    assert "the installer (pid 4242) ended in step save without finishing" in reported["error"]
+    assert [s["name"] for s in reported["steps"]] == ["stop", "save"]
+    assert installer.read_state(paths.state)["state"] == "installing"  # a read writes nothing
