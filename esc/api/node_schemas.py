@@ -105,7 +105,7 @@ class PackageView(BaseModel):
 class InstallIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: Annotated[str, Field(pattern=r"^\d{1,6}(\.\d{1,6}){3}$")] = Field(
+    version: Annotated[str, Field(pattern=r"^[0-9]{1,6}(\.[0-9]{1,6}){3}$")] = Field(
         description="The release to install; its package must have been uploaded"
     )
     rollback: StrictBool = Field(

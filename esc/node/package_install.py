@@ -101,8 +101,11 @@ def start_install(
             "or escadm switchover): installing stops this node's services"
         )
     paths = install_paths(home)
-    paths.directory.mkdir(mode=0o700, exist_ok=True)
-    lock = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        paths.directory.mkdir(mode=0o700, exist_ok=True)
+        lock = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise Conflict(f"cannot take the install lock {paths.lock}: {exc.strerror}") from None
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -115,8 +118,14 @@ def start_install(
         wheel = PackageStore(home.packages).path(target)
         _check_target(target, rollback)
         state = installer.initial_state(str(CURRENT), str(target), rollback)
-        installer.write_state(paths.state, state)
-        shutil.copyfile(installer.__file__, paths.script)
+        try:
+            shutil.copyfile(installer.__file__, paths.script)
+            installer.write_state(paths.state, state)
+        except OSError as exc:
+            raise Conflict(
+                f"cannot prepare the install in {paths.directory}: {exc.strerror or exc}; "
+                "nothing was changed"
+            ) from None
         _launch(home, settings, paths, wheel, lock)
     finally:
         os.close(lock)  # the installer holds its own copy of the lock from here

@@ -10,15 +10,17 @@ Its sha256 is kept beside it (NAME.sha256, as sha256sum writes it).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from esc.errors import InvalidRequest, NotFound, TooLarge
+from esc.errors import Conflict, InvalidRequest, NotFound, TooLarge
 from esc.files import fsync_dir, write_atomic
 from esc.release.numbers import ReleaseNumber
 from esc.release.wheel import (
@@ -74,17 +76,31 @@ class Upload:
         self.expected = sha256.lower()
         self.hash = hashlib.sha256()
         self.size = 0
-        store.directory.mkdir(mode=0o700, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{file}.", suffix=".upload", dir=store.directory)
-        self.path = Path(name)
-        self._out = os.fdopen(fd, "wb")
+        self.path: Path | None = None
+        with self._disk():
+            store.directory.mkdir(mode=0o700, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{file}.", suffix=".upload", dir=store.directory)
+            self.path = Path(name)
+            self._out = os.fdopen(fd, "wb")
+
+    @contextlib.contextmanager
+    def _disk(self) -> Iterator[None]:
+        """A file system that refuses (full, read-only) is said so, not a 500."""
+        try:
+            yield
+        except OSError as exc:
+            raise Conflict(
+                f"cannot store {self.file} in {self.store.directory}: "
+                f"{exc.strerror or exc}; nothing was stored"
+            ) from None
 
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.size > MAX_PACKAGE_BYTES:
             raise self._too_large()
         self.hash.update(chunk)
-        self._out.write(chunk)
+        with self._disk():
+            self._out.write(chunk)
 
     def _too_large(self) -> TooLarge:
         return TooLarge(
@@ -93,21 +109,26 @@ class Upload:
         )
 
     def finish(self) -> Package:
-        self._out.flush()
-        os.fsync(self._out.fileno())
-        self._out.close()
-        refused = self._refusal()
+        assert self.path is not None
+        with self._disk():
+            self._out.flush()
+            os.fsync(self._out.fileno())
+            self._out.close()
+        refused = self._refusal(self.path)
         if refused:
             raise InvalidRequest(f"{self.file}: {refused}; nothing was stored")
-        final = self.store.directory / self.file
-        os.replace(self.path, final)
-        write_atomic(
-            self.store.checksum_file(self.file), f"{self.expected}  {self.file}\n".encode()
-        )
-        fsync_dir(self.store.directory)
+        checksum = self.store.checksum_file(self.file)
+        with self._disk():
+            checksum.unlink(missing_ok=True)  # never another upload's beside this one
+            os.replace(self.path, self.store.directory / self.file)
+        try:
+            write_atomic(checksum, f"{self.expected}  {self.file}\n".encode())
+            fsync_dir(self.store.directory)
+        except OSError:
+            pass  # stored; without its checksum file the store hashes it when asked
         return Package(self.file, str(self.release), self.expected, self.size)
 
-    def _refusal(self) -> str | None:
+    def _refusal(self, path: Path) -> str | None:
         """Why the received file is not the package its name and checksum say, or None."""
         if self.size == 0:
             return "the body is empty: send the wheel's bytes as the request body"
@@ -119,7 +140,7 @@ class Upload:
             )
         metadata = f"esc-{self.release}.dist-info/METADATA"
         try:
-            with zipfile.ZipFile(self.path) as archive:
+            with zipfile.ZipFile(path) as archive:
                 damaged = archive.testzip()
                 names = set(archive.namelist())
                 if damaged is not None:
@@ -139,6 +160,8 @@ class Upload:
         return None
 
     def discard(self) -> None:
+        if self.path is None:
+            return
         if not self._out.closed:
             self._out.close()
         self.path.unlink(missing_ok=True)

@@ -310,3 +310,11 @@ def test_an_install_whose_installer_died_is_reported_failed(api: TestClient, nod
     assert "the installer (pid 4242) ended in step save without finishing" in reported["error"]
     assert [s["name"] for s in reported["steps"]] == ["stop", "save"]
     assert installer.read_state(paths.state)["state"] == "installing"  # a read writes nothing
+
+
+@sqlite_only
+def test_a_store_that_cannot_be_written_is_said_so(api: TestClient, node: Node) -> None:
+    node.home.packages.write_text("a file where the store's directory belongs\n")
+    refused = put(api, name("1.2.0.7"), wheel("1.2.0.7"))
+    assert refused.status_code == 409, refused.text
+    assert "cannot store esc-1.2.0.7-py3-none-any.whl" in refused.json()["detail"]
