@@ -173,3 +173,13 @@ def rollback_command(home: NodeHome, as_json: bool) -> None:
         print_json(asdict(record))
         return
     click.echo(f"ESC rolled back to {record.old_version}")
+
+
+def _pair_commands() -> None:
+    """in-service and status act on an HA pair over its nodes' API (esc.cli.upgrade_pair)."""
+    from esc.cli.upgrade_pair import register
+
+    register(upgrade_group)
+
+
+_pair_commands()
