@@ -263,6 +263,34 @@ def status_command(pair_spec: str, vip: str, state_dir: Path | None, as_json: bo
         raise SystemExit(EXIT_UNFINISHED)
 
 
+def rollback_pair(
+    pair_spec: str,
+    vip: str,
+    releases: Path,
+    state_dir: Path | None,
+    full: bool,
+    as_json: bool,
+) -> None:
+    """`escadm upgrade rollback --pair`: see its help."""
+    from esc.upgrade.backup_restore import UpgradeError
+    from esc.upgrade.in_service import StepFailed
+    from esc.upgrade.journal import JournalError
+    from esc.upgrade.pair_upgrade import Refused, run_rollback
+
+    access = _access(pair_spec, vip)
+    progress = _Progress(as_json)
+    try:
+        with progress.shown():
+            outcome = run_rollback(access, releases, state_dir, progress, full=full)
+    except Refused as exc:
+        raise CliError(str(exc), EXIT_REFUSED) from None
+    except (UpgradeError, JournalError) as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except StepFailed as exc:
+        raise CliError(str(exc), EXIT_FAILED) from None
+    _print_record(outcome.record, as_json)
+
+
 def register(group: click.Group) -> None:
     group.add_command(in_service_command)
     group.add_command(status_command)

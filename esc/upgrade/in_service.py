@@ -51,11 +51,13 @@ SWITCHOVER_BOUND = 120.0
 NEW_ACTIVE_BOUND = 60.0
 INSTALLING = ("stopping", "installing", "starting")
 
+# The same steps bring a pair back to its old release (a rollback): "upgraded" is then
+# the node given the old release.
 PACKAGE_STEPS = (
-    ("upload", "Copy the package to both nodes"),
-    ("upgrade_standby", "Upgrade the standby"),
+    ("upload", "Copy the packages to both nodes"),
+    ("upgrade_standby", "Install the release on the standby"),
     ("switchover", "Switch over to the upgraded node"),
-    ("upgrade_old_active", "Upgrade the old active"),
+    ("upgrade_old_active", "Install the release on the old active"),
     ("verify", "Verify versions, health and replication"),
 )
 
@@ -66,13 +68,16 @@ class StepFailed(Exception):
 
 @dataclass
 class Upgrade:
-    """One run of the orchestrator over a journal (new or taken up again)."""
+    """One run of the orchestrator over a journal (new or taken up again): bring both
+    nodes to the record's target release, the standby first. A rollback is such a run
+    too, its target the release the pair ran before (installed as a downgrade)."""
 
     access: PairAccess
     journal: Journal
-    package: ReleasePackage
-    source_package: ReleasePackage | None  # for a rollback: the release the pair ran
+    package: ReleasePackage  # the target's
+    source_package: ReleasePackage | None  # the release to go back to (an upgrade's)
     progress: Callable[[str], None]
+    rolling_back: bool = False
 
     def __post_init__(self) -> None:
         pair = self.access.pair
@@ -87,7 +92,7 @@ class Upgrade:
         return self.journal.record
 
     @property
-    def target(self) -> str:
+    def goal(self) -> str:
         return self.record.target
 
     def close(self) -> None:
@@ -100,9 +105,9 @@ class Upgrade:
         """Run the steps not done yet, in order; the record says how it ended."""
         steps = {
             "upload": self.upload,
-            "upgrade_standby": lambda: self.upgrade_node(self.record.facts["first"]),
+            "upgrade_standby": self.upgrade_standby,
             "switchover": self.switchover,
-            "upgrade_old_active": lambda: self.upgrade_node(self.record.facts["second"]),
+            "upgrade_old_active": self.upgrade_standby,  # the old active is the standby now
             "verify": self.verify,
         }
         probe = VipProbe(self.access)
@@ -118,16 +123,20 @@ class Upgrade:
                         if self.record.state == ROLLED_BACK:
                             return self.record
                         raise StepFailed(
-                            f"{step.title}: {exc}. The upgrade stopped there; the record is "
+                            f"{step.title}: {exc}. It stopped there; the record is "
                             f"{self.journal.path}. Fix the cause and run the same command "
-                            "again to continue, or roll back: escadm upgrade rollback --pair "
-                            "PAIR"
+                            "again to continue"
+                            + (
+                                ""
+                                if self.rolling_back
+                                else ", or roll back: escadm upgrade rollback --pair PAIR"
+                            )
                         ) from None
                     self.journal.done(step, detail)
         finally:
             self._keep_interruption(probe)
             self.close()
-        self.journal.end(COMPLETED)
+        self.journal.end(ROLLED_BACK if self.rolling_back else COMPLETED)
         return self.record
 
     def _keep_interruption(self, probe: VipProbe) -> None:
@@ -142,6 +151,26 @@ class Upgrade:
         )
         figures["write_interruption_s"] = round(max(r["longest_s"] for r in runs), 3)
         self.journal.save()
+
+    # where the pair stands ---------------------------------------------------------
+
+    def other(self, address: str) -> str:
+        return next(a for a in self.apis if a != address)
+
+    def active(self) -> str:
+        """The address of the pair's active node (waited for while the role moves)."""
+
+        def one_active() -> str | None:
+            found = []
+            for address, api in self.apis.items():
+                try:
+                    if api.facts().role == "ACTIVE":
+                        found.append(address)
+                except NodeUnreachable:
+                    continue
+            return found[0] if len(found) == 1 else None
+
+        return wait_for(one_active, SWITCHOVER_BOUND, "one active node in the pair")
 
     # steps -------------------------------------------------------------------------
 
@@ -158,26 +187,22 @@ class Upgrade:
                 done.append(f"{address} got {package.version}")
         return "; ".join(done)
 
-    def upgrade_node(self, address: str) -> str:
-        """Install the target on `address` through its agent, then wait for it to be the
-        in-sync standby at the target."""
+    def upgrade_standby(self) -> str:
+        """Install the goal on the node that is not the active (its agent stops it,
+        installs, starts it), then wait for it to be the in-sync standby at the goal."""
+        address = self.other(self.active())
         api = self.apis[address]
-        facts = api.facts()
         started = time.monotonic()
-        if facts.version != self.target:
-            if facts.role == "ACTIVE":
-                raise StepFailed(
-                    f"{address} is the active node; its package is installed only once it "
-                    "is the standby (after the switchover)"
-                )
+        facts = wait_for(api.facts, UPTODATE_BOUND, f"{address} answers")
+        if facts.version != self.goal:
             state = api.install_state()
-            if not (state.get("to") == self.target and state.get("state") in INSTALLING):
-                api.install(self.target)
-            self._wait_installed(api, self.target)
+            if not (state.get("to") == self.goal and state.get("state") in INSTALLING):
+                api.install(self.goal, rollback=self.rolling_back)
+            self._wait_installed(api, self.goal)
         self.wait_in_sync_standby(address)
-        return f"{address} at {self.target} ({time.monotonic() - started:.1f} s)"
+        return f"{address} at {self.goal} ({time.monotonic() - started:.1f} s)"
 
-    def _wait_installed(self, api: NodeApi, version: str, rollback: bool = False) -> None:
+    def _wait_installed(self, api: NodeApi, version: str) -> None:
         def finished() -> dict[str, Any] | None:
             state = api.install_state()
             if state.get("to") == version and state.get("state") in ("done", "failed"):
@@ -192,18 +217,18 @@ class Upgrade:
             )
 
     def wait_in_sync_standby(self, address: str) -> NodeFacts:
-        """`address` the healthy standby at the target and the pair UpToDate."""
+        """`address` the healthy standby at the goal and the pair UpToDate."""
         api = self.apis[address]
         active = self.apis[self.other(address)]
 
         def ready() -> NodeFacts | None:
             facts = api.facts()
             self.progress(f"{address}: {facts.role}, {facts.replication_detail or 'replication?'}")
-            if facts.version != self.target or facts.role != "STANDBY" or not facts.healthy:
+            if facts.version != self.goal or facts.role != "STANDBY" or not facts.healthy:
                 return None
             return facts if self._uptodate(facts, active) else None
 
-        return wait_for(ready, UPTODATE_BOUND, f"{address} the in-sync standby at {self.target}")
+        return wait_for(ready, UPTODATE_BOUND, f"{address} the in-sync standby at {self.goal}")
 
     @staticmethod
     def _uptodate(standby: NodeFacts, active: NodeApi) -> bool:
@@ -211,40 +236,40 @@ class Upgrade:
             return standby.uptodate
         return bool(active.facts().uptodate)
 
-    def other(self, address: str) -> str:
-        return next(a for a in self.apis if a != address)
-
     def switchover(self) -> str:
-        first = self.record.facts["first"]
-        old = self.other(first)
-        upgraded = self.apis[first].facts()
-        if upgraded.role != "ACTIVE":
-            self.wait_in_sync_standby(first)
-            before = {tx["id"] for tx in self.vip.transactions_since(self.record.started_at)}
-            result = self.apis[old].switchover()
-            self.record.figures["switchover_s"] = round(result["seconds"], 3)
-            self.record.figures["in_flight_at_switchover"] = result["left_in_flight"]
-            self.record.facts["seen_before_switchover"] = sorted(before)
-            self.journal.save()
+        """The active role to the node at the goal, unless the active runs it already."""
+        old = self.active()
+        if self.apis[old].facts().version == self.goal:
+            return f"{old} is the active at {self.goal} already"
+        new = self.other(old)
+        self.wait_in_sync_standby(new)
+        before = {tx["id"] for tx in self.vip.transactions_since(self.record.started_at)}
+        self.record.facts["seen_before_switchover"] = sorted(before)
+        result = self.apis[old].switchover()
+        self.record.figures["switchover_s"] = round(result["seconds"], 3)
+        self.record.figures["in_flight_at_switchover"] = result["left_in_flight"]
+        self.journal.save()
         try:
             wait_for(
-                lambda: self._healthy_active(first),
+                lambda: self._healthy_active(new),
                 NEW_ACTIVE_BOUND,
-                f"{first} the healthy active at {self.target}",
+                f"{new} the healthy active at {self.goal}",
             )
         except TimeoutError as exc:
-            self.roll_back_quickly(first, str(exc))
+            if self.rolling_back:
+                raise
+            self.roll_back_quickly(new, str(exc))
             raise StepFailed(self.record.rollback) from None
         after = {tx["id"] for tx in self.vip.transactions_since(self.record.started_at)}
-        lost = sorted(set(self.record.facts.get("seen_before_switchover", [])) - after)
+        lost = sorted(before - after)
         self.record.figures["acknowledged_lost"] = len(lost)
         if lost:
             raise StepFailed(f"transactions acknowledged before the switchover are gone: {lost}")
-        return f"{first} is the active at {self.target}"
+        return f"{new} is the active at {self.goal} ({result['seconds']:.3f} s)"
 
     def _healthy_active(self, address: str) -> bool:
         facts = self.apis[address].facts()
-        return facts.role == "ACTIVE" and facts.healthy and facts.version == self.target
+        return facts.role == "ACTIVE" and facts.healthy and facts.version == self.goal
 
     def roll_back_quickly(self, upgraded: str, why: str) -> None:
         """The upgraded node failed as the active: the old active, its synchronous
@@ -255,8 +280,11 @@ class Upgrade:
         try:
             if self.apis[upgraded].facts().role == "ACTIVE":
                 self.apis[upgraded].switchover()
-        except NodeUnreachable:
-            pass  # a dead active: the pair's own failover gives the old node the role
+        except NodeApiError as exc:
+            self.progress(
+                f"{upgraded} could not hand the role back ({exc}): the pair's own "
+                "failover gives it to the old node"
+            )
         wait_for(
             lambda: self.apis[old].facts().role == "ACTIVE",
             SWITCHOVER_BOUND,
@@ -266,7 +294,7 @@ class Upgrade:
             self.apis[upgraded].install(source, rollback=True)
             self._wait_installed(self.apis[upgraded], source)
         self.record.rollback = (
-            f"quick rollback: {upgraded} failed as the active at {self.target} ({why}); "
+            f"quick rollback: {upgraded} failed as the active at {self.goal} ({why}); "
             f"{old} at {source} took the active role back as its synchronous standby, so "
             "no acknowledged write was lost"
             + (f"; {upgraded} was given {source} again" if self.source_package else "")
@@ -275,7 +303,7 @@ class Upgrade:
 
     def verify(self) -> str:
         facts = [api.facts() for api in self.apis.values()]
-        problems = [f.summary for f in facts if f.version != self.target or not f.healthy]
+        problems = [f.summary for f in facts if f.version != self.goal or not f.healthy]
         roles = sorted(f.role for f in facts)
         if roles != ["ACTIVE", "STANDBY"]:
             problems.append(f"roles are {', '.join(roles)}, not one ACTIVE and one STANDBY")
@@ -287,19 +315,15 @@ class Upgrade:
         in_flight = self.record.figures.get("in_flight_at_switchover", [])
         states = self._wait_final(in_flight)
         self.record.figures["in_flight_states"] = states
-        since = self.vip.transactions_since(self.record.started_at)
         counts: dict[str, int] = {}
-        for tx in since:
+        for tx in self.vip.transactions_since(self.record.started_at):
             counts[tx["state"]] = counts.get(tx["state"], 0) + 1
         self.record.figures["transactions_during_upgrade"] = counts
+        self.record.facts["versions_after"] = {f.address: f.version for f in facts}
         self.journal.save()
         not_success = {tx: s for tx, s in states.items() if s != "SUCCESS"}
         if not_success:
-            raise StepFailed(
-                f"transactions in flight at the switchover did not succeed: {not_success}"
-            )
-        self.record.facts["versions_after"] = {f.address: f.version for f in facts}
-        self.journal.save()
+            raise StepFailed(f"transactions in flight at the switchover failed: {not_success}")
         return ", ".join(f.summary for f in facts)
 
     def _wait_final(self, tx_ids: list[str]) -> dict[str, str]:
@@ -326,6 +350,11 @@ def check_resumable(record: Record, method: str, target: ReleaseNumber) -> str:
     """Why the recorded upgrade cannot be continued by this command ("" when it can)."""
     if record.state != IN_PROGRESS:
         return ""
+    if record.method == "package-rollback":
+        return (
+            f"a rollback of the pair to {record.target} is not finished: run escadm upgrade "
+            "rollback --pair PAIR again to continue it"
+        )
     if record.method != method or record.target != str(target):
         return (
             f"an upgrade {record.source} → {record.target} ({record.method}) is not finished "

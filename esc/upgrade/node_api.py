@@ -79,6 +79,7 @@ class NodeApi:
 
     def __init__(self, base_url: str, auth: tuple[str, str], verify: str | bool) -> None:
         self.base_url = base_url
+        self.host = httpx.URL(base_url).host  # the node's address, as the pair names it
         self._http = httpx.Client(
             base_url=base_url,
             auth=auth,
@@ -136,7 +137,7 @@ class NodeApi:
                 f"GET {self.base_url}/esc/node: {response.status_code} {_problem(response)}",
                 response.status_code,
             )
-        return facts_of(response.json(), self.base_url)
+        return facts_of(response.json(), self.host)
 
     def _facts_of_an_older_release(self) -> NodeFacts:
         health = self.call("GET", "/esc/health", ok=(503,))
@@ -146,7 +147,7 @@ class NodeApi:
         running = self.call("GET", "/v0/transactions", params={"in_progress": "true"})
         failing = [c for c in health.get("checks", []) if not c.get("ok", True)]
         return NodeFacts(
-            address=self.base_url,
+            address=self.host,
             version=version["full"],
             role=ha.get("role", "STANDALONE"),
             reason=ha.get("reason", ""),

@@ -228,3 +228,52 @@ def _continue(
     source = find_package(releases, ReleaseNumber.parse(record.source))
     progress(f"continuing the upgrade recorded in {journal.path}")
     return Outcome(Upgrade(access, journal, package, source, progress).run(), resumed=True)
+
+
+METHOD_ROLLBACK = "package-rollback"
+
+
+def run_rollback(
+    access: PairAccess,
+    releases: Path,
+    state_dir: Path | None,
+    progress: Callable[[str], None],
+    full: bool = False,
+) -> Outcome:
+    """Bring the pair back to the release it ran before its last upgrade, node by node,
+    standby first (a node already there is left alone), as an upgrade runs; a rollback
+    cut short is continued by running it again."""
+    directory = state_dir_of(access, state_dir)
+    with UpgradeLock(directory):
+        recorded = Journal.read(directory)
+        if recorded is None:
+            raise Refused(f"no upgrade of the pair {access.pair.name} is recorded in {directory}")
+        if recorded.method == METHOD_ROLLBACK:
+            if recorded.state != IN_PROGRESS:
+                raise Refused(
+                    f"the pair was rolled back to {recorded.target} already (record "
+                    f"{recorded.id}); nothing to roll back"
+                )
+            journal = Journal(directory, recorded)
+            recorded.resumed += 1
+            journal.save()
+        else:
+            if full:
+                raise Refused(
+                    "--full: a package upgrade between patch builds keeps the schema and the "
+                    "data as they are, so its rollback gives each node its old package back "
+                    "and restores nothing; run without --full"
+                )
+            journal = Journal.new(
+                directory,
+                access.pair.name,
+                METHOD_ROLLBACK,
+                recorded.target,
+                recorded.source,
+                new_record_steps(),
+            )
+            journal.record.facts["rolls_back"] = recorded.id
+            journal.save()
+        package = find_package(releases, ReleaseNumber.parse(journal.record.target))
+        upgrade = Upgrade(access, journal, package, None, progress, rolling_back=True)
+        return Outcome(upgrade.run(), resumed=recorded.method == METHOD_ROLLBACK)
