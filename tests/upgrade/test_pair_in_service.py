@@ -16,6 +16,8 @@ Root, PostgreSQL and keepalived needed; in 198.18.80.0/24.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +32,10 @@ from kept_releases import build_current, previous_patch_build, releases_dir
 from needs import need, running_pair
 from writes import WriteLoad
 
+from esc.config import NodeHome
+from esc.node.processes import live_record
+from esc.upgrade.pair_access import load_pair
+from esc.upgrade.vip_probe import VipProbe
 from esc.version import CURRENT
 
 NET = "198.18.80"
@@ -237,3 +243,100 @@ def test_the_pair_is_upgraded_under_load_with_deploys_in_flight_and_nothing_lost
         timeout=60,
     )
     assert status.returncode == 0 and json.loads(status.stdout)["state"] == "completed"
+
+
+def test_the_upgrade_rolls_back_node_by_node_to_the_old_release(
+    pair: Pair, pair_file: Path, releases: Path, source: Path
+) -> None:
+    old = source.name.split("-")[1]
+    load = WriteLoad(pair.api_url, ("admin", pair.password), prefix="rb", retry_for=30)
+    load.start()
+    try:
+        load.wait_acks(30, 60)
+        rollback = subprocess.run(
+            [ESCADM, "upgrade", "rollback", "--pair", str(pair_file), "--json"]
+            + ["--releases", str(releases)],
+            capture_output=True,
+            text=True,
+            timeout=UPGRADE_BOUND,
+        )
+        time.sleep(1.0)
+    finally:
+        load.stop()
+    assert rollback.returncode == 0, f"{rollback.stdout}{rollback.stderr}\n{pair.logs()}"
+    report = json.loads(rollback.stdout)
+    assert report["state"] == "rolled_back" and report["target"] == old
+    assert set(report["versions_after"].values()) == {old}
+    assert load.failures == 0 and load.conflicts == []
+    acked = {load.name(a.seq) for a in load.acks}
+    assert acked <= pair.tenants()
+    for node in pair.nodes:
+        assert json.loads(pair.ok(node, "version", "--json"))["full"] == old
+    again = subprocess.run(
+        [ESCADM, "upgrade", "rollback", "--pair", str(pair_file), "--releases", str(releases)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 3 and "rolled back to" in again.stderr
+
+
+def _escmanager_pid(node) -> int:
+    record = live_record(NodeHome(node.home).run, "escmanager")
+    assert record is not None
+    return record.pid
+
+
+def _kill_in(pair_file: Path, run: subprocess.Popen, step: str, timeout: float = 300) -> None:
+    """SIGKILL the orchestrator while `step` runs."""
+    deadline = time.monotonic() + timeout
+    while step_state(pair_file, step) != "running":
+        assert run.poll() is None, f"the upgrade ended before {step}: {run.communicate()}"
+        assert time.monotonic() < deadline, f"{step} did not start within {timeout} s"
+        time.sleep(0.005)
+    run.kill()
+    run.wait(10)
+
+
+def test_an_orchestrator_killed_in_each_step_is_continued_to_the_end(
+    pair: Pair, pair_file: Path, releases: Path
+) -> None:
+    killed = []
+    with VipProbe(load_pair(str(pair_file))) as probe:
+        # The upload blocks on the standby, its API frozen: killed there for certain.
+        standby = pair.other(pair.active())
+        frozen = _escmanager_pid(standby)
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            run = upgrade(pair_file, releases)
+            _kill_in(pair_file, run, "upload")
+            killed.append("upload")
+        finally:
+            os.kill(frozen, signal.SIGCONT)
+        status = subprocess.run(
+            [ESCADM, "upgrade", "status", "--pair", str(pair_file), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert status.returncode == 1, status.stdout + status.stderr
+        shown = json.loads(status.stdout)
+        assert [s["state"] for s in shown["steps"]][:2] == ["running", "pending"]
+        # Deploys in flight at the switchover make the last step wait for them.
+        in_flight = [deploy(pair, SLOW.replace("NAME", f"kill{i}")) for i in (1, 2)]
+        for step in ("upgrade_standby", "switchover", "upgrade_old_active", "verify"):
+            run = upgrade(pair_file, releases)
+            _kill_in(pair_file, run, step)
+            killed.append(step)
+        run = upgrade(pair_file, releases)
+        out, err = run.communicate(timeout=UPGRADE_BOUND)
+    assert run.returncode == 0, f"{out}{err}\n{pair.logs()}"
+    report = json.loads(out)
+    assert killed == ["upload", "upgrade_standby", "switchover", "upgrade_old_active", "verify"]
+    assert report["state"] == "completed" and report["resumed"] == 5
+    assert set(report["versions_after"].values()) == {str(CURRENT)}
+    for tx_id in in_flight:
+        assert wait_tx(pair, tx_id, 240)["state"] == "SUCCESS"
+    # Never without an active for longer than a switchover takes.
+    assert probe.longest < 5.0, [g.seconds for g in probe.gaps]
+    pair.wait_pair(active=pair.active())
