@@ -254,8 +254,7 @@ def test_the_upgrade_rolls_back_node_by_node_to_the_old_release(
     try:
         load.wait_acks(30, 60)
         rollback = subprocess.run(
-            [ESCADM, "upgrade", "rollback", "--pair", str(pair_file), "--json"]
-            + ["--releases", str(releases)],
+            [ESCADM, "upgrade", "rollback", "--json", *rollback_options(pair_file, releases)],
             capture_output=True,
             text=True,
             timeout=UPGRADE_BOUND,
@@ -273,12 +272,16 @@ def test_the_upgrade_rolls_back_node_by_node_to_the_old_release(
     for node in pair.nodes:
         assert json.loads(pair.ok(node, "version", "--json"))["full"] == old
     again = subprocess.run(
-        [ESCADM, "upgrade", "rollback", "--pair", str(pair_file), "--releases", str(releases)],
+        [ESCADM, "upgrade", "rollback", *rollback_options(pair_file, releases)],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert again.returncode == 3 and "rolled back to" in again.stderr
+
+
+def rollback_options(pair_file: Path, releases: Path) -> list[str]:
+    return ["--pair", str(pair_file), "--releases", str(releases)]
 
 
 def _escmanager_pid(node) -> int:
