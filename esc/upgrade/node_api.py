@@ -226,29 +226,42 @@ class NodeApi:
         return found
 
 
+def _replication_detail(replication: dict[str, Any]) -> str:
+    """drbdadm's words: `disk:UpToDate peer-disk:UpToDate sync`, or why it is unknown."""
+    if replication.get("error"):
+        return f"unreadable: {replication['error']}"
+    peer = replication.get("peer") or {}
+    words = [f"role:{replication.get('role')}", f"disk:{replication.get('disk')}"]
+    if peer.get("connection") != "Connected":
+        words.append(f"{peer.get('address', 'peer')} connection:{peer.get('connection')}")
+    else:
+        words.append(f"peer-disk:{peer.get('disk')}")
+        words.append(str(peer.get("sync_state")))
+    return " ".join(words)
+
+
 def facts_of(body: dict[str, Any], address: str) -> NodeFacts:
-    """NodeFacts from a `GET /esc/node` answer."""
+    """NodeFacts from a `GET /esc/node` answer (esc.api.node_schemas.NodeView)."""
     health = body.get("health") or {}
-    replication = body.get("replication") or {}
+    replication = body.get("replication")
     transactions = body.get("transactions") or {}
-    disk = body.get("disk") or {}
-    vip = body.get("vip") or {}
     failing = [c for c in health.get("checks", []) if not c.get("ok", True)]
+    peer = (replication or {}).get("peer") or {}
     return NodeFacts(
         address=address,
         version=body["version"],
         role=body["role"],
-        reason=body.get("reason", ""),
+        reason=body.get("role_reason", ""),
         healthy=bool(health.get("passed")),
         health_detail="; ".join(f"{c['name']}: {c.get('detail', '')}" for c in failing),
-        op_mode=body.get("op_mode", ""),
-        in_progress=int(transactions.get("in_progress", 0)),
-        failed_temporarily=transactions.get("failed_temporarily"),
+        op_mode=(body.get("op_mode") or {}).get("mode") or "",
+        in_progress=int(transactions.get("in_progress") or 0),
+        failed_temporarily=None,  # the engine retries a VIM's transient errors in the step
         uptodate=replication.get("uptodate") if replication else None,
-        replication_detail=replication.get("detail", "") if replication else "standalone",
-        replay_lag_s=replication.get("replay_lag_s") if replication else None,
-        free_bytes=disk.get("free_bytes"),
-        vip_held=vip.get("held"),
+        replication_detail=_replication_detail(replication) if replication else "standalone",
+        replay_lag_s=peer.get("lag_seconds"),
+        free_bytes=(body.get("disk") or {}).get("free_bytes"),
+        vip_held=(body.get("vip") or {}).get("held"),
         schema=body.get("schema") or {},
     )
 

@@ -77,7 +77,11 @@ def pair_checks(
                 "wait for it: escadm replication status --wait-uptodate on the standby",
             )
         )
-    lag = standby.replay_lag_s if standby is not None else None
+    # The active sees its standby's replay lag (the standby's own view has none).
+    lag = next(
+        (f.replay_lag_s for f in (active, standby) if f is not None and f.replay_lag_s is not None),
+        None,
+    )
     if lag is not None:
         checks.append(
             Check(
