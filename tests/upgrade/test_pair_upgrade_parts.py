@@ -254,7 +254,6 @@ def test_a_whole_healthy_pair_passes_every_pre_check() -> None:
         ({"healthy": False, "health_detail": "pgsql: not running"}, ["b healthy"]),
         ({"role": "FAULT"}, ["one active, one standby"]),
         ({"uptodate": False}, ["replication UpToDate and synchronous"]),
-        ({"replay_lag_s": 4.2}, ["replay lag under 1 s"]),
         ({"version": "1.2.0.1"}, ["both nodes at 1.3.0.1"]),
         ({"failed_temporarily": 2}, ["b: no transaction failed temporarily"]),
         ({"free_bytes": 2**20}, ["b: disk space"]),
@@ -263,6 +262,11 @@ def test_a_whole_healthy_pair_passes_every_pre_check() -> None:
 def test_each_pre_check_fails_on_its_own_problem(standby: dict, failing: list[str]) -> None:
     facts = {"a": _facts("a", "ACTIVE"), "b": _facts("b", **{"role": "STANDBY", **standby})}
     assert _failing(facts) == failing
+
+
+def test_a_standby_the_active_sees_far_behind_fails() -> None:
+    facts = {"a": _facts("a", "ACTIVE", replay_lag_s=4.2), "b": _facts("b", replay_lag_s=None)}
+    assert _failing(facts) == ["replay lag under 1 s"]
 
 
 def test_a_vip_that_does_not_answer_or_answers_a_standby_fails() -> None:
