@@ -10,7 +10,7 @@ switchover. Then: no failed request, no write done twice, no acknowledged write 
 the deploys SUCCESS on the new active, the VMs deployed before untouched, both nodes
 at the new release and healthy.
 
-Root, PostgreSQL and keepalived needed; in 198.18.80.0/24.
+Root, PostgreSQL and keepalived needed; in 198.18.81.0/24.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from esc.upgrade.pair_access import load_pair
 from esc.upgrade.vip_probe import VipProbe
 from esc.version import CURRENT
 
-NET = "198.18.80"
+NET = "198.18.81"
 PREFIX = "ui"
 UPGRADE_BOUND = 900  # seconds; a whole upgrade took ~1 min on an idle 2-core machine
 
