@@ -154,15 +154,58 @@ def backup_restore_command(wheel: Path, venv: Path | None, home: NodeHome, as_js
 
 
 @upgrade_group.command("rollback")
+@click.option(
+    "--pair",
+    "pair_spec",
+    metavar="PAIR",
+    help="Roll back an HA pair's in-service upgrade instead (the pair access file, or "
+    "A,B with --vip); the node's own home is not used then.",
+)
+@click.option("--vip", default="", help="The pair's VIP, with --pair A,B.")
+@click.option(
+    "--releases",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With --pair: the directory of the release packages and their SHA256SUMS "
+    "(default: ./releases).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With --pair: where the upgrade's record is (as given to in-service).",
+)
+@click.option(
+    "--quick/--full",
+    default=True,
+    help="With --pair: --quick (default) gives each node its old release back, standby "
+    "first; --full also restores the backup taken before the upgrade (an upgrade that "
+    "changed the data).",
+)
 @home_option
 @json_option
-def rollback_command(home: NodeHome, as_json: bool) -> None:
-    """Bring back the node an `upgrade backup-restore` replaced, with its VMs.
+def rollback_command(
+    pair_spec: str | None,
+    vip: str,
+    releases: Path | None,
+    state_dir: Path | None,
+    quick: bool,
+    home: NodeHome,
+    as_json: bool,
+) -> None:
+    """Bring back the node an `upgrade backup-restore` replaced, with its VMs; with
+    --pair, bring an HA pair back to the release it ran before `upgrade in-service`.
 
-    Stops the upgraded node, puts the old home back in place (the upgraded one
-    is kept as HOME.failed-VERSION) and starts the old release. Exit 0 rolled
-    back, 1 nothing to roll back to or a step failed.
+    Standalone: stops the upgraded node, puts the old home back in place (the
+    upgraded one is kept as HOME.failed-VERSION) and starts the old release. A pair:
+    node by node, the standby first, each given its old release by its package agent,
+    with a planned switchover between, so no acknowledged write is lost; a rollback
+    cut short is continued by running it again. Exit 0 rolled back, 1 nothing to roll
+    back to or a step failed, 3 (--pair) refused, nothing changed.
     """
+    if pair_spec is not None:
+        from esc.cli.upgrade_pair import rollback_pair
+
+        rollback_pair(pair_spec, vip, releases or Path("releases"), state_dir, not quick, as_json)
+        return
     from esc.upgrade.backup_restore import UpgradeError, rollback
 
     try:
@@ -173,3 +216,13 @@ def rollback_command(home: NodeHome, as_json: bool) -> None:
         print_json(asdict(record))
         return
     click.echo(f"ESC rolled back to {record.old_version}")
+
+
+def _pair_commands() -> None:
+    """in-service and status act on an HA pair over its nodes' API (esc.cli.upgrade_pair)."""
+    from esc.cli.upgrade_pair import register
+
+    register(upgrade_group)
+
+
+_pair_commands()

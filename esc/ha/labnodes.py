@@ -167,13 +167,7 @@ class Machine:
         """The node's disk: a venv with the wheel, the image's first-boot program."""
         self.directory.mkdir(mode=0o711)
         self.directory.chmod(0o711)  # whatever the umask
-        _run([sys.executable, "-m", "venv", "--without-pip", str(self.venv)], "make its venv")
-        (site,) = self.venv.glob("lib/python3*/site-packages")
-        ours = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-        (site / "esc-dependencies.pth").write_text("".join(f"{p}\n" for p in ours))
-        pip = [sys.executable, "-m", "pip", "--python", str(self.venv / "bin" / "python")]
-        pip += ["install", "--quiet", "--no-deps", "--no-index", "--disable-pip-version-check"]
-        _run([*pip, str(wheel)], f"install {wheel.name} into its venv")
+        install_release(self.venv, wheel)
         shutil.copyfile(firstboot.__file__, self.firstboot)
 
     def write_day0(self, files: dict[str, str]) -> None:
@@ -247,6 +241,18 @@ class Machine:
         subprocess.run(["ip", "link", "del", self.veth], capture_output=True, timeout=10)
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=10)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def install_release(venv: Path, wheel: Path) -> None:
+    """A venv holding the release `wheel` alone, its dependencies this environment's
+    (read through a .pth file): what a lab node runs."""
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], "make its venv")
+    (site,) = venv.glob("lib/python3*/site-packages")
+    ours = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    (site / "esc-dependencies.pth").write_text("".join(f"{p}\n" for p in ours))
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")]
+    pip += ["install", "--quiet", "--no-deps", "--no-index", "--disable-pip-version-check"]
+    _run([*pip, str(wheel)], f"install {wheel.name} into its venv")
 
 
 def _run(argv: list[str], what: str) -> None:

@@ -40,6 +40,7 @@ class Node:
     ns: str
     address: str
     home: Path
+    escadm: str = ESCADM  # another release's, for a node made from its wheel
 
 
 class Pair:
@@ -48,7 +49,12 @@ class Pair:
     postgres can traverse (mode 0711)."""
 
     def __init__(
-        self, lab: Lab, base: Path, kad_vri: int = 66, pg_clients: tuple[str, ...] = ()
+        self,
+        lab: Lab,
+        base: Path,
+        kad_vri: int = 66,
+        pg_clients: tuple[str, ...] = (),
+        escadm: tuple[str, str] = (ESCADM, ESCADM),
     ) -> None:
         self.lab = lab
         self.base = base
@@ -57,7 +63,7 @@ class Pair:
         # address) that writes to the pair's PostgreSQL itself.
         self.pg_clients = list(pg_clients)
         self.nodes = [
-            Node(f"n{i + 1}", host.ns, str(host.address), base / f"n{i + 1}")
+            Node(f"n{i + 1}", host.ns, str(host.address), base / f"n{i + 1}", escadm[i])
             for i, host in enumerate(lab.hosts[:2])
         ]
         self.gateway = str(lab.gateway)
@@ -79,7 +85,7 @@ class Pair:
 
     def escadm(self, node: Node, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return self.lab.run(
-            node.ns, [ESCADM, *args, "--home", str(node.home)], check=False, timeout=timeout
+            node.ns, [node.escadm, *args, "--home", str(node.home)], check=False, timeout=timeout
         )
 
     def ok(self, node: Node, *args: str, timeout: float = 120) -> str:

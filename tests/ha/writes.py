@@ -51,8 +51,16 @@ class WriteLoad:
     interval: float = 0.01
     timeout: float = 0.5
     prefix: str = "w"
+    # > 0: a write not answered, or answered 503, is sent again with the same
+    # Idempotency-Key for up to this many seconds (as escadm and a well-behaved client
+    # do across a switchover); it counts as failed only once that ran out.
+    retry_for: float = 0.0
     acks: list[Ack] = field(default_factory=list)
     failures: int = 0
+    retries: int = 0
+    # Retried writes the server answered other than with the first answer (a 409: it
+    # did not know the key, so the write may have been done twice).
+    conflicts: list[str] = field(default_factory=list)
     _seq: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -79,11 +87,8 @@ class WriteLoad:
                 began = time.monotonic()
                 self._seq += 1
                 seq, sent = self._seq, time.time()
-                try:
-                    response = client.post("/v0/tenants", json={"name": self.name(seq)})
-                    ok = response.status_code == 201
-                except httpx.HTTPError:
-                    ok, response = False, None
+                response, client = self._write(client, self.name(seq))
+                ok = response is not None and response.status_code == 201
                 if ok and response is not None:
                     self.acks.append(Ack(seq, sent, time.time(), response.headers["ESC-Node"]))
                 else:
@@ -93,6 +98,29 @@ class WriteLoad:
                 self._stop.wait(max(0.0, self.interval - (time.monotonic() - began)))
         finally:
             client.close()
+
+    def _write(self, client: httpx.Client, name: str) -> tuple[httpx.Response | None, httpx.Client]:
+        """One write, retried as `retry_for` says; its last response (None: no answer)
+        and the client to go on with."""
+        deadline = time.monotonic() + self.retry_for
+        headers = {"Idempotency-Key": name} if self.retry_for else {}
+        attempt = 0
+        while True:
+            try:
+                response = client.post("/v0/tenants", json={"name": name}, headers=headers)
+            except httpx.HTTPError:
+                response = None
+            if attempt and response is not None and response.status_code == 409:
+                self.conflicts.append(name)
+            retry = response is None or response.status_code == 503
+            if not retry or time.monotonic() > deadline or self._stop.is_set():
+                return response, client
+            attempt += 1
+            self.retries += 1
+            if response is None:
+                client.close()
+                client = self._client()
+            time.sleep(min(0.5, 0.02 * 2**attempt))
 
     def name(self, seq: int) -> str:
         return f"{self.prefix}-{seq:07d}"
