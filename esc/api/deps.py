@@ -10,6 +10,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from sqlalchemy.orm import Session
 
 from esc.engine.controller import Controller
+from esc.engine.idempotency import HEADER, KeyedRequest
 from esc.security import FailureBudget
 
 _basic = HTTPBasic(auto_error=False, realm="ESC")
@@ -51,3 +52,17 @@ def require_user(
         budget.failed(client)
         raise HTTPException(401, "wrong user name or password")
     return credentials.username
+
+
+async def keyed_request(
+    request: Request, user: Annotated[str, Depends(require_user)]
+) -> KeyedRequest | None:
+    """The write's Idempotency-Key, with what makes a retry the same request."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return None
+    body = await request.body()
+    return KeyedRequest.of(user, key, request.method, request.url.path, request.url.query, body)
+
+
+Keyed = Annotated[KeyedRequest | None, Depends(keyed_request)]

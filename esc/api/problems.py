@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from esc.engine.idempotency import REPLAYED_HEADER, Replayed
 from esc.errors import Conflict, EscError, InvalidRequest, MalformedRequest, NotFound, Unavailable
 from esc.nesting import TooDeep, check_json_depth
 
@@ -58,6 +59,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(EscError)
     async def _esc_error(_request: Request, exc: EscError) -> JSONResponse:
         return problem(_status(exc), exc.title, str(exc))
+
+    @app.exception_handler(Replayed)
+    async def _replayed(_request: Request, exc: Replayed) -> JSONResponse:
+        headers = {**exc.answer.headers, REPLAYED_HEADER: "true"}
+        return JSONResponse(exc.answer.body, status_code=exc.answer.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

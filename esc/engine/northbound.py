@@ -16,10 +16,11 @@ queue behind it.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -36,7 +37,7 @@ from esc.db.models import (
 )
 from esc.db.session import Database
 from esc.descriptor import Descriptor
-from esc.engine import callbacks, op_mode, orphans, submit
+from esc.engine import callbacks, idempotency, op_mode, orphans, submit
 from esc.engine.lease import StandaloneLease
 from esc.engine.vims import Vims
 from esc.errors import Conflict, InvalidRequest, NotFound
@@ -46,6 +47,8 @@ from esc.monitor.mappings import parse_mappings, replace_mappings
 from esc.vim.base import VimError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def require_writable(session: Session, lease: StandaloneLease) -> None:
@@ -75,12 +78,46 @@ class Northbound:
         self.vims = vims
         self.settings = settings
         self._enqueue = enqueue
+        self._keyed: tuple[idempotency.KeyedRequest, Callable[[Any], idempotency.Answer]] | None
+        self._keyed = None
+
+    def keyed(
+        self, request: idempotency.KeyedRequest | None, render: Callable[[Any], idempotency.Answer]
+    ) -> Northbound:
+        """These writes for a request sent with an Idempotency-Key: done once, answered
+        as `render` answers the write's result, and that answer given again to a retry
+        (idempotency.Replayed). Without a key (None): this object, unchanged."""
+        if request is None:
+            return self
+        view = copy.copy(self)
+        view._keyed = (request, render)
+        return view
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
         with self.db.write() as session:
             require_writable(session, self.lease)
             yield session
+
+    def _apply(self, change: Callable[[Session], T]) -> T:
+        """One write: `change` in a write transaction, and, for a keyed request, the
+        answer it gets committed with it (or the first answer replayed)."""
+        with self._write() as session:
+            if self._keyed is None:
+                return change(session)
+            request, render = self._keyed
+            idempotency.replay_if_done(session, request)
+            result = change(session)
+            session.flush()
+            idempotency.record(session, request, render(result))
+            return result
+
+    def _replay_early(self) -> None:
+        """Answer a retry before work done ahead of the write (a VIM's checks), which
+        the first attempt did already."""
+        if self._keyed is not None:
+            with self.db.read() as session:
+                idempotency.replay_if_done(session, self._keyed[0])
 
     def _require_writable(self) -> None:
         """Refuse as a write would (MAINTENANCE, not the active node), for an action
@@ -91,12 +128,14 @@ class Northbound:
     # tenants ---------------------------------------------------------------------
 
     def create_tenant(self, name: str) -> Tenant:
+        def create(session: Session) -> Tenant:
+            tenant = Tenant(name=name)
+            session.add(tenant)
+            session.flush()
+            return tenant
+
         try:
-            with self._write() as session:
-                tenant = Tenant(name=name)
-                session.add(tenant)
-                session.flush()
-                return tenant
+            return self._apply(create)
         except IntegrityError:
             raise Conflict(f"tenant {name!r} already exists") from None
 
@@ -115,8 +154,7 @@ class Northbound:
     # deployments and VMs: each a transaction the executor runs after the commit ---
 
     def _submit(self, make: Callable[[Session], Transaction]) -> Transaction:
-        with self._write() as session:
-            tx = make(session)
+        tx = self._apply(make)
         with transaction_context(tx.id):
             log.info(
                 "accepted %s %s/%s",
@@ -130,11 +168,13 @@ class Northbound:
 
     def deploy(self, descriptor: Descriptor) -> Transaction:
         limit = self.settings.limits.max_vms_per_deployment
+        self._replay_early()
         submit.validate_on_vim(self.vims, descriptor.deployment)
         return self._submit(lambda s: submit.submit_deploy(s, descriptor, limit))
 
     def update(self, tenant: str, name: str, descriptor: Descriptor) -> Transaction:
         limit = self.settings.limits.max_vms_per_deployment
+        self._replay_early()
         submit.validate_on_vim(self.vims, descriptor.deployment)
         return self._submit(lambda s: submit.submit_update(s, tenant, name, descriptor, limit))
 

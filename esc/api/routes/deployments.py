@@ -6,10 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import contains_eager
 
-from esc.api.deps import ControllerDep, ReadSession, require_user
+from esc.api.deps import ControllerDep, Keyed, ReadSession, require_user
 from esc.api.schemas import (
     Accepted,
     DeploymentSummary,
@@ -21,6 +22,8 @@ from esc.api.schemas import (
 )
 from esc.db.models import Deployment, Tenant, Transaction
 from esc.descriptor import Descriptor, parse_descriptor
+from esc.engine.idempotency import Answer
+from esc.engine.northbound import Northbound
 from esc.engine.submit import WITH_GROUPS_AND_VMS, find_deployment
 
 router = APIRouter(prefix="/v0", tags=["deployments"], dependencies=[Depends(require_user)])
@@ -37,10 +40,28 @@ _DESCRIPTOR_BODY = {
 }
 
 
-def accepted(tx: Transaction, response: Response) -> Accepted:
+def accepted(tx: Transaction) -> Answer:
     href = f"/v0/transactions/{tx.id}"
-    response.headers["Location"] = href
-    return Accepted(transaction_id=tx.id, operation=tx.operation, state=tx.state, href=href)
+    view = Accepted(transaction_id=tx.id, operation=tx.operation, state=tx.state, href=href)
+    return Answer(202, view.model_dump(mode="json"), {"Location": href})
+
+
+def tenant_created(tenant: Tenant) -> Answer:
+    view = TenantView(id=tenant.id, name=tenant.name, created_at=tenant.created_at)
+    return Answer(201, view.model_dump(mode="json"))
+
+
+def respond(answer: Answer) -> JSONResponse:
+    return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
+
+
+def submitting(controller: ControllerDep, keyed: Keyed) -> Northbound:
+    """The writes of a route that answers with an accepted transaction, done once per
+    Idempotency-Key."""
+    return controller.northbound.keyed(keyed, accepted)
+
+
+Submitting = Annotated[Northbound, Depends(submitting)]
 
 
 async def _descriptor(request: Request) -> Descriptor:
@@ -57,9 +78,9 @@ def list_tenants(session: ReadSession) -> list[TenantView]:
 
 
 @router.post("/tenants", response_model=TenantView, status_code=201)
-def create_tenant(body: TenantIn, controller: ControllerDep) -> TenantView:
-    tenant = controller.northbound.create_tenant(body.name)
-    return TenantView(id=tenant.id, name=tenant.name, created_at=tenant.created_at)
+def create_tenant(body: TenantIn, controller: ControllerDep, keyed: Keyed) -> JSONResponse:
+    northbound = controller.northbound.keyed(keyed, tenant_created)
+    return respond(tenant_created(northbound.create_tenant(body.name)))
 
 
 @router.delete("/tenants/{tenant}", status_code=204)
@@ -74,10 +95,10 @@ def delete_tenant(tenant: str, controller: ControllerDep) -> Response:
 @router.post(
     "/deployments", response_model=Accepted, status_code=202, openapi_extra=_DESCRIPTOR_BODY
 )
-async def deploy(request: Request, response: Response, controller: ControllerDep) -> Accepted:
+async def deploy(request: Request, northbound: Submitting) -> JSONResponse:
     descriptor = await _descriptor(request)
     # The write may wait for the database's lock: never on the event loop.
-    return accepted(await run_in_threadpool(controller.northbound.deploy, descriptor), response)
+    return respond(accepted(await run_in_threadpool(northbound.deploy, descriptor)))
 
 
 @router.get("/deployments", response_model=list[DeploymentSummary])
@@ -111,11 +132,10 @@ def show_deployment(tenant: str, name: str, session: ReadSession) -> DeploymentV
     openapi_extra=_DESCRIPTOR_BODY,
 )
 async def update_deployment(
-    tenant: str, name: str, request: Request, response: Response, controller: ControllerDep
-) -> Accepted:
+    tenant: str, name: str, request: Request, northbound: Submitting
+) -> JSONResponse:
     descriptor = await _descriptor(request)
-    tx = await run_in_threadpool(controller.northbound.update, tenant, name, descriptor)
-    return accepted(tx, response)
+    return respond(accepted(await run_in_threadpool(northbound.update, tenant, name, descriptor)))
 
 
 @router.post(
@@ -128,19 +148,16 @@ def scale_vm_group(
     name: str,
     vm_group: str,
     body: ScaleIn,
-    response: Response,
-    controller: ControllerDep,
-) -> Accepted:
-    return accepted(controller.northbound.scale(tenant, name, vm_group, body.count), response)
+    northbound: Submitting,
+) -> JSONResponse:
+    return respond(accepted(northbound.scale(tenant, name, vm_group, body.count)))
 
 
 @router.delete("/tenants/{tenant}/deployments/{name}", response_model=Accepted, status_code=202)
-def undeploy(tenant: str, name: str, response: Response, controller: ControllerDep) -> Accepted:
-    return accepted(controller.northbound.undeploy(tenant, name), response)
+def undeploy(tenant: str, name: str, northbound: Submitting) -> JSONResponse:
+    return respond(accepted(northbound.undeploy(tenant, name)))
 
 
 @router.post("/vms/{vm_id}/actions", response_model=Accepted, status_code=202)
-def vm_action(
-    vm_id: str, body: VmActionIn, response: Response, controller: ControllerDep
-) -> Accepted:
-    return accepted(controller.northbound.vm_action(vm_id, body.action), response)
+def vm_action(vm_id: str, body: VmActionIn, northbound: Submitting) -> JSONResponse:
+    return respond(accepted(northbound.vm_action(vm_id, body.action)))
