@@ -71,7 +71,9 @@ def test_a_refused_write_records_nothing_and_a_bad_key_is_a_400(
     assert [t["name"] for t in api.get("/v0/tenants").json()] == ["t1"]
 
 
-def test_the_key_is_kept_with_its_user_and_its_answer(api: TestClient, controller: Controller) -> None:
+def test_the_key_is_kept_with_its_user_and_its_answer(
+    api: TestClient, controller: Controller
+) -> None:
     headers = {"Idempotency-Key": "shared"}
     assert api.post("/v0/tenants", json={"name": "t1"}, headers=headers).status_code == 201
     with controller.db.read() as session:
