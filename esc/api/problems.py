@@ -9,14 +9,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from esc.engine.idempotency import REPLAYED_HEADER, Replayed
+from esc.api.answers import respond
+from esc.engine.idempotency import Replayed
 from esc.errors import Conflict, EscError, InvalidRequest, MalformedRequest, NotFound, Unavailable
 from esc.nesting import TooDeep, check_json_depth
 
@@ -61,9 +62,8 @@ def install(app: FastAPI) -> None:
         return problem(_status(exc), exc.title, str(exc))
 
     @app.exception_handler(Replayed)
-    async def _replayed(_request: Request, exc: Replayed) -> JSONResponse:
-        headers = {**exc.answer.headers, REPLAYED_HEADER: "true"}
-        return JSONResponse(exc.answer.body, status_code=exc.answer.status, headers=headers)
+    async def _replayed(_request: Request, exc: Replayed) -> Response:
+        return respond(exc.answer, replayed=True)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

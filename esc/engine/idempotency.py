@@ -30,7 +30,10 @@ HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 # Printable ASCII without blanks, as a UUID or any client's token: it is stored and
 # shown in messages.
-_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_KEY_REGEX = r"[\x21-\x7e]{1,255}"
+_KEY = re.compile(_KEY_REGEX)
+# The same rule in the header's JSON Schema (OpenAPI).
+KEY_PATTERN = {"pattern": f"^{_KEY_REGEX}$"}
 
 
 @dataclass(frozen=True)

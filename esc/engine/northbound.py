@@ -5,8 +5,9 @@ result back; each method here opens one database write, checks first that
 the node takes writes (`require_writable`, inside that same transaction so
 a switch to MAINTENANCE cannot slip in between the check and the write),
 applies the request's rules and commits. A new kind of write added here
-gets the check by using `_write`; one that forgets it fails the test that
-tries every write route in MAINTENANCE.
+gets the check, and its Idempotency-Key kept with it (esc.engine.idempotency),
+by using `_apply`; one that forgets it fails the tests that try every write
+route in MAINTENANCE and retried with a key.
 
 Work that may wait on the network (the VIM's image and flavor checks) or
 burns CPU (parsing an upload) runs before the write opens: on SQLite a
@@ -18,8 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import select
@@ -93,24 +93,34 @@ class Northbound:
         view._keyed = (request, render)
         return view
 
-    @contextmanager
-    def _write(self) -> Iterator[Session]:
-        with self.db.write() as session:
-            require_writable(session, self.lease)
-            yield session
+    def _apply(
+        self, change: Callable[[Session], T], check: Callable[[Session], None] | None = None
+    ) -> T:
+        """One write: `change` in a write transaction once `check` (by default
+        require_writable) lets it, and, for a keyed request, the answer it gets
+        committed with it, or the first answer replayed (idempotency.Replayed).
 
-    def _apply(self, change: Callable[[Session], T]) -> T:
-        """One write: `change` in a write transaction, and, for a keyed request, the
-        answer it gets committed with it (or the first answer replayed)."""
-        with self._write() as session:
-            if self._keyed is None:
+        A replay is answered before the check: it changes nothing, so a retry whose
+        first attempt was done gets that answer in MAINTENANCE too."""
+        checked = check or (lambda session: require_writable(session, self.lease))
+        if self._keyed is None:
+            with self.db.write() as session:
+                checked(session)
                 return change(session)
-            request, render = self._keyed
-            idempotency.replay_if_done(session, request)
-            result = change(session)
-            session.flush()
-            idempotency.record(session, request, render(result))
-            return result
+        request, render = self._keyed
+        try:
+            with self.db.write() as session:
+                idempotency.replay_if_done(session, request)
+                checked(session)
+                result = change(session)
+                session.flush()
+                idempotency.record(session, request, render(result))
+                return result
+        except (IntegrityError, Conflict):
+            # The same request twice at once (a client's retry racing its first
+            # attempt, each finding no key): the one committed first answers both.
+            self._replay_early()
+            raise
 
     def _replay_early(self) -> None:
         """Answer a retry before work done ahead of the write (a VIM's checks), which
@@ -122,8 +132,8 @@ class Northbound:
     def _require_writable(self) -> None:
         """Refuse as a write would (MAINTENANCE, not the active node), for an action
         that changes the VIM and no row."""
-        with self._write():
-            return
+        with self.db.write() as session:
+            require_writable(session, self.lease)
 
     # tenants ---------------------------------------------------------------------
 
@@ -140,7 +150,7 @@ class Northbound:
             raise Conflict(f"tenant {name!r} already exists") from None
 
     def delete_tenant(self, name: str) -> None:
-        with self._write() as session:
+        def delete(session: Session) -> None:
             tenant = session.scalar(select(Tenant).where(Tenant.name == name))
             if tenant is None:
                 raise NotFound(f"no tenant {name!r}")
@@ -150,6 +160,8 @@ class Northbound:
                     "undeploy them first"
                 )
             session.delete(tenant)
+
+        self._apply(delete)
 
     # deployments and VMs: each a transaction the executor runs after the commit ---
 
@@ -192,23 +204,27 @@ class Northbound:
     def add_vim(self, name: str, driver: str, section: dict[str, Any]) -> VimConnection:
         """A new connection, once its VIM has answered with its credentials (checked
         before the write: that waits on the VIM's network)."""
+        self._replay_early()
         try:
             stored = self.vims.checked(name, driver, section)
         except VimError as exc:
             raise InvalidRequest(f"VIM connection {name!r} not added: {exc}") from None
+
+        def add(session: Session) -> VimConnection:
+            row = VimConnection(name=name, driver=driver, settings=stored)
+            session.add(row)
+            session.flush()
+            return row
+
         try:
-            with self._write() as session:
-                row = VimConnection(name=name, driver=driver, settings=stored)
-                session.add(row)
-                session.flush()
-                return row
+            return self._apply(add)
         except IntegrityError:
             raise Conflict(
                 f"VIM connection {name!r} exists already: remove it first, or choose another name"
             ) from None
 
     def remove_vim(self, name: str) -> None:
-        with self._write() as session:
+        def remove(session: Session) -> None:
             row = session.get(VimConnection, name)
             if row is None:
                 raise NotFound(f"no VIM connection {name!r}: see escadm vim list")
@@ -223,12 +239,20 @@ class Northbound:
                     f"({', '.join(users)}): undeploy them first"
                 )
             session.delete(row)
+
+        self._apply(remove)
         self.vims.forget(name)
 
     def delete_orphan(self, vim: str, vm_id: str) -> None:
         """Delete an orphan the operator has looked at (never done automatically)."""
+        self._replay_early()
         self._require_writable()
         orphans.delete_orphan(self.db, self.vims, vim, vm_id)
+        if self._keyed is not None:
+            # A VIM's delete is in no database transaction: its key is committed just
+            # after it. A retry whose answer was lost between the two is told 404 (the
+            # orphan is gone), which is what happened.
+            self._apply(lambda _session: None)
 
     # event subscriptions ---------------------------------------------------------
 
@@ -236,49 +260,56 @@ class Northbound:
         self, callback_url: str, tenant: str | None, ca_bundle: str | None = None
     ) -> Subscription:
         # Before the write: resolving the callback's host name may wait on DNS.
+        self._replay_early()
         callbacks.check_callback(callback_url, self.settings.notifications)
-        with self._write() as session:
+
+        def add(session: Session) -> Subscription:
             sub = Subscription(callback_url=callback_url, tenant=tenant, ca_bundle=ca_bundle)
             session.add(sub)
             session.flush()
             return sub
 
+        return self._apply(add)
+
     def unsubscribe(self, sub_id: str) -> None:
-        with self._write() as session:
+        def remove(session: Session) -> None:
             sub = session.get(Subscription, sub_id)
             if sub is None:
                 raise NotFound(f"no subscription {sub_id}")
             session.delete(sub)
+
+        self._apply(remove)
 
     # monitoring ------------------------------------------------------------------
 
     def import_mappings(self, document: bytes) -> dict[str, int]:
         """Replace the dynamic mappings with an XML document's; refused whole if invalid."""
         mappings = parse_mappings(document)
-        with self._write() as session:
+
+        def replace(session: Session) -> dict[str, int]:
             replace_mappings(session, mappings)
-        return {
-            "actions": sum(m.kind == "action" for m in mappings),
-            "metrics": sum(m.kind == "metric" for m in mappings),
-        }
+            return {
+                "actions": sum(m.kind == "action" for m in mappings),
+                "metrics": sum(m.kind == "metric" for m in mappings),
+            }
+
+        return self._apply(replace)
 
     def set_monitoring(self, wanted: mode.MonitorMode) -> mode.MonitorMode:
-        with self._write() as session:
-            return mode.set_mode(session, wanted)
+        return self._apply(lambda session: mode.set_mode(session, wanted))
 
     def put_script(self, name: str, content: str, timeout: float) -> CustomScript:
-        with self._write() as session:
-            return scripts.put_script(session, name, content, timeout)
+        return self._apply(lambda session: scripts.put_script(session, name, content, timeout))
 
     def delete_script(self, name: str) -> None:
-        with self._write() as session:
-            scripts.delete_script(session, name)
+        self._apply(lambda session: scripts.delete_script(session, name))
 
     # the op_mode -------------------------------------------------------------------
 
     def set_op_mode(self, wanted: op_mode.OpMode, *, ipt_check: bool = False) -> op_mode.OpMode:
         """The one write taken in MAINTENANCE: without it an operator could not leave it.
         Only the active node takes it (the mode is a row the standby replicates)."""
-        with self.db.write() as session:
-            self.lease.check(session)
-            return op_mode.set_mode(session, wanted, ipt_check=ipt_check)
+        return self._apply(
+            lambda session: op_mode.set_mode(session, wanted, ipt_check=ipt_check),
+            check=self.lease.check,
+        )

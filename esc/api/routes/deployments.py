@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import contains_eager
 
-from esc.api.deps import ControllerDep, Keyed, ReadSession, require_user
+from esc.api.answers import no_content, rendered
+from esc.api.deps import KeyedWrites, ReadSession, require_user
 from esc.api.schemas import (
     Accepted,
     DeploymentSummary,
@@ -46,22 +46,11 @@ def accepted(tx: Transaction) -> Answer:
     return Answer(202, view.model_dump(mode="json"), {"Location": href})
 
 
-def tenant_created(tenant: Tenant) -> Answer:
-    view = TenantView(id=tenant.id, name=tenant.name, created_at=tenant.created_at)
-    return Answer(201, view.model_dump(mode="json"))
+def tenant_view(tenant: Tenant) -> TenantView:
+    return TenantView(id=tenant.id, name=tenant.name, created_at=tenant.created_at)
 
 
-def respond(answer: Answer) -> JSONResponse:
-    return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
-
-
-def submitting(controller: ControllerDep, keyed: Keyed) -> Northbound:
-    """The writes of a route that answers with an accepted transaction, done once per
-    Idempotency-Key."""
-    return controller.northbound.keyed(keyed, accepted)
-
-
-Submitting = Annotated[Northbound, Depends(submitting)]
+tenant_created = rendered(201, tenant_view)
 
 
 async def _descriptor(request: Request) -> Descriptor:
@@ -74,19 +63,17 @@ async def _descriptor(request: Request) -> Descriptor:
 @router.get("/tenants", response_model=list[TenantView])
 def list_tenants(session: ReadSession) -> list[TenantView]:
     tenants = session.scalars(select(Tenant).order_by(Tenant.name))
-    return [TenantView(id=t.id, name=t.name, created_at=t.created_at) for t in tenants]
+    return [tenant_view(t) for t in tenants]
 
 
 @router.post("/tenants", response_model=TenantView, status_code=201)
-def create_tenant(body: TenantIn, controller: ControllerDep, keyed: Keyed) -> JSONResponse:
-    northbound = controller.northbound.keyed(keyed, tenant_created)
-    return respond(tenant_created(northbound.create_tenant(body.name)))
+def create_tenant(body: TenantIn, writes: KeyedWrites) -> Response:
+    return writes.answer(tenant_created, Northbound.create_tenant, body.name)
 
 
 @router.delete("/tenants/{tenant}", status_code=204)
-def delete_tenant(tenant: str, controller: ControllerDep) -> Response:
-    controller.northbound.delete_tenant(tenant)
-    return Response(status_code=204)
+def delete_tenant(tenant: str, writes: KeyedWrites) -> Response:
+    return writes.answer(no_content, Northbound.delete_tenant, tenant)
 
 
 # deployments --------------------------------------------------------------------
@@ -95,10 +82,10 @@ def delete_tenant(tenant: str, controller: ControllerDep) -> Response:
 @router.post(
     "/deployments", response_model=Accepted, status_code=202, openapi_extra=_DESCRIPTOR_BODY
 )
-async def deploy(request: Request, northbound: Submitting) -> JSONResponse:
+async def deploy(request: Request, writes: KeyedWrites) -> Response:
     descriptor = await _descriptor(request)
     # The write may wait for the database's lock: never on the event loop.
-    return respond(accepted(await run_in_threadpool(northbound.deploy, descriptor)))
+    return await run_in_threadpool(writes.answer, accepted, Northbound.deploy, descriptor)
 
 
 @router.get("/deployments", response_model=list[DeploymentSummary])
@@ -132,10 +119,12 @@ def show_deployment(tenant: str, name: str, session: ReadSession) -> DeploymentV
     openapi_extra=_DESCRIPTOR_BODY,
 )
 async def update_deployment(
-    tenant: str, name: str, request: Request, northbound: Submitting
-) -> JSONResponse:
+    tenant: str, name: str, request: Request, writes: KeyedWrites
+) -> Response:
     descriptor = await _descriptor(request)
-    return respond(accepted(await run_in_threadpool(northbound.update, tenant, name, descriptor)))
+    return await run_in_threadpool(
+        writes.answer, accepted, Northbound.update, tenant, name, descriptor
+    )
 
 
 @router.post(
@@ -148,16 +137,16 @@ def scale_vm_group(
     name: str,
     vm_group: str,
     body: ScaleIn,
-    northbound: Submitting,
-) -> JSONResponse:
-    return respond(accepted(northbound.scale(tenant, name, vm_group, body.count)))
+    writes: KeyedWrites,
+) -> Response:
+    return writes.answer(accepted, Northbound.scale, tenant, name, vm_group, body.count)
 
 
 @router.delete("/tenants/{tenant}/deployments/{name}", response_model=Accepted, status_code=202)
-def undeploy(tenant: str, name: str, northbound: Submitting) -> JSONResponse:
-    return respond(accepted(northbound.undeploy(tenant, name)))
+def undeploy(tenant: str, name: str, writes: KeyedWrites) -> Response:
+    return writes.answer(accepted, Northbound.undeploy, tenant, name)
 
 
 @router.post("/vms/{vm_id}/actions", response_model=Accepted, status_code=202)
-def vm_action(vm_id: str, body: VmActionIn, northbound: Submitting) -> JSONResponse:
-    return respond(accepted(northbound.vm_action(vm_id, body.action)))
+def vm_action(vm_id: str, body: VmActionIn, writes: KeyedWrites) -> Response:
+    return writes.answer(accepted, Northbound.vm_action, vm_id, body.action)
