@@ -67,6 +67,12 @@ class ApiSettings(_Section):
     auth_failure_window: Annotated[float, Field(gt=0, le=86_400)] = Field(
         60.0, description="Seconds over which a client's failed logins are counted."
     )
+    idempotency_ttl: Annotated[float, Field(ge=60, le=30 * 86_400)] = Field(
+        86_400.0,
+        description="Seconds an Idempotency-Key and the answer its write got are kept: "
+        "a retry with the key within them gets that answer again, a later one is a new "
+        "request. The active node forgets older keys.",
+    )
     tls_cert: str = Field(
         "",
         description="PEM certificate (its chain after it) the API serves HTTPS with; a "
