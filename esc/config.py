@@ -837,6 +837,18 @@ class HaSettings(_Section):
         return next(a for a in self.node_list if a != self.address)
 
 
+class CliSettings(_Section):
+    """escadm, the node's own client of its API."""
+
+    retry_seconds: Annotated[float, Field(ge=0, le=3600)] = Field(
+        30.0,
+        description="Seconds escadm keeps sending a write again, with the same "
+        "Idempotency-Key and a doubling pause, while the node does not answer or answers "
+        "503 (a switchover, a restart, MAINTENANCE); a 4xx is never sent again. 0: sent "
+        "once.",
+    )
+
+
 class NodeSettings(_Section):
     name: str = Field(default_factory=socket.gethostname, description="This node's name.")
 
@@ -852,6 +864,7 @@ class Settings(_Section):
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     backup: BackupSettings = Field(default_factory=BackupSettings)
     ha: HaSettings = Field(default_factory=HaSettings)
+    cli: CliSettings = Field(default_factory=CliSettings)
 
 
 def describe_validation(error: ValidationError) -> str:

@@ -40,7 +40,7 @@ from esc.descriptor import Descriptor
 from esc.engine import callbacks, idempotency, op_mode, orphans, submit
 from esc.engine.lease import StandaloneLease
 from esc.engine.vims import Vims
-from esc.errors import Conflict, InvalidRequest, NotFound
+from esc.errors import Conflict, EscError, InvalidRequest, NotFound
 from esc.logtags import transaction_context
 from esc.monitor import mode, scripts
 from esc.monitor.mappings import parse_mappings, replace_mappings
@@ -116,9 +116,11 @@ class Northbound:
                 session.flush()
                 idempotency.record(session, request, render(result))
                 return result
-        except (IntegrityError, Conflict):
+        except (IntegrityError, EscError):
             # The same request twice at once (a client's retry racing its first
-            # attempt, each finding no key): the one committed first answers both.
+            # attempt, each finding no key): the one committed first answers both,
+            # whatever the other met on its way (the key's row taken, a rule refusing
+            # what the first did: a duplicate name, a deleted row).
             self._replay_early()
             raise
 
