@@ -67,6 +67,12 @@ class ApiSettings(_Section):
     auth_failure_window: Annotated[float, Field(gt=0, le=86_400)] = Field(
         60.0, description="Seconds over which a client's failed logins are counted."
     )
+    idempotency_ttl: Annotated[float, Field(ge=60, le=30 * 86_400)] = Field(
+        86_400.0,
+        description="Seconds an Idempotency-Key and the answer its write got are kept: "
+        "a retry with the key within them gets that answer again, a later one is a new "
+        "request. The active node forgets older keys.",
+    )
     tls_cert: str = Field(
         "",
         description="PEM certificate (its chain after it) the API serves HTTPS with; a "
@@ -831,6 +837,18 @@ class HaSettings(_Section):
         return next(a for a in self.node_list if a != self.address)
 
 
+class CliSettings(_Section):
+    """escadm, the node's own client of its API."""
+
+    retry_seconds: Annotated[float, Field(ge=0, le=3600)] = Field(
+        30.0,
+        description="Seconds escadm keeps sending a write again, with the same "
+        "Idempotency-Key and a doubling pause, while the node does not answer or answers "
+        "503 (a switchover, a restart, MAINTENANCE); a 4xx is never sent again. 0: sent "
+        "once.",
+    )
+
+
 class NodeSettings(_Section):
     name: str = Field(default_factory=socket.gethostname, description="This node's name.")
 
@@ -846,6 +864,7 @@ class Settings(_Section):
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     backup: BackupSettings = Field(default_factory=BackupSettings)
     ha: HaSettings = Field(default_factory=HaSettings)
+    cli: CliSettings = Field(default_factory=CliSettings)
 
 
 def describe_validation(error: ValidationError) -> str:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from esc.api.answers import respond
+from esc.engine.idempotency import Replayed
 from esc.errors import (
     Conflict,
     EscError,
@@ -67,6 +69,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(EscError)
     async def _esc_error(_request: Request, exc: EscError) -> JSONResponse:
         return problem(_status(exc), exc.title, str(exc))
+
+    @app.exception_handler(Replayed)
+    async def _replayed(_request: Request, exc: Replayed) -> Response:
+        return respond(exc.answer, replayed=True)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

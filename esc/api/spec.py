@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 
 from esc.api.problems import PROBLEM_JSON, problem
 from esc.descriptor import Descriptor
+from esc.engine.idempotency import HEADER, REPLAYED_HEADER
 
 PROBLEM_SCHEMA = {
     "type": "object",
@@ -111,6 +112,23 @@ def _describe_parameters(operation: dict[str, Any]) -> None:
                 string["pattern"] = _NO_NUL
 
 
+REPLAYED = {
+    "description": "`true` on the answer to a retry with an Idempotency-Key already used "
+    "for this request: the first answer again, the write not done twice.",
+    "schema": {"type": "string", "enum": ["true"]},
+}
+
+
+def _declare_replays(operation: dict[str, Any]) -> None:
+    """The replay header on the success answers of an operation that takes a key."""
+    parameters = operation.get("parameters", [])
+    if not any(p["in"] == "header" and p["name"] == HEADER for p in parameters):
+        return
+    for status, response in operation.get("responses", {}).items():
+        if status.startswith("2"):
+            response.setdefault("headers", {})[REPLAYED_HEADER] = REPLAYED
+
+
 # What a created resource is addressed by afterwards (OpenAPI links), so a
 # client or a stateful fuzzer follows the name and not, say, the tenant's id.
 LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, str]]] = {
@@ -161,6 +179,7 @@ def build(app: FastAPI) -> dict[str, Any]:
         for operation in path.values():
             _declare_errors(operation)
             _describe_parameters(operation)
+            _declare_replays(operation)
     _declare_links(schema["paths"])
     return schema
 

@@ -383,6 +383,26 @@ class VimConnection(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
+class IdempotencyKey(Base):
+    """A northbound write's Idempotency-Key and the answer it got, committed with the
+    write itself: a retry with the same key (its first answer lost to a failover, say)
+    gets that answer again, never a second write."""
+
+    __tablename__ = "idempotency_keys"
+
+    user: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # sha256 of the method, path, query and body: the same key with another request is
+    # refused, not answered with the first one's result.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(String(2048))
+    status: Mapped[int] = mapped_column(Integer)
+    body: Mapped[Any] = mapped_column(JSON, nullable=True)  # None: an answer without a body
+    headers: Mapped[dict[str, str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
 class DynamicMapping(Base):
     """One action or metric of dynamic_mappings.xml (the file is a view of these rows)."""
 

@@ -5,7 +5,8 @@ transactions, health) is always on; the active role runs on one node of the
 database's nodes at a time, under the lease (esc.engine.lease): the schema
 migration (a step of taking the role on a primary, never something a
 standby does at start), VIM recovery, reconciliation of open transactions,
-the transaction executor and the event notifier. Taking the role is a
+the transaction executor, the event notifier, and forgetting the idempotency
+keys older than [api] idempotency_ttl. Taking the role is a
 switch inside a running process, not a cold start, so a standby becomes
 active in well under a second. A standalone node takes it at start.
 """
@@ -17,7 +18,8 @@ import logging
 from esc.config import Settings
 from esc.db.migrate import upgrade_to_head
 from esc.db.session import Database
-from esc.engine.executor import Executor
+from esc.engine import idempotency
+from esc.engine.executor import Chore, Executor
 from esc.engine.lease import StandaloneLease
 from esc.engine.notifier import Notifier
 from esc.engine.step_vim import RetryPolicy
@@ -25,6 +27,10 @@ from esc.engine.vims import Vims
 from esc.monitor.mappings import install_defaults_if_empty
 
 log = logging.getLogger(__name__)
+
+# How often expired idempotency keys are looked for: a key is forgotten at most this
+# much later than [api] idempotency_ttl says, and the look is one indexed delete.
+PRUNE_INTERVAL = 60.0
 
 
 class ActiveRole:
@@ -45,6 +51,13 @@ class ActiveRole:
             node=settings.node.name,
             retry=RetryPolicy.of(settings.engine),
             lease=lease,
+            chores=(
+                Chore(
+                    "forgetting expired idempotency keys",
+                    PRUNE_INTERVAL,
+                    lambda: self.forget_expired_keys(settings.api.idempotency_ttl),
+                ),
+            ),
         )
         self.notifier = Notifier(db, settings.notifications)
 
@@ -57,6 +70,13 @@ class ActiveRole:
                 log.info("default dynamic mappings installed")
         self.executor.start()
         self.notifier.start()
+
+    def forget_expired_keys(self, ttl: float) -> int:
+        with self.db.write() as session:
+            forgotten = idempotency.prune(session, ttl)
+        if forgotten:
+            log.info("%d idempotency key(s) older than %g s forgotten", forgotten, ttl)
+        return forgotten
 
     def drop(self, timeout: float) -> list[str]:
         """Give the role up: writes are refused from this moment; running transactions

@@ -10,7 +10,10 @@ deployment.
 Transactions reach the queue two ways: the API enqueues what it accepted at
 once, and a poller picks up QUEUED rows written by other processes (MONA's
 automatic recoveries and scaling): the database is the hand-over, not a
-private channel.
+private channel. The poller is the active role's one periodic loop: it also
+keeps the executor's heartbeat, takes over the transactions of dead
+executors, and does the role's other chores (forgetting expired idempotency
+keys, say).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -53,6 +57,16 @@ PICKUP_INTERVAL = 0.2
 TAKE_OVER_INTERVAL = 5.0
 
 
+@dataclass(frozen=True)
+class Chore:
+    """Periodic work of the active role, done by the executor's poller every
+    `interval` s; a failure is logged and tried again an interval later."""
+
+    what: str  # for the log: "looking for transactions to take over"
+    interval: float
+    work: Callable[[], object]
+
+
 class Executor:
     def __init__(
         self,
@@ -63,9 +77,11 @@ class Executor:
         node: str = "",
         retry: RetryPolicy | None = None,
         lease: StandaloneLease | None = None,
+        chores: tuple[Chore, ...] = (),
     ) -> None:
         self.db = db
         self.vims = vims
+        self.chores = chores
         self.retry = retry or RetryPolicy.of(EngineSettings())
         self.claimant = Claimant(db, node, lease=lease)
         # Claimed by reconciliation, waiting in the queue for a worker.
@@ -126,21 +142,29 @@ class Executor:
         self._queue.put(tx_id)
 
     def _pick_up(self) -> None:
-        """Find QUEUED transactions, and keep this executor's heartbeat."""
-        last_beat = last_take_over = time.monotonic()
+        """Find QUEUED transactions, keep this executor's heartbeat, do the chores."""
+        take_over = Chore(
+            "looking for transactions to take over", TAKE_OVER_INTERVAL, self._take_over
+        )
+        chores = (take_over, *self.chores)
+        last_beat = time.monotonic()
+        last_done = [last_beat] * len(chores)
         while not self.stopping.wait(PICKUP_INTERVAL):
+            # A missed heartbeat is tried again at once: missing a few, the executor
+            # is taken for dead and its transactions are taken over.
             if time.monotonic() - last_beat >= HEARTBEAT_INTERVAL:
                 try:
                     self.claimant.beat()
                     last_beat = time.monotonic()
                 except Exception:
                     log.warning("refreshing the executor's heartbeat failed", exc_info=True)
-            if time.monotonic() - last_take_over >= TAKE_OVER_INTERVAL:
-                last_take_over = time.monotonic()
-                try:
-                    self._take_over()
-                except Exception:
-                    log.warning("looking for transactions to take over failed", exc_info=True)
+            for index, chore in enumerate(chores):
+                if time.monotonic() - last_done[index] >= chore.interval:
+                    last_done[index] = time.monotonic()
+                    try:
+                        chore.work()
+                    except Exception:
+                        log.warning("%s failed", chore.what, exc_info=True)
             try:
                 with self.db.read() as session:
                     queued = session.scalars(

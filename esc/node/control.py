@@ -130,6 +130,12 @@ def node_state(home: NodeHome, settings: Settings, ca: Path | None = None) -> No
     return NodeState(supervisor, services, status == 200, problem, status, checks)
 
 
+def runs_here(home: NodeHome) -> bool:
+    """Whether a node runs in this home, under its supervisor or in the foreground: an
+    API that refuses connections then may be back in a moment (a restart)."""
+    return bool(live_record(home, SUPERVISOR) or live_record(home, "escmanager"))
+
+
 def not_answering_hint(home: NodeHome) -> str:
     """What to do when the API does not answer, for the way this node runs (or not)."""
     if live_record(home, SUPERVISOR):

@@ -67,8 +67,17 @@ def populate(api: TestClient) -> None:
     )
     assert accepted.status_code == 202, accepted.text
     assert wait_transaction(api, accepted.json()["transaction_id"])["state"] == "SUCCESS"
-    for name, body in (("hello.sh", SCRIPT), ("odd.sh", ODD_SCRIPT)):
+    for name, body in (("hello.sh", SCRIPT), ("odd.sh", ODD_SCRIPT), ("gone.sh", SCRIPT)):
         assert api.put(f"/v0/scripts/{name}", json=body).status_code == 200
+    # Idempotency keys, one kept with a body and one with an answer without a body.
+    keyed = api.post(
+        "/v0/subscriptions",
+        json={"callback_url": "http://127.0.0.1:9/keyed"},
+        headers={"Idempotency-Key": "keyed-subscription"},
+    )
+    assert keyed.status_code == 201, keyed.text
+    gone = api.delete("/v0/scripts/gone.sh", headers={"Idempotency-Key": "keyed-delete"})
+    assert gone.status_code == 204
     # Monitoring first: in MAINTENANCE every write but the op_mode is refused.
     assert api.put("/esc/monitoring", json={"mode": "STOPPED"}).status_code == 200
     assert api.put("/esc/op_mode", json={"mode": "MAINTENANCE"}).status_code == 200
@@ -81,6 +90,10 @@ def check_content(rows: dict) -> None:
     assert len(rows["vms"]) == 2
     assert len(rows["events"]) >= 3 and rows["deliveries"]
     assert {r["name"] for r in rows["custom_scripts"]} == {"hello.sh", "odd.sh"}
+    keys = {r["key"]: r for r in rows["idempotency_keys"]}
+    assert set(keys) == {"keyed-subscription", "keyed-delete"}
+    assert keys["keyed-subscription"]["body"]["callback_url"] == "http://127.0.0.1:9/keyed"
+    assert (keys["keyed-delete"]["status"], keys["keyed-delete"]["body"]) == (204, None)
     assert {r["name"] for r in rows["users"]} == {ADMIN_USER, LOCAL_USER}
     settings = {r["name"]: r["value"] for r in rows["controller_settings"]}
     assert "MAINTENANCE" in settings.values() and "STOPPED" in settings.values()

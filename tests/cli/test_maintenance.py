@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import escadm, slow_boot_descriptor
 
+from esc.config import NodeHome
+
 
 def write(tmp_path: Path, name: str, boot: float) -> str:
     path = tmp_path / f"{name}.yaml"
@@ -42,6 +44,12 @@ def test_maintenance_with_a_transaction_in_flight(running: Path, tmp_path: Path)
     assert entered.returncode == 0
     assert entered.stdout == "Set mode to MAINTENANCE\nOperation Mode = MAINTENANCE\n"
 
+    # Sent once: the refusal is what this shows (tests/cli/test_write_retries.py shows
+    # escadm waiting MAINTENANCE out for [cli] retry_seconds).
+    node = NodeHome(running)
+    settings = node.load()
+    settings.cli.retry_seconds = 0
+    node.save(settings)
     blocked = escadm("deployment", "deploy", write(tmp_path, "new", 0), home=running)
     assert blocked.returncode == 1
     assert "(503)" in blocked.stderr and "temporarily unavailable" in blocked.stderr

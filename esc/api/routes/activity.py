@@ -8,7 +8,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import and_, or_, select
 
-from esc.api.deps import ControllerDep, ReadSession, require_user
+from esc.api.answers import no_content, rendered
+from esc.api.deps import KeyedWrites, ReadSession, require_user
 from esc.api.pages import (
     NEXT_LINK_HEADER,
     IdCursor,
@@ -21,6 +22,8 @@ from esc.api.pages import (
 from esc.api.schemas import EventView, SubscriptionIn, SubscriptionView, TransactionView
 from esc.db.models import Event, Severity, Subscription, Transaction, TransactionState
 from esc.engine.events import event_payload
+from esc.engine.idempotency import Answer
+from esc.engine.northbound import Northbound
 from esc.errors import NotFound
 from esc.monitor.mappings import mappings_in_force, render_mappings
 
@@ -130,16 +133,19 @@ def list_subscriptions(session: ReadSession) -> list[SubscriptionView]:
 
 
 @router.post("/subscriptions", response_model=SubscriptionView, status_code=201)
-def create_subscription(body: SubscriptionIn, controller: ControllerDep) -> SubscriptionView:
-    return _subscription_view(
-        controller.northbound.subscribe(str(body.callback_url), body.tenant, body.ca_bundle)
+def create_subscription(body: SubscriptionIn, writes: KeyedWrites) -> Response:
+    return writes.answer(
+        rendered(201, _subscription_view),
+        Northbound.subscribe,
+        str(body.callback_url),
+        body.tenant,
+        body.ca_bundle,
     )
 
 
 @router.delete("/subscriptions/{sub_id}", status_code=204)
-def delete_subscription(sub_id: str, controller: ControllerDep) -> Response:
-    controller.northbound.unsubscribe(sub_id)
-    return Response(status_code=204)
+def delete_subscription(sub_id: str, writes: KeyedWrites) -> Response:
+    return writes.answer(no_content, Northbound.unsubscribe, sub_id)
 
 
 XML = "application/xml"
@@ -156,7 +162,13 @@ def export_dynamic_mappings(session: ReadSession) -> Response:
         "requestBody": {"required": True, "content": {XML: {"schema": {"type": "string"}}}}
     },
 )
-async def import_dynamic_mappings(request: Request, controller: ControllerDep) -> dict:
+async def import_dynamic_mappings(request: Request, writes: KeyedWrites) -> Response:
     document = await request.body()
     # The write may wait for the database's lock: never on the event loop.
-    return await run_in_threadpool(controller.northbound.import_mappings, document)
+    return await run_in_threadpool(
+        writes.answer, _mappings_imported, Northbound.import_mappings, document
+    )
+
+
+def _mappings_imported(counts: dict[str, int]) -> Answer:
+    return Answer(200, counts)

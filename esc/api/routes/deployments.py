@@ -9,7 +9,8 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.orm import contains_eager
 
-from esc.api.deps import ControllerDep, ReadSession, require_user
+from esc.api.answers import no_content, rendered
+from esc.api.deps import KeyedWrites, ReadSession, require_user
 from esc.api.schemas import (
     Accepted,
     DeploymentSummary,
@@ -21,6 +22,8 @@ from esc.api.schemas import (
 )
 from esc.db.models import Deployment, Tenant, Transaction
 from esc.descriptor import Descriptor, parse_descriptor
+from esc.engine.idempotency import Answer
+from esc.engine.northbound import Northbound
 from esc.engine.submit import WITH_GROUPS_AND_VMS, find_deployment
 
 router = APIRouter(prefix="/v0", tags=["deployments"], dependencies=[Depends(require_user)])
@@ -37,10 +40,17 @@ _DESCRIPTOR_BODY = {
 }
 
 
-def accepted(tx: Transaction, response: Response) -> Accepted:
+def accepted(tx: Transaction) -> Answer:
     href = f"/v0/transactions/{tx.id}"
-    response.headers["Location"] = href
-    return Accepted(transaction_id=tx.id, operation=tx.operation, state=tx.state, href=href)
+    view = Accepted(transaction_id=tx.id, operation=tx.operation, state=tx.state, href=href)
+    return Answer(202, view.model_dump(mode="json"), {"Location": href})
+
+
+def tenant_view(tenant: Tenant) -> TenantView:
+    return TenantView(id=tenant.id, name=tenant.name, created_at=tenant.created_at)
+
+
+tenant_created = rendered(201, tenant_view)
 
 
 async def _descriptor(request: Request) -> Descriptor:
@@ -53,19 +63,17 @@ async def _descriptor(request: Request) -> Descriptor:
 @router.get("/tenants", response_model=list[TenantView])
 def list_tenants(session: ReadSession) -> list[TenantView]:
     tenants = session.scalars(select(Tenant).order_by(Tenant.name))
-    return [TenantView(id=t.id, name=t.name, created_at=t.created_at) for t in tenants]
+    return [tenant_view(t) for t in tenants]
 
 
 @router.post("/tenants", response_model=TenantView, status_code=201)
-def create_tenant(body: TenantIn, controller: ControllerDep) -> TenantView:
-    tenant = controller.northbound.create_tenant(body.name)
-    return TenantView(id=tenant.id, name=tenant.name, created_at=tenant.created_at)
+def create_tenant(body: TenantIn, writes: KeyedWrites) -> Response:
+    return writes.answer(tenant_created, Northbound.create_tenant, body.name)
 
 
 @router.delete("/tenants/{tenant}", status_code=204)
-def delete_tenant(tenant: str, controller: ControllerDep) -> Response:
-    controller.northbound.delete_tenant(tenant)
-    return Response(status_code=204)
+def delete_tenant(tenant: str, writes: KeyedWrites) -> Response:
+    return writes.answer(no_content, Northbound.delete_tenant, tenant)
 
 
 # deployments --------------------------------------------------------------------
@@ -74,10 +82,10 @@ def delete_tenant(tenant: str, controller: ControllerDep) -> Response:
 @router.post(
     "/deployments", response_model=Accepted, status_code=202, openapi_extra=_DESCRIPTOR_BODY
 )
-async def deploy(request: Request, response: Response, controller: ControllerDep) -> Accepted:
+async def deploy(request: Request, writes: KeyedWrites) -> Response:
     descriptor = await _descriptor(request)
     # The write may wait for the database's lock: never on the event loop.
-    return accepted(await run_in_threadpool(controller.northbound.deploy, descriptor), response)
+    return await run_in_threadpool(writes.answer, accepted, Northbound.deploy, descriptor)
 
 
 @router.get("/deployments", response_model=list[DeploymentSummary])
@@ -111,11 +119,12 @@ def show_deployment(tenant: str, name: str, session: ReadSession) -> DeploymentV
     openapi_extra=_DESCRIPTOR_BODY,
 )
 async def update_deployment(
-    tenant: str, name: str, request: Request, response: Response, controller: ControllerDep
-) -> Accepted:
+    tenant: str, name: str, request: Request, writes: KeyedWrites
+) -> Response:
     descriptor = await _descriptor(request)
-    tx = await run_in_threadpool(controller.northbound.update, tenant, name, descriptor)
-    return accepted(tx, response)
+    return await run_in_threadpool(
+        writes.answer, accepted, Northbound.update, tenant, name, descriptor
+    )
 
 
 @router.post(
@@ -128,19 +137,16 @@ def scale_vm_group(
     name: str,
     vm_group: str,
     body: ScaleIn,
-    response: Response,
-    controller: ControllerDep,
-) -> Accepted:
-    return accepted(controller.northbound.scale(tenant, name, vm_group, body.count), response)
+    writes: KeyedWrites,
+) -> Response:
+    return writes.answer(accepted, Northbound.scale, tenant, name, vm_group, body.count)
 
 
 @router.delete("/tenants/{tenant}/deployments/{name}", response_model=Accepted, status_code=202)
-def undeploy(tenant: str, name: str, response: Response, controller: ControllerDep) -> Accepted:
-    return accepted(controller.northbound.undeploy(tenant, name), response)
+def undeploy(tenant: str, name: str, writes: KeyedWrites) -> Response:
+    return writes.answer(accepted, Northbound.undeploy, tenant, name)
 
 
 @router.post("/vms/{vm_id}/actions", response_model=Accepted, status_code=202)
-def vm_action(
-    vm_id: str, body: VmActionIn, response: Response, controller: ControllerDep
-) -> Accepted:
-    return accepted(controller.northbound.vm_action(vm_id, body.action), response)
+def vm_action(vm_id: str, body: VmActionIn, writes: KeyedWrites) -> Response:
+    return writes.answer(accepted, Northbound.vm_action, vm_id, body.action)

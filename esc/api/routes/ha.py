@@ -1,4 +1,13 @@
-"""The HA pair: this node's role, the planned switchover, and forcing the active role."""
+"""The HA pair: this node's role, the planned switchover, and forcing the active role.
+
+These take no Idempotency-Key: each is an action on the node asked, answered with
+that node's state, not a write of the pair's data that a commit could keep with its
+answer (a switchover moves the role, and the database with it, to the other node).
+Their truth is the node's state now: a switchover sent again to the node that handed
+the role over is refused there (it is the standby), which is the answer a client
+that lost the first one needs, where a replay would tell it nothing new; `escadm`
+sends them once.
+"""
 
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from esc.api.deps import ControllerDep, ReadSession, require_user
+from esc.api.answers import no_content, rendered
+from esc.api.deps import ControllerDep, KeyedWrites, ReadSession, require_user
 from esc.api.schemas import (
     MonaService,
     MonitoringView,
@@ -16,6 +17,7 @@ from esc.api.schemas import (
 from esc.db.models import CustomScript
 from esc.engine import op_mode
 from esc.engine.controller import Controller
+from esc.engine.northbound import Northbound
 from esc.monitor import mode, scripts
 from esc.monitor.mona import read_status
 from esc.node.processes import live_record
@@ -47,8 +49,11 @@ def get_monitoring(session: ReadSession, controller: ControllerDep) -> Monitorin
 
 
 @router.put("/esc/monitoring", response_model=MonitoringView)
-def set_monitoring(body: MonitorModeIn, controller: ControllerDep) -> MonitoringView:
-    return _monitoring(controller, controller.northbound.set_monitoring(body.mode))
+def set_monitoring(body: MonitorModeIn, writes: KeyedWrites) -> Response:
+    def view(mode_now: mode.MonitorMode) -> MonitoringView:
+        return _monitoring(writes.controller, mode_now)
+
+    return writes.answer(rendered(200, view), Northbound.set_monitoring, body.mode)
 
 
 def _view(row: CustomScript, *, content: bool) -> ScriptView:
@@ -72,12 +77,15 @@ def show_script(name: ScriptName, session: ReadSession) -> ScriptView:
 
 
 @router.put("/v0/scripts/{name}", response_model=ScriptView)
-def put_script(name: ScriptName, body: ScriptIn, controller: ControllerDep) -> ScriptView:
-    row = controller.northbound.put_script(name, body.content, body.timeout)
-    return _view(row, content=False)
+def put_script(name: ScriptName, body: ScriptIn, writes: KeyedWrites) -> Response:
+    def view(row: CustomScript) -> ScriptView:
+        return _view(row, content=False)
+
+    return writes.answer(
+        rendered(200, view), Northbound.put_script, name, body.content, body.timeout
+    )
 
 
 @router.delete("/v0/scripts/{name}", status_code=204)
-def delete_script(name: ScriptName, controller: ControllerDep) -> Response:
-    controller.northbound.delete_script(name)
-    return Response(status_code=204)
+def delete_script(name: ScriptName, writes: KeyedWrites) -> Response:
+    return writes.answer(no_content, Northbound.delete_script, name)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
-from esc.api.deps import ControllerDep, ReadSession, require_user
+from esc.api.answers import rendered
+from esc.api.deps import ControllerDep, KeyedWrites, ReadSession, require_user
 from esc.api.schemas import Health, OpModeIn, OpModeView, VersionView
 from esc.descriptor import DATA_MODEL_VERSION
 from esc.engine import op_mode
 from esc.engine.controller import STAGE_READY, Controller
+from esc.engine.northbound import Northbound
 from esc.version import CURRENT
 
 router = APIRouter(prefix="/esc", tags=["system"])
@@ -44,8 +46,11 @@ def get_op_mode(session: ReadSession) -> OpModeView:
 
 
 @router.put("/op_mode", response_model=OpModeView, dependencies=[Depends(require_user)])
-def set_op_mode(body: OpModeIn, controller: ControllerDep) -> OpModeView:
-    return OpModeView(mode=controller.northbound.set_op_mode(body.mode, ipt_check=body.ipt_check))
+def set_op_mode(body: OpModeIn, writes: KeyedWrites) -> Response:
+    return writes.answer(_op_mode_set, Northbound.set_op_mode, body.mode, ipt_check=body.ipt_check)
+
+
+_op_mode_set = rendered(200, lambda mode: OpModeView(mode=mode))
 
 
 @router.get("/version", response_model=VersionView, dependencies=[Depends(require_user)])

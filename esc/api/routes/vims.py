@@ -6,11 +6,13 @@ from fastapi import APIRouter, Depends, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from esc.api.deps import ControllerDep, ReadSession, require_user
+from esc.api.answers import no_content, rendered
+from esc.api.deps import ControllerDep, KeyedWrites, ReadSession, require_user
 from esc.api.schemas import OrphansView, OrphanView, VimIn, VimView
 from esc.db.models import Deployment, VimConnection
 from esc.descriptor import Name
 from esc.engine.controller import Controller
+from esc.engine.northbound import Northbound
 from esc.engine.orphans import find_orphans
 from esc.engine.vims import DEFAULT, connection_name, driver_section
 from esc.errors import NotFound
@@ -37,16 +39,18 @@ def _views(session: Session, controller: Controller) -> list[VimView]:
         )
     ]
     for row in session.scalars(select(VimConnection).order_by(VimConnection.name)):
-        views.append(
-            VimView(
-                name=row.name,
-                driver=row.driver,
-                source="database",
-                settings=row.settings.get(row.driver, row.settings),
-                deployments=_users(session, row.name),
-            )
-        )
+        views.append(_connection_view(row, _users(session, row.name)))
     return views
+
+
+def _connection_view(row: VimConnection, deployments: int) -> VimView:
+    return VimView(
+        name=row.name,
+        driver=row.driver,
+        source="database",
+        settings=row.settings.get(row.driver, row.settings),
+        deployments=deployments,
+    )
 
 
 @router.get("/v0/vims", response_model=list[VimView])
@@ -79,20 +83,20 @@ def show_vim(name: Name, session: ReadSession, controller: ControllerDep) -> Vim
     return view
 
 
+# A new connection has no deployment yet: removing one is refused while any uses it.
+_added = rendered(201, lambda row: _connection_view(row, deployments=0))
+
+
 @router.post("/v0/vims", response_model=VimView, status_code=201)
-def add_vim(body: VimIn, controller: ControllerDep) -> VimView:
-    controller.northbound.add_vim(body.name, body.driver, body.settings)
-    with controller.db.read() as session:
-        return next(v for v in _views(session, controller) if v.name == body.name)
+def add_vim(body: VimIn, writes: KeyedWrites) -> Response:
+    return writes.answer(_added, Northbound.add_vim, body.name, body.driver, body.settings)
 
 
 @router.delete("/v0/vims/{name}", status_code=204)
-def remove_vim(name: Name, controller: ControllerDep) -> Response:
-    controller.northbound.remove_vim(name)
-    return Response(status_code=204)
+def remove_vim(name: Name, writes: KeyedWrites) -> Response:
+    return writes.answer(no_content, Northbound.remove_vim, name)
 
 
 @router.delete("/v0/vims/{name}/orphans/{vm_id}", status_code=204)
-def delete_orphan(name: Name, vm_id: str, controller: ControllerDep) -> Response:
-    controller.northbound.delete_orphan(name, vm_id)
-    return Response(status_code=204)
+def delete_orphan(name: Name, vm_id: str, writes: KeyedWrites) -> Response:
+    return writes.answer(no_content, Northbound.delete_orphan, name, vm_id)
