@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from alembic.runtime.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
 from sqlalchemy import Connection
 
@@ -135,8 +136,6 @@ class SchemaFit:
 
 
 def assess(connection: Connection, scripts: ScriptDirectory, head: str) -> SchemaFit:
-    from alembic.runtime.migration import MigrationContext
-
     revision = MigrationContext.configure(connection).get_current_revision()
     if revision == head:
         return SchemaFit(revision, head, Fit.CURRENT)
