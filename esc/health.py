@@ -1,7 +1,7 @@
 """Health checks, defined once for `escadm health` and GET /esc/health.
 
 Each check answers one question an operator asks when something is wrong:
-is the database reachable (and its schema current), does the API answer,
+is the database reachable (and its schema one this release runs on), does the API answer,
 can the VIM be used, is every service of the node running?
 """
 
@@ -28,24 +28,48 @@ class CheckResult:
         return asdict(self)
 
 
-def check_database(db: Database) -> CheckResult:
+def check_database(db: Database, standby: bool = False) -> CheckResult:
+    """`standby`: this node is one of a pair that does not hold the active role, so a
+    schema behind this release's is migrated when it takes the role, not wrong now."""
     from sqlalchemy import text
 
-    from esc.db.migrate import current_revision, head_revision
+    from esc.db.migrate import schema_fit
+    from esc.db.schema_compat import Fit
 
     try:
         with db.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
-        revision, head = current_revision(db.engine), head_revision()
+            # A PostgreSQL standby replays the primary's schema: it cannot migrate it.
+            if db.backend == "postgresql":
+                standby = standby or connection.execute(text("SELECT pg_is_in_recovery()")).scalar()
+        state = schema_fit(db.engine)
     except Exception as exc:  # any driver error means "not reachable"
         return CheckResult("database", False, f"cannot query {db.display_url}: {exc}")
-    if revision != head:
+    reachable = f"{db.backend} reachable"
+    revision, head = state.revision, state.head
+    if state.fit is Fit.CURRENT:
+        return CheckResult("database", True, f"{reachable}, schema {revision}")
+    if state.fit is Fit.AHEAD_COMPATIBLE:
         return CheckResult(
             "database",
-            False,
-            f"schema at {revision}, expected {head}: restart escmanager to migrate",
+            True,
+            f"{reachable}, schema {revision} from a newer release, compatible with this one "
+            f"(expand-only beyond {head})",
         )
-    return CheckResult("database", True, f"{db.backend} reachable, schema {revision}")
+    if state.fit is Fit.AHEAD_INCOMPATIBLE:
+        return CheckResult("database", False, state.refusal())
+    if standby:
+        return CheckResult(
+            "database",
+            True,
+            f"{reachable}, schema at {revision or 'empty'}, this release's is {head}: migrated "
+            "when this node takes the active role",
+        )
+    return CheckResult(
+        "database",
+        False,
+        f"schema at {revision or 'empty'}, expected {head}: restart escmanager to migrate",
+    )
 
 
 def check_vim(vim: VimDriver) -> CheckResult:

@@ -79,14 +79,17 @@ class PostgresServer:
         log = self.root / "server.log" if self.root else None
         return log.read_text()[-2000:] if log and log.exists() else ""
 
-    def start(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="esc-pg-"))
+    def _make_root(self, prefix: str) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix=prefix))
         self.socket_dir.mkdir()
         entry = pwd.getpwnam(USER)
         if os.geteuid() == 0:
             for path in (self.root, self.socket_dir):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         self.root.chmod(0o700)
+
+    def start(self) -> None:
+        self._make_root("esc-pg-")
         self._run(
             [
                 str(PG_BIN / "initdb"),
@@ -100,6 +103,21 @@ class PostgresServer:
                 "--locale=C",
             ]
         )
+        self._launch()
+
+    def start_standby(self) -> PostgresServer:
+        """A streaming standby of this server: in recovery, read-only, replaying its WAL
+        (initdb's trust rules admit the replication connection from 127.0.0.1)."""
+        standby = PostgresServer(durable=self.durable)
+        standby._make_root("esc-pg-standby-")
+        source = ["-h", "127.0.0.1", "-p", str(self.port), "-U", USER]
+        # A fast checkpoint: the default spreads it over minutes.
+        clone = ["-D", str(standby.data_dir), "-R", "--checkpoint=fast"]
+        standby._run([str(PG_BIN / "pg_basebackup"), *source, *clone])
+        standby._launch()
+        return standby
+
+    def _launch(self) -> None:
         last_error: Exception | None = None
         for _ in range(3):  # another process may take the free port before we bind it
             self.port = _free_port()

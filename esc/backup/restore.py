@@ -39,7 +39,6 @@ from typing import Any, Protocol
 
 import psycopg
 from alembic import command
-from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -61,7 +60,7 @@ from esc.backup.spool import Spool
 from esc.config import NodeHome, Settings
 from esc.db.aside import ASIDE_SCHEMA, AsideError, mark_checked, new_token, swap_in
 from esc.db.aside import KEPT_SCHEMA as KEPT_SCHEMA  # where the previous data is kept
-from esc.db.migrate import alembic_config
+from esc.db.migrate import alembic_config, is_known_revision
 from esc.db.session import Database
 from esc.files import fsync_dir
 from esc.node.processes import ALL_SERVICE_NAMES, SUPERVISOR, live_record
@@ -138,12 +137,7 @@ def check_source(manifest: Manifest, vim: str) -> None:
 
 
 def check_revision(manifest: Manifest) -> None:
-    scripts = ScriptDirectory.from_config(alembic_config())
-    try:
-        known = scripts.get_revision(manifest.schema_revision) is not None
-    except Exception:  # alembic raises several kinds for an unknown id
-        known = False
-    if not known:
+    if not is_known_revision(manifest.schema_revision):
         raise RestoreError(
             f"the backup's schema revision {manifest.schema_revision!r} is not one this "
             f"release knows: it was written by a newer or unrelated release"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 
 from esc.config import Settings
-from esc.db.migrate import upgrade_to_head
+from esc.db.migrate import Migration, upgrade_to_head
 from esc.db.session import Database
 from esc.engine import idempotency
 from esc.engine.executor import Chore, Executor
@@ -60,9 +60,13 @@ class ActiveRole:
             ),
         )
         self.notifier = Notifier(db, settings.notifications)
+        # What taking the role migrated, and how long the switchover waited for it.
+        self.migration: Migration | None = None
 
     def take(self) -> None:
-        upgrade_to_head(self.db.engine)
+        """Raises SchemaTooNew, before anything else, on a schema of a newer release that
+        this one cannot run on."""
+        self.migration = upgrade_to_head(self.db.engine)
         self.lease.acquire()
         self.vims.recover()
         with self.db.write() as session:

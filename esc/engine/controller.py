@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import select
 
 from esc.config import NodeHome, Settings
+from esc.db.migrate import Migration
 from esc.db.models import User
 from esc.db.session import Database
 from esc.engine.active_role import ActiveRole
@@ -52,6 +53,9 @@ class Controller:
         if isinstance(self.lease, DatabaseLease):
             self.lease.on_lost = self._role_lost
         self.active: ActiveRole | None = None
+        # The last schema migration this process ran on taking the active role (kept
+        # once the role is dropped, so a node reports what its last takeover cost).
+        self.last_migration: Migration | None = None
         self._role_lock = threading.Lock()
         self.northbound = Northbound(self.db, self.vims, settings, self._enqueue, self.lease)
         # The role manager of a node of a pair (esc.ha.roles), None when standalone:
@@ -97,6 +101,8 @@ class Controller:
             role = ActiveRole(self.db, self.vims, self.settings, self.lease)
             role.take()
             self.active = role
+            if role.migration is not None:
+                self.last_migration = role.migration
 
     def drop_active(self, timeout: float) -> list[str]:
         with self._role_lock:
@@ -117,8 +123,9 @@ class Controller:
     def health_checks(self) -> list[CheckResult]:
         """The checks this process can answer for: its database, VIM, engine and notifier
         threads, and the node's other services (from their records under run/)."""
-        results = [check_database(self.db), check_vim(self.vim)]
         role = self.active
+        standby = role is None and not self.standalone
+        results = [check_database(self.db, standby=standby), check_vim(self.vim)]
         if role is None:
             # A standby's engine runs on the active; a standalone node always holds it.
             results.append(

@@ -54,6 +54,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from esc.config import NodeHome, Settings
 from esc.db.aside import AsideError, swap_in
+from esc.db.migrate import require_runnable
+from esc.db.schema_compat import SchemaTooNew
 from esc.engine.controller import Controller
 from esc.engine.lease import DatabaseLease, handed_over_to
 from esc.errors import Conflict, Unavailable
@@ -186,6 +188,9 @@ class RoleManager:
             try:
                 promote_s = 0.0
                 standby = self.cluster.in_recovery()
+                # Before anything changes: a schema this release cannot run on is refused
+                # while the peer can still keep the role.
+                require_runnable(self.controller.db.engine)
                 if standby and not self._forced:
                     refusal = self._promotion_refusal()
                     if refusal:
@@ -202,7 +207,7 @@ class RoleManager:
                 elif alone:
                     self.cluster.set_synchronous(False)
                 self.controller.take_active()
-            except (PgsqlError, ProviderError) as exc:
+            except (PgsqlError, ProviderError, SchemaTooNew) as exc:
                 self._fault(f"could not take the active role: {exc}")
                 return
             self.role = ACTIVE

@@ -43,7 +43,8 @@ def _direct_checks(home: NodeHome, settings: Settings) -> list[CheckResult]:
     db = Database(home.database_url(settings))
     try:
         return [
-            check_database(db),
+            # Not answering: an HA node migrates its schema when it takes the active role.
+            check_database(db, standby=settings.ha.enabled),
             check_vim(driver_for(home, settings)),
         ]
     finally:

@@ -6,6 +6,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from esc.db import schema_compat
 from esc.db.migrate import alembic_config, current_revision, head_revision, upgrade_to_head
 from esc.db.models import Base
 from esc.db.session import Database
@@ -16,7 +17,8 @@ def test_models_and_migrations_do_not_differ(db_url: str) -> None:
     try:
         upgrade_to_head(db.engine)
         with db.engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            opts = {"compare_type": True, "include_object": schema_compat.include_object}
+            context = MigrationContext.configure(connection, opts=opts)
             diff = compare_metadata(context, Base.metadata)
         assert diff == [], f"models and migrations differ; add a migration: {diff}"
         assert current_revision(db.engine) == head_revision()

@@ -7,6 +7,7 @@ from typing import Any
 from alembic import context
 from sqlalchemy import create_engine
 
+from esc.db import schema_compat
 from esc.db.models import Base, UTCDateTime
 
 target_metadata = Base.metadata
@@ -27,21 +28,27 @@ def _configure(connection: Any) -> None:
         render_as_batch=connection.dialect.name == "sqlite",
         render_item=_render_item,
         compare_type=True,
+        include_object=schema_compat.include_object,
     )
+
+
+def _migrate(connection: Any) -> None:
+    _configure(connection)
+    with context.begin_transaction():
+        context.run_migrations()
+        # In the same transaction: the schema and its compatible-from record change together.
+        revision = context.get_context().get_current_revision()
+        schema_compat.record(connection, context.script, revision)
 
 
 def run_migrations_online() -> None:
     connection = context.config.attributes.get("connection")
     if connection is not None:
-        _configure(connection)
-        with context.begin_transaction():
-            context.run_migrations()
+        _migrate(connection)
         return
     engine = create_engine(context.config.get_main_option("sqlalchemy.url"))
     with engine.begin() as connection:
-        _configure(connection)
-        with context.begin_transaction():
-            context.run_migrations()
+        _migrate(connection)
     engine.dispose()
 
 

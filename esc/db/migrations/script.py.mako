@@ -14,6 +14,10 @@ revision: str = ${repr(up_revision)}
 down_revision: str | None = ${repr(down_revision)}
 branch_labels: str | Sequence[str] | None = ${repr(branch_labels)}
 depends_on: str | Sequence[str] | None = ${repr(depends_on)}
+# "expand" when the code of the revision before keeps working on the result (only
+# additions), "contract" when it removes or changes what older code uses (no in-service
+# upgrade across it): docs/upgrade-policy.md. The tests refuse a migration without one.
+esc_kind = None
 
 
 def upgrade() -> None:

@@ -14,6 +14,8 @@ revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Expand: the base, it only creates tables.
+esc_kind = "expand"
 
 
 def upgrade() -> None:

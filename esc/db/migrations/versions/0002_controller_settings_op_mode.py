@@ -15,6 +15,8 @@ revision: str = "0002"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Expand: a new table and its row.
+esc_kind = "expand"
 
 
 def upgrade() -> None:

@@ -14,6 +14,8 @@ revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Expand: a new table.
+esc_kind = "expand"
 
 
 def upgrade() -> None:

@@ -14,6 +14,8 @@ revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Expand: a column older code leaves to its server default, and a new table.
+esc_kind = "expand"
 
 
 def upgrade() -> None:

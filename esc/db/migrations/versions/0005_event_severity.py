@@ -14,6 +14,9 @@ revision: str = "0005"
 down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Expand: a column older code leaves to its server default (INFO) and an index; the
+# update of past events only fills that column.
+esc_kind = "expand"
 
 events = sa.table(
     "events",

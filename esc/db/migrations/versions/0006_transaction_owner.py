@@ -14,6 +14,8 @@ revision: str = "0006"
 down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Expand: a new table, a nullable column and one older code leaves to its default.
+esc_kind = "expand"
 
 
 def upgrade() -> None:

@@ -13,6 +13,8 @@ revision: str = "0007"
 down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Expand: a nullable column.
+esc_kind = "expand"
 
 
 def upgrade() -> None:

@@ -15,6 +15,8 @@ revision: str = "0008"
 down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Expand: a new table.
+esc_kind = "expand"
 
 
 def upgrade() -> None:

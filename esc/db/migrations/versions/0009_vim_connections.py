@@ -18,6 +18,9 @@ revision: str = "0009"
 down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Expand: a new table, nullable columns, and a controller_settings row of its own
+# (older code reads that table by name).
+esc_kind = "expand"
 
 
 def upgrade() -> None:
