@@ -12,9 +12,9 @@ from conftest import Node, all_rows, wait_transaction
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from write_examples import (
+    NODE_ACTIONS,
     OP_MODE_CALL,
     OP_MODE_ROUTE,
-    NODE_ACTIONS,
     WRITE_METHODS,
     example_calls,
     populate,

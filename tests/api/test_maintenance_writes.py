@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from conftest import Node, all_rows
 from fastapi.testclient import TestClient
-from write_examples import OP_MODE_ROUTE, NODE_ACTIONS, example_calls, populate, write_routes
+from write_examples import NODE_ACTIONS, OP_MODE_ROUTE, example_calls, populate, write_routes
 
 
 def client_rows(url: str) -> dict:

@@ -3,7 +3,11 @@ the network, needs of one node: its facts in one answer, and a package agent tha
 installs an uploaded release into the node's own venv (esc.node.installer).
 
 None of these routes writes the controller's database, so MAINTENANCE does not refuse
-them: installing on a node in maintenance is the normal case.
+them: installing on a node in maintenance is the normal case. Nor do they take an
+Idempotency-Key, which is kept in that database with its write: an upload sent again
+stores the same wheel again (a PUT), and an install is an action on this node whose
+state, GET of the same URL, is what a client that lost the answer reads (one sent
+again while the first runs is refused, naming it).
 """
 
 from __future__ import annotations
