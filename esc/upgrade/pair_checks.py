@@ -102,6 +102,16 @@ def pair_checks(
         )
     )
     for f in nodes:
+        if not f.node_api:
+            checks.append(
+                Check(
+                    f"{f.address}: node API",
+                    False,
+                    f"release {f.version} has no node API (no package agent)",
+                    "an in-service upgrade by this command needs 1.3.0.1 or later on both "
+                    "nodes; upgrade the pair there by its release's own procedure first",
+                )
+            )
         if f.failed_temporarily:
             checks.append(
                 Check(

@@ -275,12 +275,13 @@ def test_a_vip_that_does_not_answer_or_answers_a_standby_fails() -> None:
     assert _failing(facts, vip=_facts("vip", "STANDBY")) == ["VIP answering"]
 
 
-def test_replication_an_older_release_does_not_report_is_left_to_the_switchover() -> None:
-    old = {"uptodate": None, "replay_lag_s": None, "failed_temporarily": None}
+def test_a_release_without_the_node_api_is_refused_and_its_replication_left_alone() -> None:
+    old = {"uptodate": None, "replay_lag_s": None, "failed_temporarily": None, "node_api": False}
     facts = {"a": _facts("a", "ACTIVE", **old), "b": _facts("b", "STANDBY", **old)}
     checks = pair_checks(facts, _facts("vip", "ACTIVE"), "", "1.3.0.1", 2**20)
     (replication,) = [c for c in checks if c.name.startswith("replication")]
     assert replication.ok and "the switchover itself refuses" in replication.detail
+    assert [c.name for c in checks if not c.ok] == ["a: node API", "b: node API"]
 
 
 # the report ------------------------------------------------------------------------
