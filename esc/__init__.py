@@ -4,4 +4,4 @@ Kept free of imports on purpose: the local VIM's VNF program lives in this
 package and must start with nothing but the standard library loaded.
 """
 
-__version__ = "1.3.0.1"
+__version__ = "1.3.0.2"

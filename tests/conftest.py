@@ -51,6 +51,7 @@ LONGEST_MODULES = (
     "tests/ha/test_failover.py",
     "tests/vim/test_openstack_vim.py",
     "tests/ha/test_ha_node.py",
+    "tests/upgrade/test_pair_in_service.py",
     "tests/upgrade/test_previous_release.py",
     "tests/cli/test_monitor_cli.py",
     "tests/api/test_fuzz_openapi.py",

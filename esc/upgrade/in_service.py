@@ -243,7 +243,8 @@ class Upgrade:
             return f"{old} is the active at {self.goal} already"
         new = self.other(old)
         self.wait_in_sync_standby(new)
-        before = {tx["id"] for tx in self.vip.transactions_since(self.record.started_at)}
+        # Read on the nodes themselves, not through the VIP, which moves meanwhile.
+        before = {tx["id"] for tx in self.apis[old].transactions_since(self.record.started_at)}
         self.record.facts["seen_before_switchover"] = sorted(before)
         result = self.apis[old].switchover()
         self.record.figures["switchover_s"] = round(result["seconds"], 3)
@@ -260,7 +261,7 @@ class Upgrade:
                 raise
             self.roll_back_quickly(new, str(exc))
             raise StepFailed(self.record.rollback) from None
-        after = {tx["id"] for tx in self.vip.transactions_since(self.record.started_at)}
+        after = {tx["id"] for tx in self.apis[new].transactions_since(self.record.started_at)}
         lost = sorted(before - after)
         self.record.figures["acknowledged_lost"] = len(lost)
         if lost:
@@ -316,7 +317,8 @@ class Upgrade:
         states = self._wait_final(in_flight)
         self.record.figures["in_flight_states"] = states
         counts: dict[str, int] = {}
-        for tx in self.vip.transactions_since(self.record.started_at):
+        active = self.apis[self.active()]
+        for tx in active.transactions_since(self.record.started_at):
             counts[tx["state"]] = counts.get(tx["state"], 0) + 1
         self.record.figures["transactions_during_upgrade"] = counts
         self.record.facts["versions_after"] = {f.address: f.version for f in facts}
@@ -328,10 +330,11 @@ class Upgrade:
 
     def _wait_final(self, tx_ids: list[str]) -> dict[str, str]:
         states: dict[str, str] = {}
+        active = self.apis[self.active()]
 
         def final() -> bool:
             for tx_id in tx_ids:
-                states[tx_id] = self.vip.call("GET", f"/v0/transactions/{tx_id}")["state"]
+                states[tx_id] = active.call("GET", f"/v0/transactions/{tx_id}")["state"]
             return all(s in ("SUCCESS", "FAILED") for s in states.values())
 
         wait_for(final, INSTALL_BOUND, "the transactions in flight at the switchover to end", 0.5)

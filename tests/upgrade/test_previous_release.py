@@ -30,6 +30,7 @@ from conftest import (
     live_vm_processes,
     without_local_account,
 )
+from kept_releases import build_current, kept, previous_release, release_of
 
 from esc.backup.restore import restore
 from esc.config import NodeHome
@@ -38,23 +39,7 @@ from esc.release.numbers import ReleaseNumber
 from esc.version import CURRENT
 
 ROOT = Path(__file__).parents[2]
-RELEASES = ROOT / "releases"
 EXAMPLE = ROOT / "examples" / "deployment.yaml"
-
-
-def release_of(wheel: Path) -> ReleaseNumber:
-    return ReleaseNumber.parse(wheel.name.split("-")[1])
-
-
-def previous_release() -> Path:
-    """The newest kept release older than this checkout."""
-    wheels = {
-        ReleaseNumber.parse(p.name.split("-")[1]): p
-        for p in RELEASES.glob("esc-*-py3-none-any.whl")
-    }
-    older = [v for v in wheels if v < CURRENT]
-    assert older, f"no release older than {CURRENT} in {RELEASES}"
-    return wheels[max(older)]
 
 
 def make_venv(path: Path, wheel: Path) -> Path:
@@ -81,11 +66,7 @@ def old_escadm(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def current_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """This checkout as a release wheel (what scripts/build-release makes)."""
-    out = tmp_path_factory.mktemp("wheel")
-    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)]
-    subprocess.run(build, check=True, capture_output=True)
-    (wheel,) = out.glob(f"esc-{CURRENT}-py3-none-any.whl")
-    return wheel
+    return build_current(tmp_path_factory.mktemp("wheel"))
 
 
 def run(escadm: str, *args: str, home: Path | None = None, timeout: float = 300) -> str:
@@ -253,10 +234,6 @@ def test_upgrade_backup_restore_and_rollback_keep_the_vms_alive(
     assert (tmp_path / f"node.failed-{CURRENT}").is_dir()
 
 
-def kept_releases() -> dict[ReleaseNumber, Path]:
-    return {release_of(p): p for p in RELEASES.glob("esc-*-py3-none-any.whl")}
-
-
 # The archive format each release writes: 1 (JSON rows) up to 1.0, 2 (COPY text) after.
 FIRST_COPY_TEXT_RELEASE = ReleaseNumber.parse("1.1.0.1")
 
@@ -266,7 +243,7 @@ def stopped_old_nodes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tup
     """Per kept release older than this one: its escadm and a stopped node of it that ran
     the example deployment (so every table has rows)."""
     nodes = {}
-    for release, wheel in sorted(kept_releases().items()):
+    for release, wheel in sorted(kept().items()):
         if release >= CURRENT:
             continue
         where = tmp_path_factory.mktemp(f"rows-{release}")
@@ -284,7 +261,7 @@ def stopped_old_nodes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tup
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-@pytest.mark.parametrize("release", [str(r) for r in sorted(kept_releases()) if r < CURRENT])
+@pytest.mark.parametrize("release", [str(r) for r in sorted(kept()) if r < CURRENT])
 def test_an_archive_of_an_older_release_restores_row_for_row(
     tmp_path: Path,
     stopped_old_nodes: dict[str, tuple[str, Path]],
