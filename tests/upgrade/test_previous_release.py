@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,10 +33,13 @@ from conftest import (
 )
 from kept_releases import build_current, kept, previous_release, release_of
 
-from esc.backup.restore import restore
+from esc.backup.restore import RestoreError, restore
 from esc.config import NodeHome
 from esc.node.setup import init_node
+from esc.release.catalog import load_catalog
 from esc.release.numbers import ReleaseNumber
+from esc.release.planner import plan_upgrade
+from esc.release.procedures import Method
 from esc.version import CURRENT
 
 ROOT = Path(__file__).parents[2]
@@ -260,8 +264,17 @@ def stopped_old_nodes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tup
     return nodes
 
 
+def restorable(release: ReleaseNumber) -> bool:
+    """Whether the planner lets this release restore a backup of `release`."""
+    plan = plan_upgrade(load_catalog(None), release, CURRENT, "local", ha=False)
+    return plan.allowed and Method.BACKUP_RESTORE in plan.methods
+
+
+OLDER = [r for r in sorted(kept()) if r < CURRENT]
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-@pytest.mark.parametrize("release", [str(r) for r in sorted(kept()) if r < CURRENT])
+@pytest.mark.parametrize("release", [str(r) for r in OLDER if restorable(r)])
 def test_an_archive_of_an_older_release_restores_row_for_row(
     tmp_path: Path,
     stopped_old_nodes: dict[str, tuple[str, Path]],
@@ -295,15 +308,33 @@ def test_an_archive_of_an_older_release_restores_row_for_row(
     # The restoring node keeps its own escadm account.
     before, after = without_local_account(all_rows(old_url)), without_local_account(all_rows(url))
     assert before["events"], "the old node wrote events"
-    # A row the newer schema's migrations add (0009: the controller's id) is its own.
-    made = {"controller_settings": {"controller_id"}}
+    # A row the restoring node keeps as its own (0009: the controller's id), whether the
+    # old release had one or its migrations add it.
+    own = {"controller_settings": {"controller_id"}}
     for table, rows in before.items():
-        if table != "alembic_version":
+        if table not in ("alembic_version", "schema_compat"):
             old_columns = list(rows[0]) if rows else []
-            restored = [r for r in after[table] if r.get("name") not in made.get(table, ())]
-            assert [{c: r[c] for c in old_columns} for r in restored] == rows, table
+            kept = [r for r in rows if r.get("name") not in own.get(table, ())]
+            restored = [r for r in after[table] if r.get("name") not in own.get(table, ())]
+            assert [{c: r[c] for c in old_columns} for r in restored] == kept, table
     assert [r["name"] for r in after["controller_settings"] if r["name"] == "controller_id"] == [
         "controller_id"
     ]
     # A column the newer schema added is filled by its migration (0005: event severity).
     assert {e["severity"] for e in after["events"]} <= {"INFO", "ERROR", "CRITICAL"}
+
+
+@pytest.mark.parametrize("release", [str(r) for r in OLDER if not restorable(r)])
+def test_an_archive_of_a_release_too_old_is_refused_naming_the_stepwise_path(
+    tmp_path: Path, stopped_old_nodes: dict[str, tuple[str, Path]], release: str
+) -> None:
+    old_escadm, old_node = stopped_old_nodes[release]
+    archive = tmp_path / "old.tar.gz"
+    run(old_escadm, "backup", "--file", str(archive), home=old_node)
+    target = NodeHome(tmp_path / "target")
+    settings = fast_settings(f"sqlite:///{tmp_path / 'target.db'}")
+    init_node(target, settings)
+    before = all_rows(settings.database.url)
+    with pytest.raises(RestoreError, match=rf"upgrade stepwise: {re.escape(release)} → "):
+        restore(target, settings, archive, allow_unsigned=True)
+    assert all_rows(settings.database.url) == before
