@@ -26,6 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from esc.node.installer import DONE as INSTALLED
+from esc.node.installer import FAILED as NOT_INSTALLED
+from esc.node.installer import RUNNING as INSTALLING
 from esc.release.numbers import ReleaseNumber
 from esc.upgrade.journal import (
     COMPLETED,
@@ -49,7 +52,6 @@ SWITCHOVER_BOUND = 120.0
 # After the switchover: how long the new active may take to answer healthy before the
 # upgrade rolls back.
 NEW_ACTIVE_BOUND = 60.0
-INSTALLING = ("stopping", "installing", "starting")
 
 # The same steps bring a pair back to its old release (a rollback): "upgraded" is then
 # the node given the old release.
@@ -85,7 +87,6 @@ class Upgrade:
             n.address: NodeApi(pair.url(n.address), self.access.auth, self.access.verify)
             for n in pair.node
         }
-        self.vip = NodeApi(pair.vip_url, self.access.auth, self.access.verify)
 
     @property
     def record(self) -> Record:
@@ -96,7 +97,7 @@ class Upgrade:
         return self.record.target
 
     def close(self) -> None:
-        for api in (*self.apis.values(), self.vip):
+        for api in self.apis.values():
             api.close()
 
     # running it --------------------------------------------------------------------
@@ -205,13 +206,13 @@ class Upgrade:
     def _wait_installed(self, api: NodeApi, version: str) -> None:
         def finished() -> dict[str, Any] | None:
             state = api.install_state()
-            if state.get("to") == version and state.get("state") in ("done", "failed"):
+            if state.get("to") == version and state.get("state") in (INSTALLED, NOT_INSTALLED):
                 return state
             self.progress(f"{api.base_url}: package install {state.get('state', '?')}")
             return None
 
         state = wait_for(finished, INSTALL_BOUND, f"the install of {version} on {api.base_url}", 1)
-        if state["state"] == "failed":
+        if state["state"] == NOT_INSTALLED:
             raise StepFailed(
                 f"installing {version} on {api.base_url} failed: {state.get('error', '')}"
             )

@@ -35,7 +35,7 @@ METHODS = {METHOD_PACKAGE: Method.IN_SERVICE_PACKAGE, "image": Method.IN_SERVICE
 PACKAGE_EXPECTATIONS = {
     "upload": (2, "none"),
     "upgrade_standby": (
-        30,
+        20,
         "the pair has no standby meanwhile: the active commits alone (its standby is "
         "marked outdated at the node provider), writes go on",
     ),
@@ -44,7 +44,7 @@ PACKAGE_EXPECTATIONS = {
         "writes are refused for well under a second while the role moves; clients retry "
         "(escadm does by itself); transactions in flight are resumed on the new active",
     ),
-    "upgrade_old_active": (30, "the pair has no standby meanwhile, as above"),
+    "upgrade_old_active": (20, "the pair has no standby meanwhile, as above"),
     "verify": (2, "none"),
 }
 
@@ -88,33 +88,33 @@ def gather_facts(access: PairAccess) -> tuple[dict[str, NodeFacts], NodeFacts | 
 
 
 def choose_method(plan: Plan, asked: str | None) -> str:
+    """The method to run: the one asked, else the planner's first in-service one."""
     if not plan.allowed:
         raise Refused(f"the upgrade planner refuses it: {plan.reason}; next: {plan.next_step}")
     offered = [name for name, method in METHODS.items() if method in plan.methods]
-    if asked is None:
-        if not offered:
-            raise Refused(
-                f"the planner offers no in-service method for {plan.source} → {plan.target} "
-                f"(it offers {', '.join(m.value for m in plan.methods)})"
-            )
-        return offered[0]
-    if asked not in offered:
+    chosen = asked or (offered[0] if offered else None)
+    if chosen is None:
+        raise Refused(
+            f"the planner offers no in-service method for {plan.source} → {plan.target} "
+            f"(it offers {', '.join(m.value for m in plan.methods)})"
+        )
+    if chosen not in offered:
         why = (
             "a package upgrade is only between patch builds of one maintenance release"
-            if asked == METHOD_PACKAGE
+            if chosen == METHOD_PACKAGE
             else "an image upgrade is not offered for this pair"
         )
         raise Refused(
-            f"--method {asked} does not apply to {plan.source} → {plan.target}: {why}; "
+            f"--method {chosen} does not apply to {plan.source} → {plan.target}: {why}; "
             f"the planner offers {', '.join(offered) or 'no in-service method'}"
         )
-    if asked != METHOD_PACKAGE:
+    if chosen != METHOD_PACKAGE:
         raise Refused(
-            f"--method {asked}: this escadm runs the package method of an in-service "
-            "upgrade; the image method is run with the node provider's commands "
-            "(docs/upgrade.md)"
+            f"{plan.source} → {plan.target} is an upgrade by image, which this escadm does "
+            "not run in one command: follow `escadm upgrade plan --ha` with the escadm node "
+            "commands (docs/upgrade.md)"
         )
-    return asked
+    return chosen
 
 
 def dry_run_steps() -> list[dict[str, Any]]:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from esc.release.catalog import load_catalog
 from esc.release.numbers import ReleaseNumber
+from esc.release.planner import plan_upgrade
 from esc.upgrade.backup_restore import UpgradeError
 from esc.upgrade.journal import (
     DONE,
@@ -29,6 +31,7 @@ from esc.upgrade.journal import (
 from esc.upgrade.node_api import NodeFacts
 from esc.upgrade.pair_access import PairAccessError, load_pair
 from esc.upgrade.pair_checks import pair_checks
+from esc.upgrade.pair_upgrade import Refused, choose_method
 from esc.upgrade.release_files import SUMS, find_package
 from esc.upgrade.report import report_of
 
@@ -313,3 +316,33 @@ def test_the_report_gives_each_step_and_the_measured_figures(tmp_path: Path) -> 
     assert "Transactions accepted during the upgrade: 12 (12 SUCCESS)" in text
     assert "Acknowledged writes lost: 0" in text
     assert "Versions after: a 1.3.0.2, b 1.3.0.2" in text
+
+
+# the method ------------------------------------------------------------------------
+
+
+def _plan(source: str, target: str):
+    parse = ReleaseNumber.parse
+    return plan_upgrade(load_catalog(None), parse(source), parse(target), "local", ha=True)
+
+
+def test_the_planner_chooses_the_package_method_between_patch_builds() -> None:
+    assert choose_method(_plan("1.3.0.1", "1.3.0.2"), None) == "package"
+    assert choose_method(_plan("1.3.0.1", "1.3.0.2"), "package") == "package"
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "asked", "message"),
+    [
+        ("1.3.0.1", "1.3.0.2", "image", "--method image does not apply"),
+        ("1.2.0.1", "1.3.0.2", None, "an upgrade by image"),
+        ("1.2.0.1", "1.3.0.2", "package", "only between patch builds"),
+        ("1.3.0.2", "1.3.0.1", None, "a downgrade is never an upgrade"),
+        ("1.0.0.2", "1.3.0.2", None, "upgrade stepwise"),
+    ],
+)
+def test_a_method_that_does_not_apply_is_refused_with_the_reason(
+    source: str, target: str, asked: str | None, message: str
+) -> None:
+    with pytest.raises(Refused, match=message):
+        choose_method(_plan(source, target), asked)
