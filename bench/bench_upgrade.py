@@ -1,0 +1,188 @@
+"""The in-service upgrade of an HA pair: its wall time and its write interruption.
+
+    sudo .venv/bin/python bench/bench_upgrade.py [--runs 5] [--no-write] [--json FILE]
+
+A lab pair (198.18.82.0/24) runs the newest kept patch build of this checkout's
+maintenance release (releases/), each node from a venv of its own holding that wheel,
+as tests/upgrade sets it up. Each run is `escadm upgrade in-service` of this
+checkout's escadm to this checkout's wheel (package method), then `escadm upgrade
+rollback --pair` back to the kept release, so the next run starts alike. Throughout,
+a client writes through the VIP (`POST /v0/tenants` every 10 ms, retried with its
+Idempotency-Key on no answer or a 503 for up to 30 s, as escadm does).
+
+Figures per run, for the upgrade and for the rollback:
+- wall: the command's own time, from its report (pre-checks excluded);
+- write interruption, two ways: the orchestrator's VIP probe (the longest time no
+  active answered at the VIP, sampled every 20 ms), and the client's (the longest
+  time between two acknowledged writes while the command ran);
+- the switchover's time as the old active measured it;
+- failed writes (given up after 30 s of retries), 409s on retries (a write done
+  twice), acknowledged writes missing from the pair afterwards.
+
+There is no peer for an in-service upgrade (Patroni upgrades PostgreSQL, not the
+application above it), so no ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests"), str(ROOT / "tests" / "ha")]
+sys.path.insert(0, str(ROOT / "tests" / "upgrade"))
+
+from esc_pair import ESCADM, Pair  # noqa: E402
+from kept_releases import build_current, previous_patch_build, releases_dir  # noqa: E402
+from needs import running_pair  # noqa: E402
+from report import write_section  # noqa: E402
+from writes import WriteLoad  # noqa: E402
+
+from esc.version import CURRENT  # noqa: E402
+
+NET = "198.18.82.0/24"
+COMMAND_BOUND = 900.0
+
+
+def pair_file(pair: Pair) -> Path:
+    secret = pair.base / "pair.password"
+    secret.write_text(pair.password + "\n")
+    secret.chmod(0o600)
+    path = pair.base / "bench.toml"
+    nodes = "".join(f'\n[[node]]\nname = "{n.name}"\naddress = "{n.address}"\n' for n in pair.nodes)
+    path.write_text(f'vip = "{pair.vip}"\npassword_file = "pair.password"\n{nodes}')
+    return path
+
+
+def client_gap(load: WriteLoad, since: float, until: float) -> float:
+    acked = sorted(a.acked for a in load.acks if since <= a.acked <= until)
+    return max((b - a for a, b in itertools.pairwise(acked)), default=0.0)
+
+
+def timed(pair: Pair, command: list[str], prefix: str) -> dict:
+    """Run one upgrade command under the write load; its report and the client's view."""
+    load = WriteLoad(pair.api_url, ("admin", pair.password), prefix=prefix, retry_for=30)
+    load.start()
+    try:
+        load.wait_acks(20, 60)
+        started = time.time()
+        done = subprocess.run(command, capture_output=True, text=True, timeout=COMMAND_BOUND)
+        ended = time.time()
+        time.sleep(0.5)
+    finally:
+        load.stop()
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command[1:4])} failed: {done.stdout}{done.stderr}")
+    report = json.loads(done.stdout)
+    acked = {load.name(a.seq) for a in load.acks}
+    return {
+        "wall_s": report["seconds"],
+        "probe_interruption_s": report["write_interruption_s"],
+        "client_interruption_s": round(client_gap(load, started, ended), 3),
+        "switchover_s": report["switchover_s"],
+        "writes": len(load.acks),
+        "retries": load.retries,
+        "failed": load.failures,
+        "twice": len(load.conflicts),
+        "lost": len(acked - pair.tenants()),
+        "steps": {s["name"]: s["seconds"] for s in report["steps"]},
+    }
+
+
+def run(runs: int) -> tuple[str, list[dict]]:
+    source = previous_patch_build()
+    if source is None:
+        raise SystemExit(f"releases/ holds no earlier patch build of {CURRENT}")
+    work = Path(tempfile.mkdtemp(prefix="bench-upgrade-"))
+    releases = releases_dir(work / "releases", source, build_current(work))
+    results = []
+    pairs = contextlib.contextmanager(running_pair)
+    with pairs(NET, "bu", kad_vri=82, vim_host=True, keep_env="BU_KEEP", wheel=source) as pair:
+        access = pair_file(pair)
+        base = ["--pair", str(access), "--releases", str(releases), "--json"]
+        for number in range(1, runs + 1):
+            upgrade = [ESCADM, "upgrade", "in-service", "--to", str(CURRENT), "--yes", *base]
+            up = timed(pair, upgrade, f"u{number}")
+            back = timed(pair, [ESCADM, "upgrade", "rollback", *base], f"r{number}")
+            results.append({"run": number, "upgrade": up, "rollback": back})
+            print(json.dumps(results[-1]), flush=True)
+    return source.name.split("-")[1], results
+
+
+def _median(results: list[dict], kind: str, figure: str) -> float:
+    return statistics.median(r[kind][figure] for r in results)
+
+
+def report(source: str, results: list[dict], seconds: float) -> str:
+    date = datetime.now(UTC).date().isoformat()
+    middle = sorted(results, key=lambda r: r["upgrade"]["wall_s"])[len(results) // 2]
+    lines = [
+        f"## HA pair in-service upgrade ({date}, `bench/bench_upgrade.py`)",
+        "",
+        f"Package method, {source} (kept) → {CURRENT} (this checkout) and the rollback back, "
+        f"{len(results)} runs each on a lab pair (198.18.82.0/24, 2-core machine), a client "
+        "writing through the VIP every 10 ms throughout; the whole benchmark took "
+        f"{seconds / 60:.1f} min. Interruption: the orchestrator's VIP probe / the client's "
+        "longest time between two acknowledged writes.",
+        "",
+        "| run | upgrade wall | interruption (probe / client) | switchover | rollback wall "
+        "| interruption (probe / client) | failed | twice | lost |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        up, back = r["upgrade"], r["rollback"]
+        lines.append(
+            f"| {r['run']} | {up['wall_s']:.1f} s | {up['probe_interruption_s']:.3f} / "
+            f"{up['client_interruption_s']:.3f} s | {up['switchover_s']:.3f} s | "
+            f"{back['wall_s']:.1f} s | {back['probe_interruption_s']:.3f} / "
+            f"{back['client_interruption_s']:.3f} s | {up['failed'] + back['failed']} | "
+            f"{up['twice'] + back['twice']} | {up['lost'] + back['lost']} |"
+        )
+    lines += [
+        "",
+        f"Median upgrade: {_median(results, 'upgrade', 'wall_s'):.1f} s wall (aim ≤ 180 s), "
+        f"write interruption {_median(results, 'upgrade', 'probe_interruption_s'):.3f} s by "
+        f"the probe and {_median(results, 'upgrade', 'client_interruption_s'):.3f} s by the "
+        "client (aim ≤ 0.5 s); median rollback "
+        f"{_median(results, 'rollback', 'wall_s'):.1f} s. Steps of the median run's upgrade: "
+        + ", ".join(f"{name} {secs:.1f} s" for name, secs in middle["upgrade"]["steps"].items())
+        + ".",
+        "",
+        "The image method (across releases, its write interruption plus the schema "
+        "migration) is not measured yet: `escadm upgrade in-service` runs the package "
+        "method only.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    parser.add_argument("--no-write", action="store_true", help="do not touch benchmarks.md")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        parser.error("run as root: the lab makes network namespaces")
+    started = time.monotonic()
+    source, results = run(args.runs)
+    text = report(source, results, time.monotonic() - started)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps({"source": source, "runs": results}, indent=1))
+    if not args.no_write:
+        write_section("HA pair in-service upgrade", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
