@@ -268,7 +268,8 @@ def facts_of(body: dict[str, Any], address: str) -> NodeFacts:
 
 def wait_for(check, timeout: float, what: str, interval: float = 0.2):
     """`check()`'s first truthy value; TimeoutError naming `what` after `timeout` s.
-    NodeUnreachable counts as not yet (a node restarting)."""
+    A node that does not answer, or answers 503 (its database still starting, its
+    role moving), counts as not yet: a node restarting."""
     deadline = time.monotonic() + timeout
     last = ""
     while True:
@@ -276,7 +277,9 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.2):
             value = check()
             if value:
                 return value
-        except NodeUnreachable as exc:
+        except NodeApiError as exc:
+            if exc.status not in (0, 503):
+                raise
             last = str(exc)
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not within {timeout:g} s{f' ({last})' if last else ''}")

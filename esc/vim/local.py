@@ -369,6 +369,9 @@ class LocalVim(VimDriver):
         if result.returncode == vnf.EXIT_ALREADY_RUNNING:
             return self._status(vm_id, directory)  # started meanwhile: not a duplicate
         if result.returncode != 0:
+            # The VNF that failed may still be exiting with the instance lock: it is
+            # gone before the error says the VM did not start.
+            self._kill_all(directory)
             raise PermanentVimError(
                 f"VM {vm_id} failed to start: {result.stderr.strip()[-500:]}; "
                 f"console: {self._console_tail(directory)}"
