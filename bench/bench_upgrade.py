@@ -54,16 +54,6 @@ NET = "198.18.82.0/24"
 COMMAND_BOUND = 900.0
 
 
-def pair_file(pair: Pair) -> Path:
-    secret = pair.base / "pair.password"
-    secret.write_text(pair.password + "\n")
-    secret.chmod(0o600)
-    path = pair.base / "bench.toml"
-    nodes = "".join(f'\n[[node]]\nname = "{n.name}"\naddress = "{n.address}"\n' for n in pair.nodes)
-    path.write_text(f'vip = "{pair.vip}"\npassword_file = "pair.password"\n{nodes}')
-    return path
-
-
 def client_gap(load: WriteLoad, since: float, until: float) -> float:
     acked = sorted(a.acked for a in load.acks if since <= a.acked <= until)
     return max((b - a for a, b in itertools.pairwise(acked)), default=0.0)
@@ -108,7 +98,7 @@ def run(runs: int) -> tuple[str, list[dict]]:
     results = []
     pairs = contextlib.contextmanager(running_pair)
     with pairs(NET, "bu", kad_vri=82, vim_host=True, keep_env="BU_KEEP", wheel=source) as pair:
-        access = pair_file(pair)
+        access = pair.access_file("bench")
         base = ["--pair", str(access), "--releases", str(releases), "--json"]
         for number in range(1, runs + 1):
             upgrade = [ESCADM, "upgrade", "in-service", "--to", str(CURRENT), "--yes", *base]

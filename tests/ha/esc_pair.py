@@ -190,6 +190,22 @@ class Pair:
             f"{standby.name} standby: {self.status(standby)}\n{self.logs()}",
         )
 
+    def access_file(self, name: str) -> Path:
+        """The pair access file an upgrade's orchestrator is given (its VIP, the nodes'
+        addresses, the admin password in a file beside it): `escadm upgrade --pair`."""
+        secret = self.base / f"{name}.password"
+        secret.write_text(self.password + "\n")
+        secret.chmod(0o600)
+        nodes = "".join(
+            f'\n[[node]]\nname = "{n.name}"\naddress = "{n.address}"\n' for n in self.nodes
+        )
+        path = self.base / f"{name}.toml"
+        path.write_text(
+            f'vip = "{self.vip}"\nport = {API_PORT}\nuser = "admin"\n'
+            f'password_file = "{secret.name}"\n{nodes}'
+        )
+        return path
+
     def status(self, node: Node) -> str:
         return self.escadm(node, "status", timeout=30).stdout.strip()
 

@@ -92,16 +92,7 @@ def pair(source: Path) -> Iterator[Pair]:
 
 @pytest.fixture(scope="module")
 def pair_file(pair: Pair) -> Path:
-    secret = pair.base / "pair.password"
-    secret.write_text(pair.password + "\n")
-    secret.chmod(0o600)
-    path = pair.base / "lab.toml"
-    nodes = "".join(f'\n[[node]]\nname = "{n.name}"\naddress = "{n.address}"\n' for n in pair.nodes)
-    path.write_text(
-        f'vip = "{pair.vip}"\nport = 8080\nuser = "admin"\npassword_file = "pair.password"\n'
-        + nodes
-    )
-    return path
+    return pair.access_file("lab")
 
 
 def upgrade(pair_file: Path, releases: Path, *args: str) -> subprocess.Popen:
