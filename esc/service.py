@@ -236,10 +236,16 @@ class TokenClient:
                 self._token = read_token(self.token_file, self.service)
             return self._token
 
-    def exchange(self, method: str, path: str, body: Any = None) -> tuple[int, Any, str | None]:
+    def exchange(
+        self, method: str, path: str, body: Any = None, timeout: float | None = None
+    ) -> tuple[int, Any, str | None]:
+        """`timeout`: this call's own bound, for one that takes long by design."""
         headers = {"Authorization": f"Bearer {self._bearer()}"}
+        extra: dict[str, Any] = {}
+        if timeout is not None:
+            extra["timeout"] = httpx.Timeout(timeout, connect=self._client.timeout.connect)
         try:
-            response = self._client.request(method, path, json=body, headers=headers)
+            response = self._client.request(method, path, json=body, headers=headers, **extra)
         except httpx.TimeoutException as exc:
             phase = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "answering"
             raise Unreachable(str(exc), timed_out=True, phase=phase) from None

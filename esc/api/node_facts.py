@@ -78,8 +78,11 @@ def _schema(controller: Controller) -> SchemaFact:
     from esc.db.migrate import current_revision, head_revision
 
     head = head_revision()
+    ran = controller.last_migration.as_dict() if controller.last_migration else None
     return _read(
-        lambda: SchemaFact(revision=current_revision(controller.db.engine), head=head),
+        lambda: SchemaFact(
+            revision=current_revision(controller.db.engine), head=head, last_migration=ran
+        ),
         lambda why: SchemaFact(revision=None, head=head, error=why),
     )
 

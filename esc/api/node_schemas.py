@@ -4,7 +4,7 @@ the uploaded packages, and the package installer's state."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
@@ -22,6 +22,11 @@ class HealthFact(BaseModel):
 class SchemaFact(BaseModel):
     revision: str | None = Field(description="The database's schema revision")
     head: str = Field(description="The revision this release's migrations end at")
+    last_migration: dict[str, Any] | None = Field(
+        None,
+        description="The migration this process ran as it took the active role: from, to "
+        "(revisions) and seconds; null when it ran none",
+    )
     error: str | None = Field(None, description=_UNREADABLE)
 
 

@@ -228,15 +228,13 @@ def _show(status: Any, as_json: bool, extra: dict[str, Any] | None = None) -> No
             click.echo(f"  {key}: {value}")
 
 
-def _init_options(pairs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+def _name_values(pairs: tuple[str, ...], option: str, example: str) -> tuple[tuple[str, str], ...]:
     options = []
     for pair in pairs:
         name, sep, value = pair.partition("=")
         name = name.strip().lstrip("-")
         if not sep or not name:
-            raise CliError(
-                f"--init-option {pair!r}: write NAME=VALUE, e.g. api-port=8080", EXIT_USAGE
-            )
+            raise CliError(f"{option} {pair!r}: write NAME=VALUE, e.g. {example}", EXIT_USAGE)
         options.append((name, value))
     return tuple(options)
 
@@ -266,6 +264,13 @@ def _init_options(pairs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     metavar="NAME=VALUE",
     help="Another escadm init option for its first boot (api-port=8080); repeatable.",
 )
+@click.option(
+    "--vim-setting",
+    "vim_pairs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A setting of the node's own VIM, [vim] of its esc.toml (driver=vimhost); repeatable.",
+)
 @provider_options
 def deploy_command(
     image: str,
@@ -280,6 +285,7 @@ def deploy_command(
     floating_ip: str,
     ha_pair_file: Path | None,
     init_pairs: tuple[str, ...],
+    vim_pairs: tuple[str, ...],
     choice: ProviderChoice,
     home: NodeHome,
     as_json: bool,
@@ -300,7 +306,8 @@ def deploy_command(
         kad_vip=kad_vip,
         kad_vif=kad_vif,
         floating_ip=floating_ip,
-        init_options=_init_options(init_pairs),
+        init_options=_name_values(init_pairs, "--init-option", "api-port=8080"),
+        vim_settings=_name_values(vim_pairs, "--vim-setting", "driver=vimhost"),
         ha_pair=ha_pair_file.read_text(encoding="utf-8") if ha_pair_file else "",
     )
     try:

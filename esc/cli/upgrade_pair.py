@@ -140,6 +140,13 @@ def _print_record(record, as_json: bool) -> None:
     default="",
     help="With --pair A,B: the VIM the nodes run on, for the planner (default local).",
 )
+@click.option(
+    "--image",
+    default="",
+    metavar="NAME",
+    help="--method image: the target release's image at the nodes' provider (default "
+    "esc-TARGET, as the lab names its images).",
+)
 @state_dir_option
 @click.option("--dry-run", is_flag=True, help="Check and print the steps; change nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask before starting.")
@@ -151,6 +158,7 @@ def in_service_command(
     method: str | None,
     releases: Path,
     vim: str,
+    image: str,
     state_dir: Path | None,
     dry_run: bool,
     yes: bool,
@@ -158,6 +166,13 @@ def in_service_command(
 ) -> None:
     """Upgrade an HA pair to TARGET with no transaction lost: standby first, then a
     planned switchover, then the old active.
+
+    By package (between patch builds of one maintenance release) each node's package
+    agent installs the new release. By image (across releases) each node is deployed
+    again from the new image with its own parameters, through the node provider the
+    pair access file names; the schema is migrated by the upgraded node as it takes
+    the active role, the pair in MAINTENANCE meanwhile, and the old active stays
+    powered off with its data until the new one is verified (the quick rollback).
 
     Pre-checks first; nothing changes unless all pass. Each step is recorded: run
     the same command again to continue an upgrade cut short (escadm upgrade status
@@ -169,6 +184,7 @@ def in_service_command(
     from esc.upgrade.backup_restore import UpgradeError
     from esc.upgrade.in_service import StepFailed
     from esc.upgrade.journal import ROLLED_BACK, JournalError
+    from esc.upgrade.pair_access import PairAccessError
     from esc.upgrade.pair_upgrade import Refused, dry_run_steps, run_in_service
 
     try:
@@ -184,7 +200,7 @@ def in_service_command(
     try:
         with progress.shown():
             outcome = run_in_service(
-                access, release, releases, method, state_dir, progress, dry_run=dry_run
+                access, release, releases, method, state_dir, progress, dry_run=dry_run, image=image
             )
     except Refused as exc:
         if as_json:
@@ -192,12 +208,12 @@ def in_service_command(
         elif exc.checks:
             _print_checks(exc.checks)
         raise CliError(str(exc), EXIT_REFUSED) from None
-    except (UpgradeError, JournalError) as exc:
+    except (UpgradeError, JournalError, PairAccessError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     except StepFailed as exc:
         raise CliError(str(exc), EXIT_FAILED) from None
     if dry_run:
-        _print_dry_run(outcome, dry_run_steps(), as_json)
+        _print_dry_run(outcome, dry_run_steps(outcome.record.method), as_json)
         return
     _print_record(outcome.record, as_json)
     if outcome.record.state == ROLLED_BACK:
@@ -275,6 +291,7 @@ def rollback_pair(
     from esc.upgrade.backup_restore import UpgradeError
     from esc.upgrade.in_service import StepFailed
     from esc.upgrade.journal import JournalError
+    from esc.upgrade.pair_access import PairAccessError
     from esc.upgrade.pair_upgrade import Refused, run_rollback
 
     access = _access(pair_spec, vip)
@@ -284,7 +301,7 @@ def rollback_pair(
             outcome = run_rollback(access, releases, state_dir, progress, full=full)
     except Refused as exc:
         raise CliError(str(exc), EXIT_REFUSED) from None
-    except (UpgradeError, JournalError) as exc:
+    except (UpgradeError, JournalError, PairAccessError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     except StepFailed as exc:
         raise CliError(str(exc), EXIT_FAILED) from None

@@ -15,7 +15,9 @@ nodes cannot take down with them.
   One power operation runs at a time, and a node asking while it is fenced (both
   nodes of a split pair asked at once, the other one first) or asking to fence
   itself is refused, so one node survives.
-- power-off: SIGTERM first, `grace` seconds for the processes to stop, then as fence.
+- power-off: an orderly shutdown first, as a VM's: SIGTERM to the namespace's top
+  processes (a node's supervisor stops its services in their order), then to what is
+  left, `grace` seconds in all for them to stop; then as fence.
 - power-on: as after a reboot: the node's own address alone on its link (a VIP it
   held is gone), links up, its default route back. Processes are the caller's to
   start.
@@ -136,12 +138,14 @@ class DeployBody(BaseModel):
     kad_vif: str = ""
     floating_ip: str = ""
     init_options: dict[str, str] = Field(default_factory=dict)
+    vim_settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
     ha_pair: str = Field("", max_length=60000)
 
     def spec(self) -> NodeSpec:
         values = self.model_dump()
         values["ha_node_list"] = tuple(self.ha_node_list)
         values["init_options"] = tuple(sorted(self.init_options.items()))
+        values["vim_settings"] = tuple(sorted(self.vim_settings.items()))
         return NodeSpec(**values)
 
 
@@ -172,6 +176,16 @@ def netns_pids(netns: str) -> list[int]:
             except OSError:  # gone, or a zombie (it has left its namespaces)
                 continue
     return found
+
+
+def _parent(pid: int) -> int | None:
+    """The parent of `pid` (None once it is gone), from /proc/PID/stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name, in parentheses, may hold spaces: the fields follow its last ')'.
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def _kill_in(netns: str, pid: int, signum: int) -> bool:
@@ -360,7 +374,18 @@ class LabAgent:
             )
 
     def _terminate(self, node: Node, grace: float) -> None:
+        """An orderly shutdown, as a VM's init gives one: the namespace's top processes
+        (those whose parent is outside it, such as a node's supervisor, which stops its
+        services in their order: the engine, which hands the active role over, before
+        the database) get SIGTERM first; what is left once they have gone gets it too,
+        all within `grace` seconds."""
         deadline = time.monotonic() + grace
+        pids = netns_pids(node.netns)
+        tops = [pid for pid in pids if _parent(pid) not in pids]
+        for pid in tops:
+            _kill_in(node.netns, pid, signal.SIGTERM)
+        while set(tops) & set(netns_pids(node.netns)) and time.monotonic() < deadline:
+            time.sleep(0.02)
         for pid in netns_pids(node.netns):
             _kill_in(node.netns, pid, signal.SIGTERM)
         while netns_pids(node.netns) and time.monotonic() < deadline:
@@ -427,7 +452,11 @@ class LabAgent:
                 _ip(["-n", node.netns, "route", "add", "default", "via", gateway])
             self._update(node.address, power="on", powered_on_at=_now())
         machine = self._machine(node.address)
-        if machine is not None and self._record(node.address).get("state") == RUNNING:
+        if (
+            machine is not None
+            and self._record(node.address).get("state") == RUNNING
+            and not netns_pids(node.netns)  # a node that is on is not booted again
+        ):
             machine.boot()  # as a VM boots once it is on: escadm start
         seconds = time.monotonic() - started
         log.info("powered %s (netns %s) on in %.3f s", node.address, node.netns, seconds)

@@ -222,7 +222,18 @@ class Machine:
 
     def boot(self) -> None:
         """Boot it as after a power-on (escadm start; init only if it never ran), not
-        waiting: a VM is on once it boots, whatever its services do."""
+        waiting: a VM is on once it boots, whatever its services do.
+
+        The node home's run/ is its volatile state, /run on a VM, which a reboot
+        empties: it is emptied here too, so that the node's services find what they
+        find after a reboot (a role record from before it counts as none there, as
+        one written before the host booted does), not after a restart of themselves."""
+        run = self.home / "run"
+        for entry in run.iterdir() if run.is_dir() else ():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
         boot = self._boot()
         threading.Thread(target=boot.wait, daemon=True, name=f"boot-{self.name}").start()
 

@@ -89,7 +89,8 @@ class NodeSpec:
     name), the image and flavor it runs, the network its NIC is on, and the parameters
     of its `escadm init` (ip, gateway_ip, ha_node_list, kad_vip, kad_vif; any other init
     option in `init_options`). `ha_pair`: the pair file's text, for a node that joins
-    its pair (as a redeployed node of a pair does)."""
+    its pair (as a redeployed node of a pair does). `vim_settings`: the node's own VIM,
+    as [vim] of its esc.toml (bootvm.py's VIM connection parameters)."""
 
     name: str
     image: str
@@ -102,6 +103,7 @@ class NodeSpec:
     kad_vif: str = ""
     floating_ip: str = ""  # an existing floating IP the node keeps (OpenStack)
     init_options: tuple[tuple[str, str], ...] = ()
+    vim_settings: tuple[tuple[str, Any], ...] = ()
     ha_pair: str = field(default="", repr=False)  # a secret: never shown nor recorded
 
     def day0_parameters(self) -> dict[str, Any]:
@@ -114,6 +116,7 @@ class NodeSpec:
             "kad_vif": self.kad_vif,
             "ha_pair_file": PAIR_FILE if self.ha_pair else "",
             "init": dict(self.init_options),
+            "vim": dict(self.vim_settings),
         }
 
     def day0_config(self) -> dict[str, str]:
@@ -157,6 +160,7 @@ class NodeSpec:
             "kad_vif": self.kad_vif,
             "floating_ip": self.floating_ip,
             "init_options": dict(self.init_options),
+            "vim_settings": dict(self.vim_settings),
             "joins_pair": bool(self.ha_pair),
         }
 

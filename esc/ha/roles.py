@@ -210,6 +210,13 @@ class RoleManager:
             except (PgsqlError, ProviderError, SchemaTooNew) as exc:
                 self._fault(f"could not take the active role: {exc}")
                 return
+            except SQLAlchemyError as exc:
+                # The schema migration that taking the role runs failed (it is rolled
+                # back with its transaction): FAULT says so, rather than a node that
+                # holds the VIP with no engine.
+                cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+                self._fault(f"could not take the active role: the database refused: {cause}")
+                return
             self.role = ACTIVE
             self._forced = False
             self._record(ACTIVE, "holds the VIP and the active role")
@@ -455,7 +462,10 @@ class RoleManager:
 
     def _follow_peer(self) -> None:
         log.info("the peer %s is the active: this node's PostgreSQL follows it", self.ha.peer)
-        self._record(self.role, f"following the active {self.ha.peer}", active=str(self.ha.peer))
+        following = f"following the active {self.ha.peer}"
+        if self.role == FAULT:  # what the operator must act on stays the reason
+            following = f"{self.reason.split('; following')[0]}; {following}"
+        self._record(self.role, following, active=str(self.ha.peer))
         self._restart_pgsql()
 
     def _keep_replication(self, status: replication.ReplicationStatus) -> None:

@@ -14,6 +14,11 @@ parameters of its `escadm init` under the names ESC's operators know from bootvm
     [init]                                  # any other escadm init option, by its name
     api-port = 8080
 
+    [vim]                                   # the node's VIM, as [vim] of its esc.toml
+    driver = "vimhost"                      # (bootvm.py's VIM connection parameters)
+    url = "http://198.18.72.5:7800"
+    token_file = "/etc/esc/vim.token"
+
 and, when the node joins a pair, a second one holding the pair file. The image runs
 this file as its first-boot service, with nothing but Python's standard library (it
 is the image's, so it must work whatever release the image holds):
@@ -27,7 +32,8 @@ node made by hand). It runs `escadm init --json` with the day-0's parameters (wi
 [--ha-pair-file F]`; without: a standalone node whose API listens on every address,
 `--api-host 0.0.0.0`, since its clients are elsewhere), keeps what init printed
 (the admin password among it) in HOME/data/first-boot.json, mode 0600, and prints
-the rest. `--start` then runs `escadm start`. Its exit code is that of the escadm
+the rest; a day-0 [vim] is then written into the [vim] section of the node's
+esc.toml. `--start` then runs `escadm start`. Its exit code is that of the escadm
 command that failed (2: the day-0 itself is wrong, named), 0 when done.
 
 The network is not this program's: the VIM gives the NIC its address (cloud-init's
@@ -60,6 +66,7 @@ INIT_TIMEOUT = 600  # seconds: an HA node's init runs initdb and migrations
 START_TIMEOUT = 600
 
 KEYS = ("hostname", "ip", "gateway_ip", "ha_node_list", "kad_vip", "kad_vif", "ha_pair_file")
+TABLES = ("init", "vim")
 # The init options the keys above make: not to be given again under [init].
 _MADE = {
     "home",
@@ -75,6 +82,7 @@ _MADE = {
 }
 _OPTION = re.compile(r"[a-z][a-z0-9-]{0,40}\Z")
 _HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+_SETTING = re.compile(r"[a-z][a-z0-9_]{0,40}\Z")
 _FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,100}\Z")
 
 
@@ -88,8 +96,8 @@ class Day0Error(ValueError):
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     # A JSON string is a TOML basic string (the same escapes).
@@ -107,10 +115,11 @@ def render_day0(parameters: dict[str, Any]) -> str:
         value = parameters.get(key)
         if value not in (None, "", [], ()):
             lines.append(f"{key} = {_toml(value)}")
-    options = {k: v for k, v in (parameters.get("init") or {}).items() if v not in (None, "")}
-    if options:
-        lines += ["", "[init]"]
-        lines += [f"{json.dumps(k)} = {_toml(v)}" for k, v in sorted(options.items())]
+    for table in TABLES:
+        entries = {k: v for k, v in (parameters.get(table) or {}).items() if v not in (None, "")}
+        if entries:
+            lines += ["", f"[{table}]"]
+            lines += [f"{json.dumps(k)} = {_toml(v)}" for k, v in sorted(entries.items())]
     text = "\n".join(lines) + "\n"
     check_day0(tomllib.loads(text))
     return text
@@ -156,7 +165,7 @@ def _address(day0: dict[str, Any], key: str, with_prefix: bool = False) -> None:
 
 def check_day0(day0: dict[str, Any]) -> None:
     """Raise Day0Error naming the first key that cannot make a node."""
-    unknown = sorted(set(day0) - {*KEYS, "init"})
+    unknown = sorted(set(day0) - {*KEYS, *TABLES})
     if unknown:
         raise Day0Error(f"unknown day-0 keys {', '.join(unknown)}: the keys are {', '.join(KEYS)}")
     for key in KEYS:
@@ -211,6 +220,15 @@ def check_day0(day0: dict[str, Any]) -> None:
             )
         if not isinstance(value, (str, int, bool)):
             raise Day0Error(f"day-0 [init] {name} must be text, a number or true, not {value!r}")
+    vim = day0.get("vim", {})
+    if not isinstance(vim, dict):
+        raise Day0Error("day-0 [vim] must be a table of the node's [vim] settings")
+    for name, value in vim.items():
+        if not _SETTING.match(name) or not isinstance(value, (str, int, float, bool)):
+            raise Day0Error(
+                f"day-0 [vim] {name} = {value!r}: give a setting of esc.toml's [vim] (driver, "
+                "url, token_file, ...) with a text, number or boolean value"
+            )
 
 
 def init_argv(day0: dict[str, Any], day0_dir: Path) -> list[str]:
@@ -232,6 +250,30 @@ def init_argv(day0: dict[str, Any], day0_dir: Path) -> list[str]:
         elif value is not False:
             argv += [f"--{name}", str(value)]
     return argv
+
+
+def with_vim(config: str, vim: dict[str, Any]) -> str:
+    """esc.toml's text `config` with the keys of `vim` set in its [vim] section (only
+    there: its subsections [vim.NAME] are left alone); keys it lacks are added."""
+    lines = config.splitlines()
+    try:
+        start = lines.index("[vim]")
+    except ValueError:
+        lines += ["", "[vim]"]
+        start = len(lines) - 1
+    end = next(
+        (i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")),
+        len(lines),
+    )
+    left = dict(vim)
+    for i in range(start + 1, end):
+        key = lines[i].split("=", 1)[0].strip()
+        if "=" in lines[i] and key in left:
+            lines[i] = f"{key} = {_toml(left.pop(key))}"
+    while end > start + 1 and not lines[end - 1].strip():
+        end -= 1  # new keys go after the section's last key, not after a blank line
+    lines[end:end] = [f"{key} = {_toml(value)}" for key, value in sorted(left.items())]
+    return "\n".join(lines) + "\n"
 
 
 # the first boot --------------------------------------------------------------------------
@@ -269,6 +311,11 @@ def first_boot(day0_dir: Path, home: Path, escadm: Path, start: bool) -> int:
         except ValueError:
             shown = {}
         _say(f"node created in {home} ({json.dumps(shown, sort_keys=True)}); see {result}")
+        vim = read_day0(day0_dir).get("vim")
+        if vim:
+            config = home / "esc.toml"
+            config.write_text(with_vim(config.read_text(encoding="utf-8"), vim), encoding="utf-8")
+            _say(f"[vim] of {config} set from the day-0: {', '.join(sorted(vim))}")
     if not start:
         return 0
     started = _run([str(escadm), "start", "--home", str(home)], START_TIMEOUT)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from esc.ha.provider import ProviderError
 from esc.node.installer import DONE as INSTALLED
 from esc.node.installer import FAILED as NOT_INSTALLED
 from esc.node.installer import RUNNING as INSTALLING
@@ -104,13 +105,7 @@ class Upgrade:
 
     def run(self) -> Record:
         """Run the steps not done yet, in order; the record says how it ended."""
-        steps = {
-            "upload": self.upload,
-            "upgrade_standby": self.upgrade_standby,
-            "switchover": self.switchover,
-            "upgrade_old_active": self.upgrade_standby,  # the old active is the standby now
-            "verify": self.verify,
-        }
+        steps = self.step_actions()
         probe = VipProbe(self.access)
         try:
             with probe:
@@ -119,7 +114,7 @@ class Upgrade:
                     self.progress(step.title)
                     try:
                         detail = steps[step.name]()
-                    except (StepFailed, NodeApiError, TimeoutError) as exc:
+                    except (StepFailed, NodeApiError, ProviderError, TimeoutError) as exc:
                         self.journal.failed(step, str(exc))
                         if self.record.state == ROLLED_BACK:
                             return self.record
@@ -139,6 +134,16 @@ class Upgrade:
             self.close()
         self.journal.end(ROLLED_BACK if self.rolling_back else COMPLETED)
         return self.record
+
+    def step_actions(self) -> dict[str, Callable[[], str]]:
+        """What each step of the record does (the method's)."""
+        return {
+            "upload": self.upload,
+            "upgrade_standby": self.upgrade_standby,
+            "switchover": self.switchover,
+            "upgrade_old_active": self.upgrade_standby,  # the old active is the standby now
+            "verify": self.verify,
+        }
 
     def _keep_interruption(self, probe: VipProbe) -> None:
         figures = self.record.figures
@@ -217,25 +222,31 @@ class Upgrade:
                 f"installing {version} on {api.base_url} failed: {state.get('error', '')}"
             )
 
-    def wait_in_sync_standby(self, address: str) -> NodeFacts:
-        """`address` the healthy standby at the goal and the pair UpToDate."""
+    def wait_in_sync_standby(self, address: str, version: str = "") -> NodeFacts:
+        """`address` the healthy standby at `version` (the goal) and the pair UpToDate."""
+        version = version or self.goal
         api = self.apis[address]
         active = self.apis[self.other(address)]
 
         def ready() -> NodeFacts | None:
             facts = api.facts()
             self.progress(f"{address}: {facts.role}, {facts.replication_detail or 'replication?'}")
-            if facts.version != self.goal or facts.role != "STANDBY" or not facts.healthy:
+            if facts.version != version or facts.role != "STANDBY" or not facts.healthy:
                 return None
             return facts if self._uptodate(facts, active) else None
 
-        return wait_for(ready, UPTODATE_BOUND, f"{address} the in-sync standby at {self.goal}")
+        return wait_for(ready, UPTODATE_BOUND, f"{address} the in-sync standby at {version}")
 
-    @staticmethod
-    def _uptodate(standby: NodeFacts, active: NodeApi) -> bool:
+    def _uptodate(self, standby: NodeFacts, active: NodeApi) -> bool:
         if standby.uptodate is not None:
             return standby.uptodate
-        return bool(active.facts().uptodate)
+        reported = active.facts().uptodate
+        if reported is None:
+            # Both nodes run a release that does not report replication (before 1.3): a
+            # healthy standby is all they tell, and that is what is recorded.
+            self.record.facts.setdefault("replication_unreported", []).append(standby.address)
+            return True
+        return reported
 
     def switchover(self) -> str:
         """The active role to the node at the goal, unless the active runs it already."""

@@ -22,6 +22,21 @@ is named either by a small TOML file:
     name = "esc-2"
     address = "198.18.80.12"
 
+An upgrade by image replaces the nodes through their node provider, which the file
+then names, with the pair file the nodes were made with (a redeployed node joins its
+pair with it; a secret, mode 0600):
+
+    ha_pair_file = "esc-pair.json"   # relative to this file
+    [provider]
+    name = "local"               # the lab's host agent, or a VIM's driver: openstack,
+                                 # libvirt, vmware, csp
+    agent = "http://198.18.80.1:7700"      # local: the agent's URL
+    agent_token_file = "agent.token"        # local: the file holding its token
+    [provider.openstack]         # a VIM's driver: its settings, as [vim.openstack] of
+    auth_url = "..."             # esc.toml (relative files are beside this file)
+
+The nodes' names are their names at the provider.
+
 or by the nodes' addresses on the command line (`--pair 198.18.80.11,198.18.80.12
 --vip 198.18.80.100`), the credentials then from $ESC_USER/$ESC_PASSWORD.
 """
@@ -32,11 +47,14 @@ import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from esc.release.catalog import VIMS
+
+if TYPE_CHECKING:
+    from esc.ha.provider import NodeProvider
 
 USER_ENV = "ESC_USER"
 PASSWORD_ENV = "ESC_PASSWORD"
@@ -65,6 +83,26 @@ class PairNode(_Strict):
     _check_address = field_validator("address")(_address)
 
 
+LAB_PROVIDER = "local"
+# Seconds one call to the lab's agent may take: removing a node's disk is not quick.
+CALL_TIMEOUT = 30.0
+NODE_VIMS = ("openstack", "libvirt", "vmware", "csp")
+
+
+class ProviderAccess(BaseModel):
+    """The node provider the pair's nodes run on (an upgrade by image replaces them)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: Literal["local", "openstack", "libvirt", "vmware", "csp"]
+    agent: str = ""
+    agent_token_file: str = ""
+
+    @property
+    def vim_section(self) -> dict[str, Any]:
+        extra = self.model_extra or {}
+        return dict(extra.get(self.name) or {})
+
+
 class Pair(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
     vip: str
@@ -74,6 +112,8 @@ class Pair(_Strict):
     user: str = "admin"
     password_file: str = ""
     vim: str = "local"
+    ha_pair_file: str = ""
+    provider: ProviderAccess | None = None
     node: Annotated[list[PairNode], Field(min_length=2, max_length=2)]
 
     _check_vip = field_validator("vip")(_address)
@@ -127,6 +167,54 @@ class PairAccess:
     def _path(self, value: str) -> Path:
         path = Path(value)
         return path if path.is_absolute() else self.base / path
+
+    def ha_pair_text(self) -> str:
+        """The pair file a redeployed node joins its pair with."""
+        if not self.pair.ha_pair_file:
+            raise PairAccessError(
+                f"pair {self.pair.name}: an upgrade by image redeploys its nodes, which join "
+                "the pair with its pair file: name it in the pair access file (ha_pair_file)"
+            )
+        path = self._path(self.pair.ha_pair_file)
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PairAccessError(
+                f"cannot read the pair file {path} (ha_pair_file): {exc}; give the pair file "
+                "of escadm init --ha the nodes were made with"
+            ) from None
+
+    def node_provider(self, data_dir: Path) -> NodeProvider:
+        """The pair's node provider, as [provider] of the pair access file names it;
+        `data_dir` is where a VIM driver keeps what it needs between calls."""
+        given = self.pair.provider
+        if given is None:
+            raise PairAccessError(
+                f"pair {self.pair.name}: an upgrade by image replaces its nodes through their "
+                "node provider: add a [provider] table to the pair access file (name = "
+                f'"{LAB_PROVIDER}" or one of {", ".join(NODE_VIMS)})'
+            )
+        if given.name == LAB_PROVIDER:
+            from esc.ha.providers.lab import LabProvider
+
+            if not (given.agent and given.agent_token_file):
+                raise PairAccessError(
+                    '[provider] name = "local" is the lab\'s host agent: give its agent URL '
+                    "and agent_token_file"
+                )
+            return LabProvider(given.agent, self._path(given.agent_token_file), CALL_TIMEOUT)
+        from esc.config import VimSettings
+        from esc.ha.providers.vim import VimNodeProvider, node_driver
+
+        try:
+            settings = VimSettings.model_validate(
+                {"driver": given.name, given.name: given.vim_section}
+            )
+        except ValidationError as exc:
+            problems = "; ".join(error["msg"] for error in exc.errors())
+            raise PairAccessError(f"[provider.{given.name}]: {problems}") from None
+        driver = node_driver(given.name, settings, self.base, data_dir)
+        return VimNodeProvider(driver, f"the {given.name} VIM of the pair access file")
 
 
 def _password(pair: Pair, base: Path, source: str) -> str:

@@ -34,8 +34,10 @@ def pair_checks(
     source: str,
     package_bytes: int,
     max_lag_s: float = MAX_REPLAY_LAG_S,
+    node_api: bool = True,
 ) -> list[Check]:
-    """The checks of a pair whose nodes answered with `facts` (by address)."""
+    """The checks of a pair whose nodes answered with `facts` (by address); `node_api`:
+    the method needs each node's package agent (the package method)."""
     checks: list[Check] = []
     nodes = list(facts.values())
     for f in nodes:
@@ -102,7 +104,7 @@ def pair_checks(
         )
     )
     for f in nodes:
-        if not f.node_api:
+        if node_api and not f.node_api:
             checks.append(
                 Check(
                     f"{f.address}: node API",

@@ -4,6 +4,7 @@ The planner decides the method (package between patch builds of one maintenance
 release; image across releases) from the TARGET's catalog, read from its package:
 a newer release knows which sources it accepts. A recorded upgrade not finished is
 continued rather than started again; a finished one's record is kept beside the new.
+The package method is esc.upgrade.in_service, the image method esc.upgrade.image_method.
 """
 
 from __future__ import annotations
@@ -13,23 +14,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from esc.ha.provider import NodeProvider, ProviderError
 from esc.release.numbers import ReleaseNumber
 from esc.release.planner import Plan, plan_upgrade
 from esc.release.procedures import Method
 from esc.upgrade.backup_restore import UpgradeError, wheel_catalog
+from esc.upgrade.image_method import (
+    METHOD_IMAGE,
+    ImageUpgrade,
+    image_name,
+    new_image_steps,
+)
 from esc.upgrade.in_service import (
     METHOD_PACKAGE,
     Upgrade,
     check_resumable,
     new_record_steps,
 )
-from esc.upgrade.journal import IN_PROGRESS, Journal, Record, UpgradeLock
+from esc.upgrade.journal import IN_PROGRESS, ROLLED_BACK, Journal, Record, UpgradeLock
 from esc.upgrade.node_api import NodeApi, NodeApiError, NodeFacts
-from esc.upgrade.pair_access import PairAccess
+from esc.upgrade.node_replace import recorded_parameters
+from esc.upgrade.pair_access import PairAccess, PairAccessError
 from esc.upgrade.pair_checks import Check, pair_checks
 from esc.upgrade.release_files import ReleasePackage, find_package
+from esc.upgrade.schema_path import schema_path, wheel_head
 
-METHODS = {METHOD_PACKAGE: Method.IN_SERVICE_PACKAGE, "image": Method.IN_SERVICE_IMAGE}
+METHODS = {METHOD_PACKAGE: Method.IN_SERVICE_PACKAGE, METHOD_IMAGE: Method.IN_SERVICE_IMAGE}
 # What each step of the package method costs, for --dry-run: seconds as measured on a
 # lab pair (bench/bench_upgrade.py), and the effect on the pair's service.
 PACKAGE_EXPECTATIONS = {
@@ -47,6 +57,24 @@ PACKAGE_EXPECTATIONS = {
     "upgrade_old_active": (20, "the pair has no standby meanwhile, as above"),
     "verify": (2, "none"),
 }
+# The image method's, as measured likewise.
+IMAGE_EXPECTATIONS = {
+    "prepare": (1, "none"),
+    "replace_standby": (
+        40,
+        "the standby is deleted and deployed again from the new image, then copies the "
+        "active's data; the active commits alone meanwhile, writes go on",
+    ),
+    "switchover": (
+        3,
+        "MAINTENANCE: writes are refused (clients retry; escadm does by itself) while the "
+        "old active hands the role over and shuts down, the new one migrates the schema "
+        "and is verified; transactions in flight are resumed there",
+    ),
+    "replace_old_active": (40, "the old active is redeployed; the pair has no standby meanwhile"),
+    "verify": (2, "none"),
+}
+EXPECTATIONS = {METHOD_PACKAGE: PACKAGE_EXPECTATIONS, METHOD_IMAGE: IMAGE_EXPECTATIONS}
 
 
 class Refused(Exception):
@@ -108,24 +136,23 @@ def choose_method(plan: Plan, asked: str | None) -> str:
             f"--method {chosen} does not apply to {plan.source} → {plan.target}: {why}; "
             f"the planner offers {', '.join(offered) or 'no in-service method'}"
         )
-    if chosen != METHOD_PACKAGE:
-        raise Refused(
-            f"{plan.source} → {plan.target} is an upgrade by image, which this escadm does "
-            "not run in one command: follow `escadm upgrade plan --ha` with the escadm node "
-            "commands (docs/upgrade.md)"
-        )
     return chosen
 
 
-def dry_run_steps() -> list[dict[str, Any]]:
+def steps_of(method: str) -> list:
+    return new_record_steps() if method == METHOD_PACKAGE else new_image_steps()
+
+
+def dry_run_steps(method: str = METHOD_PACKAGE) -> list[dict[str, Any]]:
+    expected = EXPECTATIONS[method]
     return [
         {
             "step": step.name,
             "title": step.title,
-            "expected_s": PACKAGE_EXPECTATIONS[step.name][0],
-            "effect": PACKAGE_EXPECTATIONS[step.name][1],
+            "expected_s": expected[step.name][0],
+            "effect": expected[step.name][1],
         }
-        for step in new_record_steps()
+        for step in steps_of(method)
     ]
 
 
@@ -137,7 +164,10 @@ def run_in_service(
     state_dir: Path | None,
     progress: Callable[[str], None],
     dry_run: bool = False,
+    image: str = "",
 ) -> Outcome:
+    """`image`: the image of the target at the node provider (image method; default
+    esc-TARGET)."""
     directory = state_dir_of(access, state_dir)
     with UpgradeLock(directory):
         recorded = Journal.read(directory)
@@ -154,10 +184,21 @@ def run_in_service(
         source = ReleaseNumber.parse(sources[0])
         plan = plan_upgrade(wheel_catalog(package.path), source, target, access.pair.vim, True)
         chosen = choose_method(plan, method)
-        checks = pair_checks(facts, vip, vip_error, str(source), package.size)
+        checks = pair_checks(
+            facts, vip, vip_error, str(source), package.size, node_api=chosen == METHOD_PACKAGE
+        )
         source_package = _source_package(releases, source, checks)
+        checks.append(_schema_check(package, source_package, facts))
+        images: dict[str, str] = {}
+        provider = None
+        if chosen == METHOD_IMAGE:
+            provider, images = _image_checks(
+                access, directory, image or image_name(str(target)), checks
+            )
         failing = [c for c in checks if not c.ok]
         if failing:
+            if provider is not None:
+                provider.close()
             raise Refused(
                 "pre-checks failed, nothing was changed: "
                 + "; ".join(
@@ -167,7 +208,10 @@ def run_in_service(
             )
         standby = next(f.address for f in facts.values() if f.role == "STANDBY")
         active = next(f.address for f in facts.values() if f.role == "ACTIVE")
+        first = {"first": standby, "second": active}
         if dry_run:
+            if provider is not None:
+                provider.close()
             record = Record(
                 id="dry-run",
                 pair=access.pair.name,
@@ -175,23 +219,109 @@ def run_in_service(
                 source=str(source),
                 target=str(target),
                 started_at=0.0,
-                steps=new_record_steps(),
-                facts={"first": standby, "second": active},
+                steps=steps_of(chosen),
+                facts={**first, "images": images},
             )
             return Outcome(record, checks)
         journal = Journal.new(
-            directory, access.pair.name, chosen, str(source), str(target), new_record_steps()
+            directory, access.pair.name, chosen, str(source), str(target), steps_of(chosen)
         )
         journal.record.facts.update(
-            {
-                "first": standby,
-                "second": active,
-                "versions_before": {a: f.version for a, f in facts.items()},
-            }
+            {**first, "versions_before": {a: f.version for a, f in facts.items()}}
         )
+        if images:
+            journal.record.facts["images"] = images
         journal.save()
-        upgrade = Upgrade(access, journal, package, source_package, progress)
+        upgrade = _upgrade_of(access, journal, package, source_package, progress, provider)
         return Outcome(upgrade.run(), checks)
+
+
+def _upgrade_of(
+    access: PairAccess,
+    journal: Journal,
+    package: ReleasePackage,
+    source_package: ReleasePackage | None,
+    progress: Callable[[str], None],
+    provider: NodeProvider | None,
+) -> Upgrade:
+    """The orchestrator of the record's method."""
+    if journal.record.method != METHOD_IMAGE:
+        return Upgrade(access, journal, package, source_package, progress)
+    if provider is None:
+        provider = access.node_provider(journal.directory / "nodes")
+    return ImageUpgrade(
+        access,
+        journal,
+        package,
+        source_package,
+        progress,
+        provider=provider,
+        ha_pair=access.ha_pair_text(),
+    )
+
+
+def _schema_check(
+    package: ReleasePackage, source_package: ReleasePackage | None, facts: dict[str, NodeFacts]
+) -> Check:
+    """Whether the target's migrations from the pair's schema can run in service."""
+    name = "schema migrations online"
+    reported = {f.schema.get("revision") for f in facts.values() if f.schema.get("revision")}
+    try:
+        if reported:
+            current = sorted(reported)[0]
+        elif source_package is not None:
+            current = wheel_head(source_package.path)  # an older release at its head
+        else:
+            return Check(name, False, "the pair's schema revision is not known", "")
+        path = schema_path(package.path, current)
+    except UpgradeError as exc:
+        return Check(name, False, str(exc), "use the release's verified wheel")
+    applied = f"; applied at the switchover: {', '.join(path.revisions)}" if path.revisions else ""
+    return Check(name, path.allowed, path.reason + applied, path.next_step)
+
+
+def _image_checks(
+    access: PairAccess, directory: Path, target_image: str, checks: list[Check]
+) -> tuple[NodeProvider | None, dict[str, str]]:
+    """The node provider reachable, each node known to it with its parameters, the
+    pair file readable: what replacing the nodes needs."""
+    try:
+        provider = access.node_provider(directory / "nodes")
+        access.ha_pair_text()
+    except (PairAccessError, ProviderError) as exc:
+        checks.append(Check("the node provider and the pair file", False, str(exc)))
+        return None, {}
+    try:
+        provider.check()
+        sources = {n.name: recorded_parameters(provider, n.name)["image"] for n in access.pair.node}
+    except ProviderError as exc:
+        checks.append(
+            Check(
+                "each node known to its provider",
+                False,
+                str(exc),
+                "the pair access file's node names must be the nodes' names at the provider",
+            )
+        )
+        return provider, {}
+    images = sorted(set(sources.values()))
+    checks.append(
+        Check(
+            "each node known to its provider",
+            len(images) == 1,
+            ", ".join(f"{name} from {image}" for name, image in sources.items()),
+            "both nodes must be made from one image before an upgrade by image",
+        )
+    )
+    checks.append(
+        Check(
+            "the target's image",
+            target_image not in images,
+            f"{target_image}" + (" (the nodes' own already)" if target_image in images else ""),
+            "name the target release's image with --image",
+        )
+    )
+    return provider, {"source": images[0], "target": target_image}
 
 
 def _source_package(
@@ -227,7 +357,8 @@ def _continue(
     package = find_package(releases, ReleaseNumber.parse(record.target))
     source = find_package(releases, ReleaseNumber.parse(record.source))
     progress(f"continuing the upgrade recorded in {journal.path}")
-    return Outcome(Upgrade(access, journal, package, source, progress).run(), resumed=True)
+    upgrade = _upgrade_of(access, journal, package, source, progress, None)
+    return Outcome(upgrade.run(), resumed=True)
 
 
 METHOD_ROLLBACK = "package-rollback"
@@ -248,6 +379,8 @@ def run_rollback(
         recorded = Journal.read(directory)
         if recorded is None:
             raise Refused(f"no upgrade of the pair {access.pair.name} is recorded in {directory}")
+        if recorded.method == METHOD_IMAGE:
+            return _roll_back_image(access, directory, recorded, releases, progress, full)
         if recorded.method == METHOD_ROLLBACK:
             if recorded.state != IN_PROGRESS:
                 raise Refused(
@@ -277,3 +410,41 @@ def run_rollback(
         package = find_package(releases, ReleaseNumber.parse(journal.record.target))
         upgrade = Upgrade(access, journal, package, None, progress, rolling_back=True)
         return Outcome(upgrade.run(), resumed=recorded.method == METHOD_ROLLBACK)
+
+
+def _roll_back_image(
+    access: PairAccess,
+    directory: Path,
+    record: Record,
+    releases: Path,
+    progress: Callable[[str], None],
+    full: bool,
+) -> Outcome:
+    """The quick rollback of an upgrade by image, while the new release has
+    acknowledged no write: the old active, off with its disk, comes back."""
+    if record.state == ROLLED_BACK:
+        raise Refused(f"the upgrade {record.id} was rolled back already: {record.rollback}")
+    if full or record.facts.get("new_acknowledges"):
+        raise Refused(
+            f"the upgrade by image {record.source} → {record.target} "
+            + (
+                "has the new release acknowledging writes, which a quick rollback would lose"
+                if record.facts.get("new_acknowledges")
+                else "is asked to roll back in full"
+            )
+            + ": a full rollback (the old image redeployed and a backup restored) is "
+            "escadm backup on the active, then the pair redeployed from the old image "
+            "with escadm node deploy and escadm restore (docs/upgrade.md)"
+        )
+    journal = Journal(directory, record)
+    record.resumed += 1
+    journal.save()
+    package = find_package(releases, ReleaseNumber.parse(record.target))
+    source = find_package(releases, ReleaseNumber.parse(record.source))
+    upgrade = _upgrade_of(access, journal, package, source, progress, None)
+    assert isinstance(upgrade, ImageUpgrade)
+    try:
+        upgrade.roll_back_by_request()
+    finally:
+        upgrade.close()
+    return Outcome(record, resumed=True)

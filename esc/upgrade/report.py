@@ -34,6 +34,8 @@ def report_of(record: Record) -> dict[str, Any]:
         ],
         "write_interruption_s": figures.get("write_interruption_s"),
         "switchover_s": figures.get("switchover_s"),
+        "maintenance_s": figures.get("maintenance_s"),
+        "migration": figures.get("migration"),
         "in_flight_at_switchover": figures.get("in_flight_at_switchover", []),
         "in_flight_states": figures.get("in_flight_states", {}),
         "transactions_during_upgrade": figures.get("transactions_during_upgrade", {}),
@@ -62,6 +64,18 @@ def _summary(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"Switchover: {report['switchover_s']:.3f} s; in flight at it: "
             f"{len(report['in_flight_at_switchover'])} ({ended})"
+        )
+    if report["maintenance_s"] is not None:
+        migration = report["migration"] or {}
+        ran = (
+            f"the schema migrated {migration['from']} → {migration['to']} in "
+            f"{migration['seconds']:.3f} s"
+            if migration
+            else "no schema migration"
+        )
+        lines.append(
+            f"Writes refused (MAINTENANCE) for {report['maintenance_s']:.3f} s: the role "
+            f"handed over, {ran}, the new active verified"
         )
     counts = report["transactions_during_upgrade"]
     if counts:

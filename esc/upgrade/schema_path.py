@@ -135,6 +135,11 @@ def _head(wheel: Path, scripts: dict[str, MigrationScript]) -> str:
     return heads[0]
 
 
+def wheel_head(wheel: Path) -> str:
+    """The schema revision a release's wheel brings its database to."""
+    return _head(wheel, wheel_migrations(wheel))
+
+
 def _ancestry(scripts: dict[str, MigrationScript], revision: str) -> set[str]:
     seen: set[str] = set()
     stack = [revision]

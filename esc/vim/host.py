@@ -21,6 +21,8 @@ JSON both ways, under /v1:
     GET    /vms/VM_ID                 the VM's status: {"vm_id", "state", "address", "detail"}
     POST   /vms/VM_ID/start|stop|reboot   the status after it
     DELETE /vms/VM_ID                 204 (an absent VM too)
+    GET    /vms/VM_ID/alive           {"alive": true|false}: its health endpoint answers
+                                      (what controllers before 1.3 ask)
 
 A refusal is {"error": MESSAGE, "kind": CLASS}: 422 an unknown image or
 flavor, 409 another permanent refusal, 503 a transient failure (a busy host),
@@ -47,6 +49,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from esc import service
+from esc.monitor.liveness import vm_is_up
 from esc.service import UsageError, bind, error_response, service_app, url_of
 from esc.vim.base import (
     InstanceStatus,
@@ -137,6 +140,12 @@ def create_app(vim: LocalVim, token: str) -> Any:
     @app.get(f"{API}/vms/{{vm_id}}")
     def vm_status(vm_id: str) -> dict[str, Any]:
         return _status(vim.status(vm_id))
+
+    @app.get(f"{API}/vms/{{vm_id}}/alive")
+    def vm_alive(vm_id: str) -> dict[str, Any]:
+        # What drivers of releases before 1.3 ask (they left liveness to the VIM): a
+        # VIM host serves the controllers of a pair upgraded across that release too.
+        return {"alive": vm_is_up(vim.status(vm_id))}
 
     @app.post(f"{API}/vms/{{vm_id}}/start")
     def start_vm(vm_id: str) -> dict[str, Any]:

@@ -57,6 +57,8 @@ class WriteLoad:
     retry_for: float = 0.0
     acks: list[Ack] = field(default_factory=list)
     failures: int = 0
+    # Each failed write: its name and its last answer (a status, or "no answer").
+    failed: list[str] = field(default_factory=list)
     retries: int = 0
     # Retried writes the server answered other than with the first answer (a 409: it
     # did not know the key, so the write may have been done twice).
@@ -93,6 +95,10 @@ class WriteLoad:
                     self.acks.append(Ack(seq, sent, time.time(), response.headers["ESC-Node"]))
                 else:
                     self.failures += 1
+                    answer = "no answer" if response is None else str(response.status_code)
+                    if response is not None and response.status_code != 503:
+                        answer += f" {response.text[:200]}"
+                    self.failed.append(f"{self.name(seq)}: {answer}")
                     client.close()  # the next attempt makes a new connection
                     client = self._client()
                 self._stop.wait(max(0.0, self.interval - (time.monotonic() - began)))

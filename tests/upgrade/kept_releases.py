@@ -30,6 +30,14 @@ def previous_release() -> Path:
     return kept()[max(older)]
 
 
+def previous_train_release() -> Path:
+    """The newest kept release of an older train than this checkout's (what an
+    upgrade by image starts from)."""
+    older = [v for v in kept() if v.parts[:2] < CURRENT.parts[:2]]
+    assert older, f"no release of a train before {CURRENT} in {RELEASES}"
+    return kept()[max(older)]
+
+
 def previous_patch_build() -> Path | None:
     """The newest kept patch build of this checkout's maintenance release older than it
     (what a package upgrade starts from); None if this is the first."""

@@ -285,6 +285,9 @@ def test_a_release_without_the_node_api_is_refused_and_its_replication_left_alon
     (replication,) = [c for c in checks if c.name.startswith("replication")]
     assert replication.ok and "the switchover itself refuses" in replication.detail
     assert [c.name for c in checks if not c.ok] == ["a: node API", "b: node API"]
+    # An upgrade by image replaces the nodes through their provider: no node API needed.
+    by_image = pair_checks(facts, _facts("vip", "ACTIVE"), "", "1.3.0.1", 2**20, node_api=False)
+    assert [c.name for c in by_image if not c.ok] == []
 
 
 # the report ------------------------------------------------------------------------
@@ -326,16 +329,16 @@ def _plan(source: str, target: str):
     return plan_upgrade(load_catalog(None), parse(source), parse(target), "local", ha=True)
 
 
-def test_the_planner_chooses_the_package_method_between_patch_builds() -> None:
+def test_the_planner_chooses_package_between_patch_builds_and_image_across_releases() -> None:
     assert choose_method(_plan("1.3.0.1", "1.3.0.2"), None) == "package"
     assert choose_method(_plan("1.3.0.1", "1.3.0.2"), "package") == "package"
+    assert choose_method(_plan("1.2.0.1", "1.3.0.2"), None) == "image"
 
 
 @pytest.mark.parametrize(
     ("source", "target", "asked", "message"),
     [
         ("1.3.0.1", "1.3.0.2", "image", "--method image does not apply"),
-        ("1.2.0.1", "1.3.0.2", None, "an upgrade by image"),
         ("1.2.0.1", "1.3.0.2", "package", "only between patch builds"),
         ("1.3.0.2", "1.3.0.1", None, "a downgrade is never an upgrade"),
         ("1.0.0.2", "1.3.0.2", None, "upgrade stepwise"),

@@ -112,9 +112,11 @@ class LabProvider(NodeProvider):
 
     # the HTTP exchange ------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, what: str, body: Any = None) -> Any:
+    def _call(
+        self, method: str, path: str, what: str, body: Any = None, timeout: float | None = None
+    ) -> Any:
         try:
-            status, answer, message = self.http.exchange(method, path, body)
+            status, answer, message = self.http.exchange(method, path, body, timeout)
         except TokenError as exc:
             raise PermanentProviderError(f"{exc} ([ha] provider_token_file)") from None
         except Unreachable as exc:
@@ -122,8 +124,8 @@ class LabProvider(NodeProvider):
                 raise TransientProviderError(
                     f"the node provider at {self.url} timed out {exc.phase} to {what} "
                     f"(connect bound {min(self.timeout, CONNECT_TIMEOUT):g} s, call bound "
-                    f"{self.timeout:g} s, [ha] provider_timeout): check that it runs and "
-                    "that this node reaches it"
+                    f"{timeout or self.timeout:g} s, [ha] provider_timeout): check that it "
+                    "runs and that this node reaches it"
                 ) from None
             raise TransientProviderError(
                 f"the node provider at {self.url} cannot be reached to {what}: {exc}; start "
@@ -166,7 +168,9 @@ class LabProvider(NodeProvider):
     def power_off(self, node: str, grace: float = 0.0) -> None:
         what = f"power {node} off"
         path = f"{node_path(node, names=True)}/power-off"
-        self._expect(self._call("POST", path, what, {"grace": grace}), "power", "off", what)
+        # The agent answers once the node is off: after up to `grace` s of shutdown.
+        answer = self._call("POST", path, what, {"grace": grace}, self.timeout + grace)
+        self._expect(answer, "power", "off", what)
 
     def power_on(self, node: str) -> None:
         what = f"power {node} on"
@@ -185,9 +189,14 @@ class LabProvider(NodeProvider):
     def deploy(self, spec: NodeSpec) -> NodeStatus:
         spec.check()
         body = {
-            **{k: v for k, v in vars(spec).items() if k not in ("ha_node_list", "init_options")},
+            **{
+                k: v
+                for k, v in vars(spec).items()
+                if k not in ("ha_node_list", "init_options", "vim_settings")
+            },
             "ha_node_list": list(spec.ha_node_list),
             "init_options": dict(spec.init_options),
+            "vim_settings": dict(spec.vim_settings),
         }
         status = node_status(self._call("POST", "/nodes", f"deploy node {spec.name}", body))
         deadline = time.monotonic() + self.deploy_timeout
