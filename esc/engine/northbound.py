@@ -100,8 +100,11 @@ class Northbound:
         require_writable) lets it, and, for a keyed request, the answer it gets
         committed with it, or the first answer replayed (idempotency.Replayed).
 
-        A replay is answered before the check: it changes nothing, so a retry whose
-        first attempt was done gets that answer in MAINTENANCE too."""
+        A replay is answered before the op_mode check: it changes nothing, so a retry
+        whose first attempt was done gets that answer in MAINTENANCE too. Not before
+        the active-role check: a node that does not hold the role may not have this
+        release's schema yet (a standby of an older primary, a node migrating it as it
+        takes the role), and the holder answers the retry."""
         checked = check or (lambda session: require_writable(session, self.lease))
         if self._keyed is None:
             with self.db.write() as session:
@@ -110,6 +113,7 @@ class Northbound:
         request, render = self._keyed
         try:
             with self.db.write() as session:
+                self.lease.check(session)
                 idempotency.replay_if_done(session, request)
                 checked(session)
                 result = change(session)
@@ -126,8 +130,9 @@ class Northbound:
 
     def _replay_early(self) -> None:
         """Answer a retry before work done ahead of the write (a VIM's checks), which
-        the first attempt did already."""
-        if self._keyed is not None:
+        the first attempt did already; only on the holder of the active role (see
+        _apply: elsewhere the write's own check refuses it)."""
+        if self._keyed is not None and self.lease.held():
             with self.db.read() as session:
                 idempotency.replay_if_done(session, self._keyed[0])
 

@@ -484,13 +484,19 @@ class LabAgent:
         exists = (NETNS_DIR / node.netns).exists()
         if not exists and not deployed:
             self._check_netns(node)
+        state = record.get("state")
+        try:
+            found = _links(node.netns) if exists else []
+        except PermanentProviderError:
+            if state != BUILDING:
+                raise
+            found = []  # its namespace is being made: `ip netns add` is not atomic
         links = {
             entry["ifname"]: entry.get("operstate", "UNKNOWN")
-            for entry in (_links(node.netns) if exists else [])
+            for entry in found
             if entry.get("link_type") != "loopback"
         }
         power = record.get("power", "on")
-        state = record.get("state")
         if state not in (BUILDING, ERROR):
             state = "STOPPED" if power == "off" else RUNNING
         return {

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,31 +137,35 @@ class ImageUpgrade(Upgrade):
             self.facts["switch"] = switch
             self.journal.save()
         old, new = switch["old"], switch["new"]
-        if not self.facts.get("new_acknowledges"):
-            if self._reachable_active(old):
-                self._hand_over(old, new)
-            self._take_over(old, new)
-        # From here on the new release acknowledges writes: the quick rollback is over.
-        self.facts["new_acknowledges"] = True
-        self.journal.save()
-        self.apis[new].set_op_mode(OPERATION)
-        self.record.figures["maintenance_s"] = round(
-            time.time() - self.facts.get("maintenance_at", time.time()), 3
-        )
-        self.journal.save()
-        return f"{new} is the active at {self.goal}, in {OPERATION}"
+        with ThreadPoolExecutor(1, thread_name_prefix="shutdown") as background:
+            shutdown = None
+            if not self.facts.get("new_acknowledges"):
+                shutdown = self._hand_over(old, new, background)
+                self._take_over(new, shutdown)
+                # From here on the new release acknowledges writes: no quick rollback.
+                self.facts["new_acknowledges"] = True
+                self.journal.save()
+            self.apis[new].set_op_mode(OPERATION)
+            self.record.figures["maintenance_s"] = round(
+                time.time() - self.facts.get("maintenance_at", time.time()), 3
+            )
+            self.journal.save()
+            if shutdown is not None:  # its provider's error, if any, fails the step
+                self.record.figures["old_active_shutdown_s"] = round(shutdown.result(), 3)
+                self.journal.save()
+        return f"{new} is the active at {self.goal}, in {OPERATION}; {old} is off"
 
-    def _reachable_active(self, address: str) -> bool:
-        try:
-            return self.apis[address].facts().role == "ACTIVE"
-        except NodeUnreachable:
-            return False
-
-    def _hand_over(self, old: str, new: str) -> None:
-        """MAINTENANCE, then the old active shut down in order (its engine hands the
-        role over to `new`) and left off with its disk."""
-        self.wait_in_sync_standby(new)
+    def _hand_over(self, old: str, new: str, background: ThreadPoolExecutor) -> Future | None:
+        """MAINTENANCE, then the old active's orderly shutdown begun (its engine hands
+        the role over to `new` at once, its database stops last; it is left off with
+        its disk); None when it is not the active any more (a run taken up again)."""
         api = self.apis[old]
+        try:
+            if api.facts().role != "ACTIVE":
+                return None
+        except NodeUnreachable:
+            return None
+        self.wait_in_sync_standby(new)
         if api.facts().op_mode != MAINTENANCE:
             api.set_op_mode(MAINTENANCE)
             self.facts["maintenance_at"] = time.time()
@@ -170,15 +175,18 @@ class ImageUpgrade(Upgrade):
             tx["id"] for tx in transactions if tx["state"] not in FINAL
         )
         self.journal.save()
-        started = time.monotonic()
         self.progress(f"{old}: orderly shutdown, handing the active role to {new}")
-        self.nodes.power_off(self.name_of(old), grace=SHUTDOWN_GRACE)
-        self.record.figures["old_active_shutdown_s"] = round(time.monotonic() - started, 3)
-        self.journal.save()
+        started = time.monotonic()
 
-    def _take_over(self, old: str, new: str) -> None:
-        """Wait for `new` the healthy active at the goal, still in MAINTENANCE; roll
-        back quickly when it fails."""
+        def shut_down() -> float:
+            self.nodes.power_off(self.name_of(old), grace=SHUTDOWN_GRACE)
+            return time.monotonic() - started
+
+        return background.submit(shut_down)
+
+    def _take_over(self, new: str, shutdown: Future | None) -> None:
+        """Wait for `new` the healthy active at the goal, still in MAINTENANCE, while
+        the old active shuts down; roll back quickly when it fails."""
         started = time.monotonic()
 
         def taken() -> bool:
@@ -195,17 +203,16 @@ class ImageUpgrade(Upgrade):
         try:
             wait_for(taken, NEW_ACTIVE_BOUND, f"{new} the healthy active at {self.goal}")
         except (StepFailed, TimeoutError) as exc:
+            if shutdown is not None:
+                shutdown.result()  # the old active off before it is powered on again
             self.roll_back_quickly(new, str(exc))
             raise StepFailed(self.record.rollback) from None
         figures = self.record.figures
-        figures["takeover_s"] = round(time.monotonic() - started, 3)
-        figures["switchover_s"] = round(
-            figures.get("old_active_shutdown_s", 0.0) + figures["takeover_s"], 3
-        )
+        figures["switchover_s"] = round(time.monotonic() - started, 3)
         figures["migration"] = self.apis[new].facts().schema.get("last_migration")
         after = {tx["id"] for tx in self.apis[new].transactions_since(self.record.started_at)}
         lost = sorted(set(self.facts.get("seen_before_switchover", [])) - after)
-        self.record.figures["acknowledged_lost"] = len(lost)
+        figures["acknowledged_lost"] = len(lost)
         self.journal.save()
         if lost:
             raise StepFailed(f"transactions acknowledged before the switchover are gone: {lost}")

@@ -432,9 +432,8 @@ def _roll_back_image(
                 if record.facts.get("new_acknowledges")
                 else "is asked to roll back in full"
             )
-            + ": a full rollback (the old image redeployed and a backup restored) is "
-            "escadm backup on the active, then the pair redeployed from the old image "
-            "with escadm node deploy and escadm restore (docs/upgrade.md)"
+            + ": that needs a full rollback (the old image redeployed, a backup taken "
+            "before the switchover restored), which this escadm does not run"
         )
     journal = Journal(directory, record)
     record.resumed += 1

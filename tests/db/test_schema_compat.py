@@ -21,6 +21,7 @@ from conftest import Node
 from pg_server import PostgresServer
 from sqlalchemy import text
 
+from esc.config import Settings
 from esc.db import schema_compat
 from esc.db.migrate import (
     MIGRATIONS_DIR,
@@ -43,6 +44,9 @@ from esc.db.schema_compat import (
 )
 from esc.db.session import Database
 from esc.engine.controller import Controller
+from esc.engine.idempotency import KeyedRequest
+from esc.engine.lease import DatabaseLease, NotActive
+from esc.engine.northbound import Northbound
 from esc.health import check_database
 from esc.upgrade.schema_path import parse_script
 
@@ -179,6 +183,20 @@ def test_behind_head_is_healthy_only_where_the_role_is_not_held(db: Database) ->
         holding.detail
         == f"schema at 0009, expected {head_revision()}: restart escmanager to migrate"
     )
+
+
+def test_a_keyed_write_to_a_node_behind_head_without_the_role_is_refused_not_failed(
+    db: Database,
+) -> None:
+    # A new release's standby of an older primary, or a node still migrating as it
+    # takes the role: its schema lacks the idempotency keys (0010). A retry sent there
+    # is told to go to the active (503), not failed on the missing table (500).
+    upgrade(db, "0009")
+    northbound = Northbound(db, None, Settings(), lambda _tx: None, DatabaseLease(db, "n2", ""))
+    request = KeyedRequest.of("admin", "k-1", "POST", "/v0/tenants", "", b'{"name": "t"}')
+    keyed = northbound.keyed(request, lambda tenant: (201, {"name": tenant.name}))
+    with pytest.raises(NotActive, match="n2"):
+        keyed.create_tenant("t")
 
 
 def test_a_postgresql_standby_behind_head_is_healthy(postgres: PostgresServer) -> None:

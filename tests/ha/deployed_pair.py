@@ -8,6 +8,7 @@ upgrade by image starts from; shared by its test and bench/bench_upgrade.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -138,6 +139,15 @@ class DeployedPair:
             self.provider.power_off(self.names[0], grace=30)
             self.provider.power_on(self.names[0])
         self.wait_pair()
+
+    def redeploy(self) -> None:
+        """A new pair in place of this one: both nodes deleted and deployed again from
+        the image (a new admin password and pair file)."""
+        assert self.provider is not None
+        for name in self.names:
+            with contextlib.suppress(UnknownNode):
+                self.provider.delete(name)
+        self.deploy()
 
     def home(self, index: int) -> Path:
         return self.nodes_dir / self.names[index] / "home"

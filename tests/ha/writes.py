@@ -97,7 +97,8 @@ class WriteLoad:
                     self.failures += 1
                     answer = "no answer" if response is None else str(response.status_code)
                     if response is not None and response.status_code != 503:
-                        answer += f" {response.text[:200]}"
+                        node = response.headers.get("ESC-Node", "?")
+                        answer += f" from {node} at {time.time():.3f}: {response.text[:200]}"
                     self.failed.append(f"{self.name(seq)}: {answer}")
                     client.close()  # the next attempt makes a new connection
                     client = self._client()

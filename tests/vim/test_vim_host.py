@@ -149,6 +149,26 @@ def test_a_vm_answers_monas_probes_on_the_hosts_address(vim_host: VimHostProcess
         probe(f"http://127.0.0.1:{port}")
 
 
+def test_the_host_tells_a_controller_of_an_older_release_whether_a_vm_is_alive(
+    vim_host: VimHostProcess,
+) -> None:
+    # Controllers before 1.3 ask the host itself (GET /v1/vms/ID/alive) rather than the
+    # VM: a pair upgraded from one keeps its VIM host throughout.
+    vim = vim_host.driver()
+    vim.create_vm(spec())
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    def alive(vm_id: str) -> object:
+        answer = httpx.get(f"{vim_host.url}/v1/vms/{vm_id}/alive", headers=headers)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    assert alive("vm-1") == {"alive": True}
+    vim.stop_vm("vm-1")
+    assert alive("vm-1") == {"alive": False}
+    assert alive("ghost") == {"alive": False}
+
+
 def test_vms_outlive_a_killed_controller_and_a_new_driver_manages_them(
     vim_host: VimHostProcess,
 ) -> None:
