@@ -180,11 +180,14 @@ def image_report(source: str, results: list[dict], seconds: float) -> str:
         )
     lines += [
         "",
-        f"Median: {_median(results, 'upgrade', 'wall_s'):.1f} s wall (aim ≤ 180 s); the "
-        f"client's longest wait between two acknowledged writes "
-        f"{_median(results, 'upgrade', 'client_interruption_s'):.3f} s, of which the "
-        f"migration {_median(results, 'upgrade', 'migration_s'):.3f} s (aim ≤ 0.5 s + the "
-        "migration). Steps of the median run: "
+        f"Median: {_median(results, 'upgrade', 'wall_s'):.1f} s wall (aim ≤ 180 s); writes "
+        f"refused (MAINTENANCE) {_median(results, 'upgrade', 'maintenance_s'):.3f} s, of "
+        f"which the migration {_median(results, 'upgrade', 'migration_s'):.3f} s (aim ≤ 0.5 s "
+        "+ the migration); no active at the VIP for "
+        f"{_median(results, 'upgrade', 'probe_interruption_s'):.3f} s; the client's longest "
+        "wait between two acknowledged writes "
+        f"{_median(results, 'upgrade', 'client_interruption_s'):.3f} s (the window plus its "
+        "retry's backoff, 40 ms doubling). Steps of the median run: "
         + ", ".join(f"{name} {secs:.1f} s" for name, secs in middle["upgrade"]["steps"].items())
         + ".",
     ]

@@ -49,6 +49,7 @@ ESCADM = str(Path(sys.executable).with_name("escadm"))
 # out last would run alone at the end while the other worker idles.
 LONGEST_MODULES = (
     "tests/ha/test_failover.py",
+    "tests/upgrade/test_pair_image.py",
     "tests/vim/test_openstack_vim.py",
     "tests/ha/test_ha_node.py",
     "tests/upgrade/test_pair_in_service.py",

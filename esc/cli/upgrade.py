@@ -177,8 +177,9 @@ def backup_restore_command(wheel: Path, venv: Path | None, home: NodeHome, as_js
     "--quick/--full",
     default=True,
     help="With --pair: --quick (default) gives each node its old release back, standby "
-    "first; --full also restores the backup taken before the upgrade (an upgrade that "
-    "changed the data).",
+    "first (an upgrade by image: while the new release has acknowledged no write, the "
+    "old active, kept powered off with its data, comes back); --full also restores the "
+    "backup taken before the upgrade (an upgrade that changed the data).",
 )
 @home_option
 @json_option
@@ -195,10 +196,14 @@ def rollback_command(
     --pair, bring an HA pair back to the release it ran before `upgrade in-service`.
 
     Standalone: stops the upgraded node, puts the old home back in place (the
-    upgraded one is kept as HOME.failed-VERSION) and starts the old release. A pair:
-    node by node, the standby first, each given its old release by its package agent,
-    with a planned switchover between, so no acknowledged write is lost; a rollback
-    cut short is continued by running it again. Exit 0 rolled back, 1 nothing to roll
+    upgraded one is kept as HOME.failed-VERSION) and starts the old release. A pair
+    upgraded by package: node by node, the standby first, each given its old release
+    by its package agent, with a planned switchover between, so no acknowledged write
+    is lost; a rollback cut short is continued by running it again. A pair upgraded
+    by image: before the switchover, the replaced standby is deployed again from the
+    old image; after it, until the pair went back to OPERATION, the upgraded node is
+    fenced and the old active powered on with its data (later, a quick rollback would
+    lose acknowledged writes and is refused). Exit 0 rolled back, 1 nothing to roll
     back to or a step failed, 3 (--pair) refused, nothing changed.
     """
     if pair_spec is not None:

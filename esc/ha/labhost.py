@@ -671,8 +671,9 @@ def load_state(path: Path) -> dict[str, Any]:
 def _refusal(exc: ProviderError) -> JSONResponse:
     if isinstance(exc, TransientProviderError):
         return error_response(503, str(exc), "TransientProviderError")
-    status = 404 if isinstance(exc, UnknownNode) else 409
-    return error_response(status, str(exc), "PermanentProviderError")
+    if isinstance(exc, UnknownNode):  # its own kind: "no such node" is an answer too
+        return error_response(404, str(exc), "UnknownNode")
+    return error_response(409, str(exc), "PermanentProviderError")
 
 
 def create_app(agent: LabAgent, token: str) -> Any:

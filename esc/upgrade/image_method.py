@@ -36,7 +36,7 @@ from typing import Any
 from esc.ha.provider import NodeProvider, ProviderError
 from esc.upgrade.in_service import NEW_ACTIVE_BOUND, SWITCHOVER_BOUND, StepFailed, Upgrade
 from esc.upgrade.journal import ROLLED_BACK, Step
-from esc.upgrade.node_api import NodeApiError, NodeUnreachable, wait_for
+from esc.upgrade.node_api import NodeApiError, NodeFacts, NodeUnreachable, wait_for
 from esc.upgrade.node_replace import recorded_parameters, replace_node
 
 METHOD_IMAGE = "image"
@@ -51,7 +51,8 @@ MAINTENANCE, OPERATION = "MAINTENANCE", "OPERATION"
 # The old active's orderly shutdown: its engine hands the role over (well under a
 # second), then its services stop (seconds).
 SHUTDOWN_GRACE = 60.0
-FINAL = ("SUCCESS", "FAILED")
+IN_FLIGHT = "/v0/transactions"  # ?in_progress=true: those not ended, of every release
+TAKEOVER_POLL = 0.02  # seconds between two questions to the node taking over
 
 
 def image_name(version: str) -> str:
@@ -117,17 +118,24 @@ class ImageUpgrade(Upgrade):
         recorded = self.facts.setdefault("node_parameters", {})
         for node in self.access.pair.node:
             if node.name not in recorded:
-                recorded[node.name] = recorded_parameters(self.provider, node.name)
+                recorded[node.name] = recorded_parameters(self.nodes, node.name, node.parameters)
         self.journal.save()
         return "; ".join(f"{name}: {p['image']}, {p['ip']}" for name, p in recorded.items())
 
     def replace_standby(self) -> str:
         started = time.monotonic()
         standby = self.other(self.active())
-        if self.apis[standby].facts().version != self.goal:
+        if self._version_of(standby) != self.goal:
             self._replace(standby, self.facts["images"]["target"])
         self.wait_in_sync_standby(standby)
         return f"{standby} at {self.goal} ({time.monotonic() - started:.1f} s)"
+
+    def _version_of(self, address: str) -> str:
+        """The node's release; "" when it does not answer (off, deleted, being made)."""
+        try:
+            return self.apis[address].facts().version
+        except NodeUnreachable:
+            return ""
 
     def switchover(self) -> str:
         switch = self.facts.get("switch")
@@ -169,11 +177,11 @@ class ImageUpgrade(Upgrade):
         if api.facts().op_mode != MAINTENANCE:
             api.set_op_mode(MAINTENANCE)
             self.facts["maintenance_at"] = time.time()
-        transactions = api.transactions_since(self.record.started_at)
-        self.facts["seen_before_switchover"] = sorted(tx["id"] for tx in transactions)
-        self.record.figures["in_flight_at_switchover"] = sorted(
-            tx["id"] for tx in transactions if tx["state"] not in FINAL
-        )
+        # In flight: every transaction not ended, whenever it was accepted.
+        in_flight = {tx["id"] for tx in api.call("GET", IN_FLIGHT, params={"in_progress": "true"})}
+        seen = {tx["id"] for tx in api.transactions_since(self.record.started_at)}
+        self.facts["seen_before_switchover"] = sorted(seen | in_flight)
+        self.record.figures["in_flight_at_switchover"] = sorted(in_flight)
         self.journal.save()
         self.progress(f"{old}: orderly shutdown, handing the active role to {new}")
         started = time.monotonic()
@@ -189,19 +197,22 @@ class ImageUpgrade(Upgrade):
         the old active shuts down; roll back quickly when it fails."""
         started = time.monotonic()
 
-        def taken() -> bool:
+        def taken() -> NodeFacts | None:
             facts = self.apis[new].facts()
             if facts.role == "FAULT":
                 raise StepFailed(f"{new} went FAULT as it took the role: {facts.reason}")
             if facts.role != "ACTIVE" or facts.version != self.goal:
-                return False
+                return None
             if not facts.healthy:
                 self.progress(f"{new}: active, not healthy yet ({facts.health_detail})")
-                return False
-            return True
+                return None
+            return facts
 
         try:
-            wait_for(taken, NEW_ACTIVE_BOUND, f"{new} the healthy active at {self.goal}")
+            # Asked often: writes are refused until it is verified.
+            facts = wait_for(
+                taken, NEW_ACTIVE_BOUND, f"{new} the healthy active at {self.goal}", TAKEOVER_POLL
+            )
         except (StepFailed, TimeoutError) as exc:
             if shutdown is not None:
                 shutdown.result()  # the old active off before it is powered on again
@@ -209,7 +220,7 @@ class ImageUpgrade(Upgrade):
             raise StepFailed(self.record.rollback) from None
         figures = self.record.figures
         figures["switchover_s"] = round(time.monotonic() - started, 3)
-        figures["migration"] = self.apis[new].facts().schema.get("last_migration")
+        figures["migration"] = facts.schema.get("last_migration")
         after = {tx["id"] for tx in self.apis[new].transactions_since(self.record.started_at)}
         lost = sorted(set(self.facts.get("seen_before_switchover", [])) - after)
         figures["acknowledged_lost"] = len(lost)
@@ -267,11 +278,7 @@ class ImageUpgrade(Upgrade):
     def replace_old_active(self) -> str:
         started = time.monotonic()
         old = self.facts["switch"]["old"]
-        try:
-            current = self.apis[old].facts().version
-        except NodeUnreachable:
-            current = ""  # powered off since the switchover
-        if current != self.goal:
+        if self._version_of(old) != self.goal:  # "": off since the switchover
             self._replace(old, self.facts["images"]["target"])
         self.wait_in_sync_standby(old)
         return f"{old} at {self.goal} ({time.monotonic() - started:.1f} s)"
@@ -283,10 +290,13 @@ class ImageUpgrade(Upgrade):
         switch = self.facts.get("switch")
         source = self.record.source
         if switch is None or self._is_active(switch["old"], source):
-            standby = self.other(self.active())
-            if self.apis[standby].facts().version != source:
+            active = self.active()
+            standby = self.other(active)
+            if self._version_of(standby) != source:
                 self._replace(standby, self.facts["images"]["source"])
             self.wait_in_sync_standby(standby, source)
+            if self.apis[active].facts().op_mode == MAINTENANCE:  # cut short as it began
+                self.apis[active].set_op_mode(OPERATION)
             self.record.rollback = (
                 f"quick rollback before the switchover: {standby} was redeployed from "
                 f"{self.facts['images']['source']}"

@@ -16,7 +16,9 @@ provider that is:
 
 The parameters are read from the provider before anything is removed and recorded by
 the caller (an orchestrator cut short after the delete still has them), so replacing
-is safe to run again: a node already made from the new image is left as it is.
+is safe to run again: a node already made from the new image is left as it is. A
+provider that records no parameters (a CSP) is given them by the caller, and cannot
+tell a node made from the new image already: there it is replaced again.
 """
 
 from __future__ import annotations
@@ -39,16 +41,21 @@ from esc.vim.base import InstanceState
 SHUTDOWN_GRACE = 60.0
 
 
-def recorded_parameters(provider: NodeProvider, name: str) -> dict[str, Any]:
-    """The parameters node `name` was deployed with, as its provider keeps them."""
+def recorded_parameters(
+    provider: NodeProvider, name: str, given: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The parameters node `name` was deployed with, as its provider keeps them, else
+    as `given` (the pair access file's, for a provider that keeps none)."""
     status = provider.show(name)
-    if not status.parameters.get("image"):
-        raise PermanentProviderError(
-            f"node {name} is known to {provider.name} but was not deployed by it (no "
-            "parameters are recorded): an upgrade by image needs nodes made by "
-            "escadm node deploy; upgrade it by package, or redeploy it first"
-        )
-    return dict(status.parameters)
+    if status.parameters.get("image"):
+        return dict(status.parameters)
+    if given and given.get("image"):
+        return dict(given)
+    raise PermanentProviderError(
+        f"node {name} is known to its provider, which keeps no record of what it was "
+        "deployed with: give them in the pair access file ([node.parameters], as escadm "
+        "node deploy --json printed them), or upgrade the pair by package"
+    )
 
 
 def spec_for(name: str, parameters: dict[str, Any], image: str, ha_pair: str) -> NodeSpec:

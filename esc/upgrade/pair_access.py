@@ -35,7 +35,17 @@ pair with it; a secret, mode 0600):
     [provider.openstack]         # a VIM's driver: its settings, as [vim.openstack] of
     auth_url = "..."             # esc.toml (relative files are beside this file)
 
-The nodes' names are their names at the provider.
+The nodes' names are their names at the provider. A provider that keeps no record
+of what a node was deployed with (a CSP) needs it in the file, as `escadm node
+deploy --json` printed it:
+
+    [[node]]
+    name = "esc-1"
+    address = "198.18.80.11"
+    [node.parameters]
+    image = "esc-1.2.0.1.qcow2"
+    ip = "198.18.80.11/24"
+    ...
 
 or by the nodes' addresses on the command line (`--pair 198.18.80.11,198.18.80.12
 --vip 198.18.80.100`), the credentials then from $ESC_USER/$ESC_PASSWORD.
@@ -79,6 +89,9 @@ def _address(value: str) -> str:
 class PairNode(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=63)]
     address: str
+    # What the node was deployed with, as `escadm node deploy --json` printed its
+    # "parameters": for a provider that keeps no record of it (a CSP).
+    parameters: dict[str, Any] = Field(default_factory=dict)
 
     _check_address = field_validator("address")(_address)
 

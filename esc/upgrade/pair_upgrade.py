@@ -27,6 +27,7 @@ from esc.upgrade.image_method import (
 )
 from esc.upgrade.in_service import (
     METHOD_PACKAGE,
+    StepFailed,
     Upgrade,
     check_resumable,
     new_record_steps,
@@ -293,7 +294,10 @@ def _image_checks(
         return None, {}
     try:
         provider.check()
-        sources = {n.name: recorded_parameters(provider, n.name)["image"] for n in access.pair.node}
+        sources = {
+            n.name: recorded_parameters(provider, n.name, n.parameters)["image"]
+            for n in access.pair.node
+        }
     except ProviderError as exc:
         checks.append(
             Check(
@@ -444,6 +448,11 @@ def _roll_back_image(
     assert isinstance(upgrade, ImageUpgrade)
     try:
         upgrade.roll_back_by_request()
+    except (NodeApiError, ProviderError, TimeoutError) as exc:
+        raise StepFailed(
+            f"the quick rollback stopped: {exc}; the record is {journal.path}: fix the "
+            "cause and run the same command again"
+        ) from None
     finally:
         upgrade.close()
     return Outcome(record, resumed=True)

@@ -13,10 +13,10 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+from esc_pair import wait_for
 from lab import Lab, tcp_probe
 
 from esc.ha.labnodes import veth_name
@@ -29,16 +29,6 @@ VIM_PORT = 7800
 API_PORT = 8080
 DEPLOY_BOUND = 600.0  # seconds, one HA node's deploy on a loaded machine
 PAIR_BOUND = 240.0
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.2)
 
 
 class DeployedPair:

@@ -444,7 +444,7 @@ def test_an_agent_down_or_unreachable_is_a_transient_error_within_a_bound(
 
 def test_an_unknown_node_is_refused_by_name(nodes: dict[str, Node]) -> None:
     reply = nodes["pv1"].call("fence", address=f"{NET}.99")
-    assert reply["kind"] == "PermanentProviderError"
+    assert reply["kind"] == "UnknownNode"  # a PermanentProviderError of its own kind
     assert (
         f"no node {NET}.99 at this provider (it has {NODE['pv1']}, {NODE['pv2']})" in reply["error"]
     )

@@ -220,3 +220,22 @@ def test_the_migrations_between_kept_releases_pass_the_schema_check_named() -> N
     assert "applied at the switchover: 0009, 0010, 0011" in check.detail
     same = _schema_check(target, target, {})
     assert same.ok and "nothing is migrated" in same.detail
+
+
+def test_a_node_of_a_provider_keeping_no_record_takes_its_parameters_from_the_file(
+    tmp_path: Path, provider: VimNodeProvider
+) -> None:
+    (tmp_path / "secret").write_text("s3cret\n")
+    path = tmp_path / "csp.toml"
+    path.write_text(
+        'vip = "198.18.80.100"\npassword_file = "secret"\n'
+        '[[node]]\nname = "esc-b"\naddress = "198.18.80.12"\n'
+        '[node.parameters]\nimage = "healthy"\nip = "198.18.80.12/24"\n'
+        '[[node]]\nname = "esc-c"\naddress = "198.18.80.13"\n'
+    )
+    nodes = load_pair(str(path)).pair.node
+    assert nodes[0].parameters == {"image": "healthy", "ip": "198.18.80.12/24"}
+    assert nodes[1].parameters == {}
+    # The provider's own record comes first; the file's only where it keeps none.
+    provider.deploy(SPEC)
+    assert recorded_parameters(provider, "esc-b", nodes[0].parameters)["flavor"] == "m1.tiny"

@@ -33,11 +33,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ha"))
-from deployed_pair import DeployedPair, wait_for
+import pair_upgrades
+from deployed_pair import DeployedPair
 from esc_pair import ESCADM
 from kept_releases import build_current, previous_train_release, release_of, releases_dir
 from lab import Lab, availability
 from needs import keepalived_missing, need, pg_availability
+from pair_upgrades import KEPT, deploy, journal, kill_in, upgraded_under_load, wait_tx
 from writes import WriteLoad
 
 from esc.upgrade.image_method import image_name
@@ -48,28 +50,6 @@ PREFIX = "im"
 UPGRADE_BOUND = 1200  # seconds; two node deploys and a switchover
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(2400)]
-
-KEPT = """
-tenant: kept
-deployment:
-  name: before
-  vm_groups:
-    - name: g
-      image: healthy
-      flavor: m1.tiny
-      scaling: {min_active: 2, max_active: 2}
-"""
-SLOW = """
-tenant: inflight
-deployment:
-  name: NAME
-  vm_groups:
-    - name: g
-      image: 'slow-boot:60'
-      flavor: m1.tiny
-      bootup_time: 180
-      scaling: {min_active: 2, max_active: 2}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -106,39 +86,7 @@ def access(pair: DeployedPair) -> Path:
 
 
 def upgrade(access: Path, releases: Path, *args: str) -> subprocess.Popen:
-    command = [ESCADM, "upgrade", "in-service", "--pair", str(access), "--to", str(CURRENT)]
-    command += ["--method", "image", "--releases", str(releases), "--yes", "--json", *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def journal(access: Path) -> dict:
-    try:
-        return json.loads((access.with_name("lab.upgrade") / "journal.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def step_state(access: Path, name: str) -> str:
-    steps = journal(access).get("steps", [])
-    return next((s["state"] for s in steps if s["name"] == name), "")
-
-
-def deploy(pair: DeployedPair, text: str) -> str:
-    with pair.client() as client:
-        accepted = client.post(
-            "/v0/deployments", content=text, headers={"content-type": "application/yaml"}
-        )
-    assert accepted.status_code == 202, accepted.text
-    return accepted.json()["transaction_id"]
-
-
-def wait_tx(pair: DeployedPair, tx_id: str, timeout: float) -> dict:
-    def ended() -> dict | None:
-        with pair.client() as client:
-            tx = client.get(f"/v0/transactions/{tx_id}").json()
-        return tx if tx["state"] in ("SUCCESS", "FAILED") else None
-
-    return wait_for(ended, timeout, f"transaction {tx_id} ends\n{pair.logs()}")
+    return pair_upgrades.upgrade(access, releases, "--method", "image", *args)
 
 
 def psql(pair: DeployedPair, sql: str) -> None:
@@ -211,6 +159,28 @@ def test_an_upgraded_node_that_fails_as_the_active_is_rolled_back_quickly(
     psql(pair, "DROP TABLE vim_connections")
 
 
+def test_an_upgrade_cut_short_before_the_switchover_is_rolled_back_on_request(
+    pair: DeployedPair, access: Path, releases: Path, source: Path
+) -> None:
+    old = str(release_of(source))
+    kill_in(access, upgrade(access, releases), "replace_standby")
+    command = [ESCADM, "upgrade", "rollback", "--pair", str(access), "--quick", "--json"]
+    rollback = subprocess.run(
+        [*command, "--releases", str(releases)],
+        capture_output=True,
+        text=True,
+        timeout=UPGRADE_BOUND,
+    )
+    assert rollback.returncode == 0, f"{rollback.stdout}{rollback.stderr}\n{pair.logs()}"
+    report = json.loads(rollback.stdout)
+    assert report["state"] == "rolled_back", report
+    assert report["rollback"].startswith("quick rollback before the switchover"), report
+    pair.wait_pair()
+    assert set(pair.versions().values()) == {old}
+    # The record is closed: the next upgrade starts afresh.
+    assert journal(access)["state"] == "rolled_back"
+
+
 def test_the_pair_is_upgraded_by_image_under_load_with_deploys_in_flight_and_nothing_lost(
     pair: DeployedPair, access: Path, releases: Path, source: Path
 ) -> None:
@@ -218,54 +188,13 @@ def test_the_pair_is_upgraded_by_image_under_load_with_deploys_in_flight_and_not
     assert kept["state"] == "SUCCESS", json.dumps(kept)
     pids_before = pair.vm_pids()
     assert len(pids_before) == 2
-    load = WriteLoad(pair.api_url, ("admin", pair.password), prefix="im", retry_for=120)
-    load.start()
-    in_flight: list[str] = []
-    try:
-        load.wait_acks(30, 60)
-        run = upgrade(access, releases)
-        wait_for(
-            lambda: step_state(access, "replace_standby") == "running" or run.poll() is not None,
-            120,
-            "the standby's replacement starts",
-        )
-        in_flight = [deploy(pair, SLOW.replace("NAME", f"slow{i}")) for i in (1, 2)]
-        out, err = run.communicate(timeout=UPGRADE_BOUND)
-        time.sleep(1.0)
-    finally:
-        load.stop()
-    assert run.returncode == 0, f"exit {run.returncode}\n{out}\n{err}\n{pair.logs()}"
-    report = json.loads(out)
-    print(f"\nreport: {json.dumps({k: v for k, v in report.items() if k != 'steps'})}")
-    print("steps: " + ", ".join(f"{s['name']} {s['seconds']} s" for s in report["steps"]))
-    print(f"load: {len(load.acks)} acks, {load.retries} retries, {load.failures} failed")
-
-    assert load.failures == 0, load.failed
-    assert load.conflicts == []
-    acked = {load.name(a.seq) for a in load.acks}
-    assert acked <= pair.tenants(), f"lost: {sorted(acked - pair.tenants())[:10]}"
-    assert set(report["in_flight_at_switchover"]) & set(in_flight), report
-    for tx_id in in_flight:
-        assert wait_tx(pair, tx_id, 300)["state"] == "SUCCESS"
-    assert report["acknowledged_lost"] == 0
-    assert report["state"] == "completed" and report["rollback"] == "none"
+    report, _load, _in_flight = upgraded_under_load(
+        pair, lambda: upgrade(access, releases), access, "replace_standby", 60, UPGRADE_BOUND
+    )
     assert pids_before <= pair.vm_pids()
     assert set(report["versions_before"].values()) == {str(release_of(source))}
-    assert set(report["versions_after"].values()) == {str(CURRENT)}
     pair.wait_pair()
     assert set(pair.versions().values()) == {str(CURRENT)}
-
-
-def _kill_in(access: Path, run: subprocess.Popen, step: str, timeout: float = 600) -> None:
-    """SIGKILL the orchestrator while `step` runs (the record is read every millisecond:
-    the shortest step, prepare, takes some)."""
-    deadline = time.monotonic() + timeout
-    while step_state(access, step) != "running":
-        assert run.poll() is None, f"the upgrade ended before {step}: {run.communicate()}"
-        assert time.monotonic() < deadline, f"{step} did not start within {timeout} s"
-        time.sleep(0.001)
-    run.kill()
-    run.wait(10)
 
 
 def test_an_orchestrator_killed_in_each_step_is_continued_to_the_end(
@@ -279,7 +208,7 @@ def test_an_orchestrator_killed_in_each_step_is_continued_to_the_end(
     try:
         load.wait_acks(30, 60)
         for step in steps:
-            _kill_in(access, upgrade(access, releases), step)
+            kill_in(access, upgrade(access, releases), step)
         run = upgrade(access, releases)
         out, err = run.communicate(timeout=UPGRADE_BOUND)
         time.sleep(1.0)

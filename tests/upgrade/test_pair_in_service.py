@@ -25,9 +25,19 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ha"))
-from esc_pair import ESCADM, Pair, wait_for
+from esc_pair import ESCADM, Pair
 from kept_releases import build_current, previous_patch_build, releases_dir
 from needs import need, running_pair
+from pair_upgrades import (
+    KEPT,
+    deploy,
+    journal,
+    kill_in,
+    slow,
+    upgrade,
+    upgraded_under_load,
+    wait_tx,
+)
 from writes import WriteLoad
 
 from esc.upgrade.pair_access import load_pair
@@ -39,30 +49,6 @@ PREFIX = "ui"
 UPGRADE_BOUND = 900  # seconds; a whole upgrade took ~1 min on an idle 2-core machine
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(1500)]
-
-KEPT = """
-tenant: kept
-deployment:
-  name: before
-  vm_groups:
-    - name: g
-      image: healthy
-      flavor: m1.tiny
-      scaling: {min_active: 2, max_active: 2}
-"""
-# VMs that take long to boot: deploys submitted while the standby is upgraded are
-# still in flight when the active role moves.
-SLOW = """
-tenant: inflight
-deployment:
-  name: NAME
-  vm_groups:
-    - name: g
-      image: 'slow-boot:45'
-      flavor: m1.tiny
-      bootup_time: 120
-      scaling: {min_active: 2, max_active: 2}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -93,43 +79,6 @@ def pair(source: Path) -> Iterator[Pair]:
 @pytest.fixture(scope="module")
 def pair_file(pair: Pair) -> Path:
     return pair.access_file("lab")
-
-
-def upgrade(pair_file: Path, releases: Path, *args: str) -> subprocess.Popen:
-    command = [ESCADM, "upgrade", "in-service", "--pair", str(pair_file), "--to", str(CURRENT)]
-    command += ["--releases", str(releases), "--yes", "--json", *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def journal(pair_file: Path) -> dict:
-    path = pair_file.with_name("lab.upgrade") / "journal.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def step_state(pair_file: Path, name: str) -> str:
-    steps = journal(pair_file).get("steps", [])
-    return next((s["state"] for s in steps if s["name"] == name), "")
-
-
-def deploy(pair: Pair, text: str) -> str:
-    with pair.client() as client:
-        accepted = client.post(
-            "/v0/deployments", content=text, headers={"content-type": "application/yaml"}
-        )
-    assert accepted.status_code == 202, accepted.text
-    return accepted.json()["transaction_id"]
-
-
-def wait_tx(pair: Pair, tx_id: str, timeout: float) -> dict:
-    def ended() -> dict | None:
-        with pair.client() as client:
-            tx = client.get(f"/v0/transactions/{tx_id}").json()
-        return tx if tx["state"] in ("SUCCESS", "FAILED") else None
-
-    return wait_for(ended, timeout, f"transaction {tx_id} ends\n{pair.logs()}")
 
 
 def vm_pids(pair: Pair) -> set[int]:
@@ -174,48 +123,13 @@ def test_the_pair_is_upgraded_under_load_with_deploys_in_flight_and_nothing_lost
     pids_before = vm_pids(pair)
     assert len(pids_before) == 2
 
-    load = WriteLoad(pair.api_url, ("admin", pair.password), prefix="up", retry_for=30)
-    load.start()
-    in_flight: list[str] = []
-    try:
-        load.wait_acks(30, 60)
-        run = upgrade(pair_file, releases)
-        # While the standby is upgraded, two slow deploys: in flight at the switchover.
-        wait_for(
-            lambda: step_state(pair_file, "upgrade_standby") == "running" or run.poll() is not None,
-            120,
-            "the standby's upgrade starts",
-        )
-        in_flight = [deploy(pair, SLOW.replace("NAME", f"slow{i}")) for i in (1, 2)]
-        out, err = run.communicate(timeout=UPGRADE_BOUND)
-        time.sleep(1.0)
-    finally:
-        load.stop()
-    assert run.returncode == 0, f"exit {run.returncode}\n{out}\n{err}\n{pair.logs()}"
-    report = json.loads(out)
-    print(f"\nreport: {json.dumps({k: v for k, v in report.items() if k != 'steps'})}")
-    print("steps: " + ", ".join(f"{s['name']} {s['seconds']} s" for s in report["steps"]))
-    print(f"load: {len(load.acks)} acks, {load.retries} retries, {load.failures} failed")
-
-    # The client through the VIP: every write answered, none done twice, none lost.
-    assert load.failures == 0
-    assert load.conflicts == []
-    present = pair.tenants()
-    acked = {load.name(a.seq) for a in load.acks}
-    assert acked <= present, f"lost: {sorted(acked - present)[:10]}"
-
-    # The deploys in flight at the switchover were carried over and succeeded.
-    assert set(report["in_flight_at_switchover"]) & set(in_flight), report
-    for tx_id in in_flight:
-        assert wait_tx(pair, tx_id, 240)["state"] == "SUCCESS"
-    assert report["acknowledged_lost"] == 0
-    assert report["state"] == "completed" and report["rollback"] == "none"
-
+    report, _load, _in_flight = upgraded_under_load(
+        pair, lambda: upgrade(pair_file, releases), pair_file, "upgrade_standby", 45, UPGRADE_BOUND
+    )
     # The VMs deployed before were not touched: the same processes.
     assert pids_before <= vm_pids(pair)
 
     # Both nodes run this release, healthy, one active and one standby in sync.
-    assert set(report["versions_after"].values()) == {str(CURRENT)}
     assert set(report["versions_before"].values()) == {source.name.split("-")[1]}
     for node in pair.nodes:
         version = json.loads(pair.ok(node, "version", "--json"))
@@ -271,25 +185,13 @@ def rollback_options(pair_file: Path, releases: Path) -> list[str]:
     return ["--pair", str(pair_file), "--releases", str(releases)]
 
 
-def _kill_in(pair_file: Path, run: subprocess.Popen, step: str, timeout: float = 300) -> None:
-    """SIGKILL the orchestrator while `step` runs (the shortest, the upload, takes a
-    quarter of a second: the record is read every millisecond)."""
-    deadline = time.monotonic() + timeout
-    while step_state(pair_file, step) != "running":
-        assert run.poll() is None, f"the upgrade ended before {step}: {run.communicate()}"
-        assert time.monotonic() < deadline, f"{step} did not start within {timeout} s"
-        time.sleep(0.001)
-    run.kill()
-    run.wait(10)
-
-
 def test_an_orchestrator_killed_in_each_step_is_continued_to_the_end(
     pair: Pair, pair_file: Path, releases: Path
 ) -> None:
     killed = []
     with VipProbe(load_pair(str(pair_file))) as probe:
         run = upgrade(pair_file, releases)
-        _kill_in(pair_file, run, "upload")
+        kill_in(pair_file, run, "upload")
         killed.append("upload")
         status = subprocess.run(
             [ESCADM, "upgrade", "status", "--pair", str(pair_file), "--json"],
@@ -301,10 +203,10 @@ def test_an_orchestrator_killed_in_each_step_is_continued_to_the_end(
         shown = json.loads(status.stdout)
         assert [s["state"] for s in shown["steps"]][:2] == ["running", "pending"]
         # Deploys in flight at the switchover make the last step wait for them.
-        in_flight = [deploy(pair, SLOW.replace("NAME", f"kill{i}")) for i in (1, 2)]
+        in_flight = [deploy(pair, slow(f"kill{i}", 45)) for i in (1, 2)]
         for step in ("upgrade_standby", "switchover", "upgrade_old_active", "verify"):
             run = upgrade(pair_file, releases)
-            _kill_in(pair_file, run, step)
+            kill_in(pair_file, run, step)
             killed.append(step)
         run = upgrade(pair_file, releases)
         out, err = run.communicate(timeout=UPGRADE_BOUND)

@@ -2,13 +2,15 @@
 provider: a node is a CSP service whose day-0 file is the NoCloud seed cloud-init in the
 node's image reads, with one vNIC on the node's network and the node's address as the
 service's ip. Its whole life, fencing, what a CSP cannot do (floating IPs, the witness
-record), and `escadm node` against the same CSP. What the CSP holds is read from the
-fake itself, bypassing ESC."""
+record, the record of a node's parameters an upgrade by image reads), the upgrade's
+replacement of a node by the same node made from another image, and `escadm node`
+against the same CSP. What the CSP holds is read from the fake itself, bypassing ESC."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,11 +33,13 @@ from esc.ha.provider import (
 from esc.ha.providers.vim import NODE_CONTROLLER, VimNodeProvider, node_driver
 from esc.node.firstboot import DAY0_FILE, PAIR_FILE, init_argv
 from esc.node.setup import init_node
+from esc.upgrade.node_replace import recorded_parameters, replace_node
 from esc.vim.base import InstanceState, PermanentVimError
 from esc.vim.nocloud import SeedNic, network_config
 
 NET = "198.18.76"
 IMAGE = "esc-1.2.0.1.qcow2"  # as an operator uploads it to the CSP's repository
+NEW_IMAGE = "esc-1.3.0.1.qcow2"  # the new release's, uploaded beside it
 NETWORK = "enp1s0f0"
 SPEC = NodeSpec(
     name="esc-b",
@@ -50,7 +54,9 @@ SPEC = NodeSpec(
 )
 SERVICE = f"esc-{digest(NODE_CONTROLLER)}-esc-b"
 SERVICE_PATH = REQUESTS["get_service"]["path"].format(name=SERVICE)
+SERVICES_PATH = REQUESTS["create_service"]["path"]
 WRITES = ("POST", "PATCH", "PUT", "DELETE")
+PAIR = json.dumps({"kind": "esc-ha-pair", "secret": "s3cr3t"})
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +72,7 @@ def empty_csp(fake: FakeCsp) -> Iterator[None]:
     """A CSP with no service, the node image in its repository."""
     fake.reset()
     with fake.lock:
-        fake.repository[IMAGE] = b"QFI\xfb"
+        fake.repository[IMAGE] = fake.repository[NEW_IMAGE] = b"QFI\xfb"
     yield
     fake.reset()
 
@@ -187,6 +193,71 @@ def test_a_node_is_deployed_shown_powered_off_deleted_and_redeployed_alike(
     asked = [(m, s) for m, p, s in written(fake, before) if p == SERVICE_PATH]
     assert asked == [("PATCH", 204), ("DELETE", 204)]
     assert fake.names() == []
+
+
+def service_writes(fake: FakeCsp, since: int) -> list[tuple[str, int]]:
+    """What was asked of the node's service, or to make a service, since request `since`."""
+    return [(m, s) for m, p, s in written(fake, since) if p in (SERVICE_PATH, SERVICES_PATH)]
+
+
+def test_the_upgrade_replaces_a_node_by_a_service_of_the_other_image(
+    fake: FakeCsp, tmp_path: Path
+) -> None:
+    nodes = provider(fake, tmp_path)
+    nodes.deploy(SPEC)
+    files = seed(fake)
+
+    # What the node was deployed with is kept nowhere on a CSP (no metadata, and its
+    # repository's files cannot be read back): the upgrade cannot read it from here,
+    # and takes it from the pair access file.
+    with pytest.raises(PermanentProviderError, match=r"keeps no record.*\[node\.parameters\]"):
+        recorded_parameters(nodes, "esc-b")
+    recorded = recorded_parameters(nodes, "esc-b", SPEC.parameters())
+    assert recorded == SPEC.parameters()
+
+    # Given them, the service is replaced.
+    lines: list[str] = []
+    before = len(fake.requests)
+    started = time.monotonic()
+    replaced = replace_node(nodes, "esc-b", recorded, NEW_IMAGE, PAIR, lines.append)
+    seconds = time.monotonic() - started
+    assert (replaced.state, replaced.ip, replaced.floating_ip) == (
+        InstanceState.RUNNING,
+        f"{NET}.12",
+        None,
+    )
+    assert (replaced.image, replaced.parameters) == ("", {})  # nothing on the CSP says it
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "orderly shutdown (up to 60 s)",
+        "deleting it with its disks",
+        f"deploying it from {NEW_IMAGE}",
+    ]
+
+    # What the CSP holds: the service was powered off, deleted, and created again under
+    # its name from the other image, with the same address and vNIC; its day-0 file made
+    # anew, the pair file beside the node's day-0.
+    assert service_writes(fake, before) == [("PATCH", 204), ("DELETE", 204), ("POST", 201)]
+    held = fake.service(SERVICE)
+    assert held is not None and fake.names() == [SERVICE]
+    assert (held["iso_name"], held["ip"], held["power"]) == (NEW_IMAGE, f"{NET}.12", "on")
+    assert held["vnics"]["vnic"][0]["network_name"] == NETWORK
+    assert fake.powered_on(SERVICE)
+    new_files = seed(fake)
+    assert new_files["network-config"] == files["network-config"]
+    written_files = {f["path"]: f for f in yaml.safe_load(new_files["user-data"])["write_files"]}
+    assert written_files[f"/etc/esc/day0/{PAIR_FILE}"]["content"] == PAIR
+    day0 = tomllib.loads(written_files[f"/etc/esc/day0/{DAY0_FILE}"]["content"])
+    argv = init_argv(day0, Path("/etc/esc/day0"))
+    assert argv[argv.index("--ha-pair-file") + 1] == f"/etc/esc/day0/{PAIR_FILE}"
+    assert IMAGE in fake.repository  # an image is never removed
+
+    # Asked again, it cannot tell the node is made from the new image already (no record
+    # of it): the service is replaced once more, alike.
+    before = len(fake.requests)
+    assert replace_node(nodes, "esc-b", recorded, NEW_IMAGE, PAIR) == replaced
+    assert service_writes(fake, before) == [("PATCH", 204), ("DELETE", 204), ("POST", 201)]
+    assert fake.service(SERVICE) == held
+    print(f"\nnode replaced on the CSP (power off, delete, create) in {seconds:.2f} s")
 
 
 def test_the_pair_file_is_written_beside_the_day0(fake: FakeCsp, tmp_path: Path) -> None:

@@ -1,12 +1,17 @@
 """ESC's own node VMs on libvirt, through the VIM node provider: on libvirt's test driver
-(test:///default, in this process) the whole life of a node and its witness record in
-the domain's metadata; on a real qemu:///system (a private libvirtd, the tiny image of
+(test:///default, in this process) the whole life of a node, its witness record in
+the domain's metadata, and the upgrade's replacement of a node by the same node made
+from another image; on a real qemu:///system (a private libvirtd, the tiny image of
 scripts/vim-targets/libvirt) a node VM whose NIC is on a bridge of 198.18.71.0/24,
-answering HTTP on its fixed address until it is fenced, and again once redeployed.
+answering HTTP on its fixed address until it is fenced, and again once redeployed or
+replaced.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import os
 import re
 import subprocess
 import sys
@@ -15,6 +20,7 @@ import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -28,11 +34,14 @@ from libvirt_testbed import (
     sdk_missing,
     tiny_image_missing,
 )
+from lxml import etree
 
 from esc.ha.provider import NodeSpec, UnknownNode
 from esc.ha.providers.vim import NODE_CONTROLLER, VimNodeProvider
-from esc.node.firstboot import DAY0_FILE, init_argv
+from esc.node.firstboot import DAY0_FILE, PAIR_FILE, init_argv
+from esc.upgrade.node_replace import recorded_parameters, replace_node
 from esc.vim.base import InstanceState
+from esc.vim.libvirt_domain import NAMESPACE
 
 BRIDGE = "escbr71"
 NET = "198.18.71"
@@ -48,6 +57,8 @@ SPEC = NodeSpec(
     kad_vif="eth0",
 )
 TEST_URI = "test:///default"
+DOMAIN = "esc-esc-n1"
+PAIR = '{"kind": "esc-ha-pair", "secret": "s3cr3t"}'
 
 
 def provider(uri: str, images: Path, data: Path, **settings: object) -> VimNodeProvider:
@@ -139,6 +150,136 @@ def test_a_node_vm_on_libvirt_from_deploy_to_redeploy(test_driver: Path, tmp_pat
         other.delete("esc-n1")
     finally:
         connection.close()
+
+
+def disk_of(dom: Any) -> Path:
+    """The file of the domain's first disk, as libvirt's definition names it."""
+    tree = etree.fromstring(dom.XMLDesc(0).encode())
+    (source,) = tree.xpath("devices/disk[@device='disk']/source/@file")
+    return Path(source)
+
+
+def seed_of(dom: Any) -> dict[str, str]:
+    """The files of the cloud-init seed on the domain's CD-ROM, as the guest reads them."""
+    import pycdlib
+
+    tree = etree.fromstring(dom.XMLDesc(0).encode())
+    (source,) = tree.xpath("devices/disk[@device='cdrom']/source/@file")
+    iso = pycdlib.PyCdlib()
+    iso.open(source)
+    try:
+        files = {}
+        for child in iso.list_children(rr_path="/"):
+            name = child.rock_ridge.name().decode()
+            if name not in (".", ".."):
+                out = io.BytesIO()
+                iso.get_file_from_iso_fp(out, rr_path=f"/{name}")
+                files[name] = out.getvalue().decode()
+        return files
+    finally:
+        iso.close()
+
+
+def backing_file(path: Path) -> Path:
+    """The image a qcow2 overlay is on, as qemu-img reads it from the file."""
+    info = subprocess.run(
+        ["qemu-img", "info", "-U", "--output=json", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return Path(json.loads(info.stdout)["backing-filename"])
+
+
+def recorded_in(dom: Any) -> dict:
+    """The node's parameters as the domain's ESC record holds them."""
+    tree = etree.fromstring(dom.XMLDesc(0).encode())
+    (text,) = tree.xpath(
+        "metadata/esc:instance/esc:meta[@key='node']/text()", namespaces={"esc": NAMESPACE}
+    )
+    return json.loads(text)
+
+
+def test_the_upgrade_replaces_a_node_vm_on_libvirt_by_one_of_the_other_image(
+    test_driver: Path, tmp_path: Path
+) -> None:
+    import libvirt
+
+    make_disk_image(test_driver / "tiny-b.qcow2")  # the new release's image, beside the old
+    nodes = provider(TEST_URI, test_driver, tmp_path / "a", shutdown_timeout=1)
+    nodes.deploy(SPEC)
+    recorded = recorded_parameters(nodes, "esc-n1")
+    assert recorded == SPEC.parameters() and recorded["joins_pair"] is False
+    connection = libvirt.open(TEST_URI)
+    try:
+        old = connection.lookupByName(DOMAIN)
+        old_id, old_disk = old.ID(), disk_of(old)
+        assert backing_file(old_disk) == test_driver / "tiny.qcow2"
+        # Held open: whether the overlay's file is unlinked is then known for certain.
+        old_overlay = os.open(old_disk, os.O_RDONLY)
+        try:
+            lines: list[str] = []
+            started = time.monotonic()
+            replaced = replace_node(
+                provider(TEST_URI, test_driver, tmp_path / "b", shutdown_timeout=1),
+                "esc-n1",
+                recorded,
+                "tiny-b",
+                PAIR,
+                lines.append,
+            )
+            seconds = time.monotonic() - started
+            assert os.fstat(old_overlay).st_nlink == 0  # the old disk removed
+        finally:
+            os.close(old_overlay)
+        assert (replaced.state, replaced.image, replaced.ip) == (
+            InstanceState.RUNNING,
+            "tiny-b",
+            f"{NET}.10",
+        )
+        assert [line.split(": ", 1)[1] for line in lines] == [
+            "orderly shutdown (up to 60 s)",
+            "deleting it with its disks",
+            "deploying it from tiny-b",
+        ]
+
+        # What libvirt holds: the domain that ran is gone; one domain of the node's name
+        # runs, its disk a new overlay on the other image, its NIC on the same bridge
+        # with the same fixed address in its seed, its record the new parameters; the
+        # pair file beside the day-0 on its CD.
+        with pytest.raises(libvirt.libvirtError, match="Domain not found"):
+            connection.lookupByID(old_id)
+        assert sorted(d.name() for d in connection.listAllDomains(0)) == [DOMAIN, "test"]
+        new = connection.lookupByName(DOMAIN)
+        assert new.ID() != old_id and new.isActive()
+        assert f"<source bridge='{BRIDGE}'/>" in new.XMLDesc(0)
+        new_disk = disk_of(new)
+        assert backing_file(new_disk) == test_driver / "tiny-b.qcow2"
+        assert (test_driver / "tiny.qcow2").is_file()  # an image is never removed
+        after = recorded_in(new)
+        assert after == {**SPEC.parameters(), "image": "tiny-b", "joins_pair": True}
+        assert recorded_parameters(nodes, "esc-n1") == after
+        seed = seed_of(new)
+        assert yaml.safe_load(seed["network-config"])["ethernets"]["eth0"]["addresses"] == [
+            f"{NET}.10/24"
+        ]
+        files = {f["path"]: f for f in yaml.safe_load(seed["user-data"])["write_files"]}
+        assert files[f"/etc/esc/day0/{PAIR_FILE}"]["content"] == PAIR
+        argv = init_argv(
+            tomllib.loads(files[f"/etc/esc/day0/{DAY0_FILE}"]["content"]), Path("/etc/esc/day0")
+        )
+        assert argv[argv.index("--ha-pair-file") + 1] == f"/etc/esc/day0/{PAIR_FILE}"
+
+        # Asked again: the same domain runs on, on the same disk; nothing is redefined.
+        new_id, new_inode = new.ID(), new_disk.stat().st_ino
+        again = replace_node(nodes, "esc-n1", recorded, "tiny-b", PAIR)
+        assert again == replaced
+        assert connection.lookupByName(DOMAIN).ID() == new_id
+        assert disk_of(new) == new_disk and new_disk.stat().st_ino == new_inode
+        nodes.delete("esc-n1")
+    finally:
+        connection.close()
+    print(f"\nnode VM replaced on libvirt's test driver in {seconds:.2f} s")
 
 
 # a real QEMU guest ----------------------------------------------------------------------
@@ -238,4 +379,63 @@ def test_a_node_vm_answers_on_its_address_until_fenced_and_again_once_redeployed
     print(
         f"\nnode VM answering {first:.1f} s after its deploy, fenced in {fence_seconds:.2f} s, "
         f"answering {second:.1f} s after its redeploy"
+    )
+
+
+def test_a_node_vm_replaced_from_another_image_answers_again_on_its_address(
+    daemon: PrivateLibvirtd, tmp_path: Path
+) -> None:
+    # Two images in the host's image directory: the old release's and the new one's (the
+    # same tiny kernel, the new one's command line saying which it is).
+    images = tmp_path / "images"
+    images.mkdir()
+    for image in ("tiny", "tiny-b"):
+        for suffix in ("kernel", "initrd"):
+            (images / f"{image}.{suffix}").symlink_to(TINY_IMAGE / f"tiny.{suffix}")
+        (images / f"{image}.cmdline").write_text(
+            f"console=ttyS0 panic=-1 quiet esc.image={image}\n"
+        )
+    nodes = provider(daemon.uri(), images, tmp_path / "vim", domain_type="qemu")
+    nodes.deploy(SPEC)
+    wait_answer(daemon, nodes, f"{NET}.10")
+    recorded = recorded_parameters(nodes, "esc-n1")
+    (old_pid,) = daemon.qemu_pids(DOMAIN)
+    # libvirt's log of the domain's QEMU runs (this module's earlier ones too): from here on.
+    qemu_log = daemon.root / "log" / "qemu" / f"{DOMAIN}.log"
+    logged = qemu_log.stat().st_size
+
+    started = time.monotonic()
+    replaced = replace_node(nodes, "esc-n1", recorded, "tiny-b", PAIR)
+    replacing = time.monotonic() - started
+    assert (replaced.state, replaced.image, replaced.ip) == (
+        InstanceState.RUNNING,
+        "tiny-b",
+        f"{NET}.10",
+    )
+    answering = wait_answer(daemon, nodes, f"{NET}.10") + replacing
+
+    # What the host runs: the old guest shut itself down when asked (libvirt logged it so,
+    # not as destroyed) and its QEMU is gone; a new QEMU boots the other image's kernel
+    # and command line; the guest read the pair file from its new seed.
+    assert not Path(f"/proc/{old_pid}").exists()
+    log = qemu_log.read_bytes()[logged:].decode(errors="replace")
+    assert "shutting down, reason=shutdown" in log and "reason=destroyed" not in log
+    (pid,) = daemon.qemu_pids(DOMAIN)
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    assert argv[argv.index("-kernel") + 1] == str(images / "tiny-b.kernel")
+    assert "esc.image=tiny-b" in argv[argv.index("-append") + 1]
+    text = console(nodes).replace("\r\n", "\n")
+    found = re.search(r"ESC-USER-DATA-BEGIN\n(.*?)ESC-USER-DATA-END", text, re.S)
+    assert found, text[-2000:]
+    written = {f["path"]: f["content"] for f in yaml.safe_load(found.group(1))["write_files"]}
+    assert written[f"/etc/esc/day0/{PAIR_FILE}"] == PAIR
+
+    # Asked again: the guest runs on, untouched.
+    assert replace_node(nodes, "esc-n1", recorded, "tiny-b", PAIR) == replaced
+    assert daemon.qemu_pids(DOMAIN) == [pid] and Path(f"/proc/{pid}").exists()
+    assert answers(daemon, f"{NET}.10") == "ESC-NODE esc-n1"
+    nodes.delete("esc-n1")
+    print(
+        f"\nnode VM replaced on QEMU in {replacing:.1f} s (orderly shutdown, delete, define, "
+        f"start), answering {answering:.1f} s after the replacement began"
     )

@@ -1,6 +1,7 @@
 """ESC's own node VMs on a real nova (nova_server.py), through the VIM node provider:
 a node's whole life, its name, fixed IP and floating IP the same on the server of a
-redeploy; a fence that returns once nova has the server SHUTOFF; the pair's witness
+redeploy; the upgrade's replacement of a node by the same node booted from another
+image; a fence that returns once nova has the server SHUTOFF; the pair's witness
 record in the server's nova metadata, read by another host's provider; and escadm
 node against the same cloud. What nova and neutron hold is read from them, bypassing
 ESC."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -19,17 +21,20 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from nova_cloud import FLAVOR, IMAGE, NovaCloud, shared_cloud
+from openstack import exceptions as sdk
 
 from esc.cli.main import cli
 from esc.config import NodeHome, Settings
 from esc.ha.provider import NodeSpec, PermanentProviderError, TransientProviderError, UnknownNode
 from esc.ha.providers.vim import NODE_CONTROLLER, VimNodeProvider
-from esc.node.firstboot import init_argv
+from esc.node.firstboot import PAIR_FILE, init_argv
 from esc.node.setup import init_node
-from esc.vim.base import TAG_CONTROLLER, TAG_VM
+from esc.upgrade.node_replace import recorded_parameters, replace_node
+from esc.vim.base import TAG_CONTROLLER, TAG_VM, InstanceState
 
 NET = "198.18.10"  # nova_server.py's network mgmt, 198.18.10.0/24
 FLOATING, OTHER_FLOATING = "198.19.100.12", "198.19.100.13"  # two of its public network's
+NEW_IMAGE = "ubuntu-22.04"  # nova_server.py's other glance image
 SPEC = NodeSpec(
     name="esc-b",
     image=IMAGE,
@@ -43,6 +48,7 @@ SPEC = NodeSpec(
     floating_ip=FLOATING,
 )
 REASON = "its standby stopped streaming at 12:00"
+PAIR = '{"kind": "esc-ha-pair", "secret": "s3cr3t"}'
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +172,91 @@ def test_a_node_on_nova_from_deploy_to_redeploy_keeps_its_name_and_addresses(
     assert [f["ip_address"] for f in new_port.fixed_ips] == [f"{NET}.12"]
     assert (fip.port_id, fip.fixed_ip_address) == (new_port.id, f"{NET}.12")
     assert recorded_on_nova(new) == SPEC.parameters()
+
+
+def actions(cloud: NovaCloud, server_id: str) -> list[str]:
+    """What nova did to the server, oldest first (its instance actions, kept by nova after
+    the server is deleted)."""
+    done = sorted(cloud.admin.compute.server_actions(server_id), key=lambda a: a.start_time)
+    return [a.action for a in done]
+
+
+def day0_files(server: Any) -> dict[str, str]:
+    """The day-0 files in the server's user data, by path."""
+    files = yaml.safe_load(base64.b64decode(server.user_data))["write_files"]
+    return {f["path"]: f["content"] for f in files}
+
+
+def test_the_upgrade_replaces_a_node_on_nova_by_a_server_of_the_other_image(
+    cloud: NovaCloud,
+) -> None:
+    nodes = provider_on(cloud)
+    spec = NodeSpec(
+        **{
+            **vars(SPEC),
+            "init_options": (("api-port", "8080"),),
+            "vim_settings": (("driver", "openstack"),),
+        }
+    )
+    nodes.deploy(spec)
+    old, old_port, _ = on_nova(cloud, "esc-b")
+    recorded = recorded_parameters(nodes, "esc-b")
+    assert recorded == spec.parameters() and recorded["joins_pair"] is False
+
+    lines: list[str] = []
+    started = time.monotonic()
+    replaced = replace_node(provider_on(cloud), "esc-b", recorded, NEW_IMAGE, PAIR, lines.append)
+    seconds = time.monotonic() - started
+    assert (replaced.state, replaced.image, replaced.ip, replaced.floating_ip) == (
+        InstanceState.RUNNING,
+        NEW_IMAGE,
+        f"{NET}.12",
+        FLOATING,
+    )
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "orderly shutdown (up to 60 s)",
+        "deleting it with its disks",
+        f"deploying it from {NEW_IMAGE}",
+    ]
+
+    # What nova holds: the old server stopped, then deleted, gone with its port; one new
+    # server of the same name booted from the other glance image, its port on mgmt with
+    # the same fixed IP, the floating IP moved onto that port.
+    assert actions(cloud, old.id) == ["create", "stop", "delete"]
+    with pytest.raises(sdk.ResourceNotFound):
+        cloud.admin.compute.get_server(old.id)
+    assert list(cloud.admin.network.ports(device_id=old.id)) == []
+    assert list(cloud.admin.network.ports(id=old_port.id)) == []
+    new, new_port, fip = on_nova(cloud, "esc-b")
+    assert [s.id for s in servers(cloud)] == [new.id] and new.id != old.id
+    assert new.name == "esc-b" and new.status == "ACTIVE"
+    image = cloud.admin.image.find_image(NEW_IMAGE, ignore_missing=False)
+    assert new.image.id == image.id != old.image.id
+    assert new_port.network_id == old_port.network_id
+    assert [f["ip_address"] for f in new_port.fixed_ips] == [f"{NET}.12"]
+    assert (fip.port_id, fip.fixed_ip_address) == (new_port.id, f"{NET}.12")
+    # Its recorded parameters: as deployed, but the image, and it joins its pair now,
+    # with the pair file beside its day-0.
+    after = recorded_on_nova(new)
+    assert after == {**spec.parameters(), "image": NEW_IMAGE, "joins_pair": True}
+    assert recorded_parameters(nodes, "esc-b") == after
+    files = day0_files(new)
+    assert files[f"/etc/esc/day0/{PAIR_FILE}"] == PAIR
+    day0 = tomllib.loads(files["/etc/esc/day0/esc-node.toml"])
+    assert (day0["init"], day0["vim"]) == ({"api-port": "8080"}, {"driver": "openstack"})
+    argv = init_argv(day0, Path("/etc/esc/day0"))
+    assert argv[argv.index("--ha-pair-file") + 1] == f"/etc/esc/day0/{PAIR_FILE}"
+
+    # Asked again (an orchestrator taken up again): the server is left as it is, nova
+    # asked to do nothing to it.
+    again = replace_node(provider_on(cloud), "esc-b", recorded, NEW_IMAGE, PAIR)
+    assert again == replaced
+    assert [s.id for s in servers(cloud)] == [new.id]
+    assert actions(cloud, new.id) == ["create"]
+    assert server_of(cloud, "esc-b").status == "ACTIVE"
+    (fip,) = cloud.admin.network.ips(floating_ip_address=FLOATING)
+    assert fip.port_id == new_port.id
+    print(f"\nnode replaced on nova (stop, delete, boot from {NEW_IMAGE}) in {seconds:.1f} s")
 
 
 def test_a_fenced_node_is_shutoff_on_nova_and_the_witness_record_is_on_its_server(

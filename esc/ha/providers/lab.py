@@ -31,6 +31,7 @@ from esc.ha.provider import (
     PermanentProviderError,
     ProviderError,
     TransientProviderError,
+    UnknownNode,
 )
 from esc.service import TokenClient, TokenError, Unreachable, not_json
 from esc.vim.base import InstanceState
@@ -41,7 +42,7 @@ SERVICE = "esc-lab-provider"
 TOKEN_SERVICE = "node provider"
 # The agent names the kind of a refusal, so the caller sees the same class as here.
 ERROR_KINDS: dict[str, type[ProviderError]] = {
-    cls.__name__: cls for cls in (PermanentProviderError, TransientProviderError)
+    cls.__name__: cls for cls in (PermanentProviderError, TransientProviderError, UnknownNode)
 }
 
 
