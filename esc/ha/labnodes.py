@@ -161,7 +161,16 @@ class Machine:
                     f"eth0 of node {ns} did not come up within {LINK_UP_BOUND:g} s"
                 )
             time.sleep(0.02)
-        ip_command(["-n", ns, "route", "add", "default", "via", self.gateway])
+        # On a loaded host the kernel may not take a route via the new link at once
+        # ("Nexthop has invalid gateway") even once it is UP: asked again, it does.
+        while True:
+            try:
+                ip_command(["-n", ns, "route", "add", "default", "via", self.gateway])
+                return
+            except PermanentProviderError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def install(self, wheel: Path) -> None:
         """The node's disk: a venv with the wheel, the image's first-boot program."""
