@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
-from alembic import command
 from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -60,7 +59,7 @@ from esc.backup.spool import Spool
 from esc.config import NodeHome, Settings
 from esc.db.aside import ASIDE_SCHEMA, AsideError, mark_checked, new_token, swap_in
 from esc.db.aside import KEPT_SCHEMA as KEPT_SCHEMA  # where the previous data is kept
-from esc.db.migrate import alembic_config, is_known_revision
+from esc.db.migrate import is_known_revision, upgrade
 from esc.db.session import Database
 from esc.files import fsync_dir
 from esc.node.processes import ALL_SERVICE_NAMES, SUPERVISOR, live_record
@@ -267,15 +266,12 @@ class _Aside(abc.ABC):
         self.prepare()
         engine = self.engine()
         try:
-            config = alembic_config()
             with engine.begin() as connection:
-                config.attributes["connection"] = connection
-                command.upgrade(config, manifest.schema_revision)
+                upgrade(connection, manifest.schema_revision)
             with engine.begin() as connection:
                 rows = load_all(connection, reader, spool)
             with engine.begin() as connection:
-                config.attributes["connection"] = connection
-                command.upgrade(config, "head")
+                upgrade(connection, "head")
             current = Database(self.url, pool_size=1, max_overflow=0)
             try:
                 with current.engine.connect() as source, engine.begin() as target:
