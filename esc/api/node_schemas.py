@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from esc.api.schemas import HealthCheck
 from esc.node import installer
+from esc.node.backups import BACKUP_FILE_PATTERN
 
 _UNREADABLE = "Why this fact could not be read (its values are then null); null when read."
 
@@ -198,7 +199,9 @@ class BackupIn(BaseModel):
 class RestoreIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    file: str = Field(description="An archive of this node's backups/ (uploaded or taken)")
+    file: Annotated[str, Field(pattern=BACKUP_FILE_PATTERN)] = Field(
+        description="An archive of this node's backups/ (uploaded or taken)"
+    )
     allow_unsigned: StrictBool = Field(
         False,
         description="Restore an archive not signed by this node's backup key (as escadm "
