@@ -157,7 +157,9 @@ class BackupView(BaseModel):
     schema_: str = Field(
         alias="schema", description="The schema revision the archive is written as of"
     )
-    taken_at: datetime = Field(description="When the backup was taken (its manifest's)")
+    taken_at: str = Field(
+        description="When the backup was taken, ISO 8601 as its manifest says (its created_at)"
+    )
     node: str = Field(description="The node it was taken on")
     release: str = Field(
         description="The release its manifest names: the writer's, or the older release "
@@ -221,7 +223,7 @@ class RestoreView(BaseModel):
     file: str
     source_version: str = Field(description="The release the archive's manifest names")
     source_node: str
-    created_at: datetime
+    created_at: str = Field(description="When the backup was taken, as its manifest says")
     schema_: str = Field(alias="schema", description="The archive's schema revision")
     rows: dict[str, int] = Field(description="Rows restored, per table")
     rows_in_archive: dict[str, int]
