@@ -943,6 +943,11 @@ class NodeHome:
         return self.root / "packages"
 
     @property
+    def backups(self) -> Path:
+        """The backups of this node's database the node API keeps (/esc/node/backups)."""
+        return self.root / "backups"
+
+    @property
     def install_dir(self) -> Path:
         """The package installer's state, log and the release it saved to go back to."""
         return self.root / "install"

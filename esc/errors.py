@@ -31,6 +31,12 @@ class TooLarge(EscError):
     title = "Request too large"
 
 
+class InsufficientStorage(EscError):
+    """The node's file system lacks the room the request needs."""
+
+    title = "Insufficient storage"
+
+
 class MalformedRequest(InvalidRequest):
     """The request could not even be parsed (bad YAML/JSON, not UTF-8)."""
 

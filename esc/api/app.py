@@ -41,11 +41,11 @@ def create_app(controller: Controller, *, manage_lifecycle: bool = True) -> Fast
     app.state.auth_failures = FailureBudget(api.max_auth_failures, api.auth_failure_window)
     problems.install(app)
     # Added first, so it runs inside BodySizeLimit and reads a bounded body.
-    app.add_middleware(problems.JsonDepthLimit, raw=(node.PACKAGE_UPLOADS,))
+    app.add_middleware(problems.JsonDepthLimit, raw=node.UPLOADS)
     app.add_middleware(
         problems.BodySizeLimit,
         limit=controller.settings.api.max_body_bytes,
-        own_bound=(node.PACKAGE_UPLOADS,),
+        own_bound=node.UPLOADS,
     )
     app.add_middleware(problems.NulInUrl)
     app.add_middleware(problems.NodeHeader, node=controller.settings.node.name)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from esc.api.schemas import HealthCheck
 from esc.node import installer
+from esc.node.backups import BACKUP_FILE_PATTERN
 
 _UNREADABLE = "Why this fact could not be read (its values are then null); null when read."
 
@@ -141,6 +142,98 @@ class InstallView(BaseModel):
     error: str | None
     rolled_back_to: str | None = Field(
         description="The release that runs again after a failed install"
+    )
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+_REVISION = r"^[0-9A-Za-z_]{1,32}$"
+
+
+class BackupView(BaseModel):
+    file: str = Field(description="The archive's name in the node's backups/")
+    sha256: str
+    size: int
+    schema_: str = Field(
+        alias="schema", description="The schema revision the archive is written as of"
+    )
+    taken_at: str = Field(
+        description="When the backup was taken, ISO 8601 as its manifest says (its created_at)"
+    )
+    node: str = Field(description="The node it was taken on")
+    release: str = Field(
+        description="The release its manifest names: the writer's, or the older release "
+        "it was written for"
+    )
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class BackupTaken(BackupView):
+    role: str = Field(
+        description="This node's role when it took it: ACTIVE, STANDBY, ... or STANDALONE"
+    )
+    database_schema: str = Field(
+        description="The database's schema revision (the archive's may be older)"
+    )
+    rows: int = Field(description="Rows in the archive, every table together")
+    seconds: float
+
+
+class BackupIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_: Annotated[str, Field(pattern=_REVISION)] | None = Field(
+        None,
+        alias="schema",
+        description="Write it as of this older revision of this release's migrations: only "
+        "the tables and columns it has. Every migration after it up to the database's must "
+        "be an expand (409 names the one that is not). Default: the database's own.",
+    )
+    for_release: Annotated[str, Field(pattern=r"^[0-9]{1,6}(\.[0-9]{1,6}){3}$")] | None = Field(
+        None,
+        description="The older release the archive is meant for: its manifest names it, so "
+        "that release's restore (which refuses an archive of a newer one) takes it; give "
+        "its schema revision as schema. Default: this release.",
+    )
+
+
+class RestoreIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    file: Annotated[str, Field(pattern=BACKUP_FILE_PATTERN)] = Field(
+        description="An archive of this node's backups/ (uploaded or taken)"
+    )
+    allow_unsigned: StrictBool = Field(
+        False,
+        description="Restore an archive not signed by this node's backup key (as escadm "
+        "restore --allow-unsigned): only one whose origin you know",
+    )
+
+
+class RestoreSignature(BaseModel):
+    verified: bool
+    summary: str
+    unverified_because: str | None
+
+
+class RestoreView(BaseModel):
+    """As `escadm restore --json`."""
+
+    file: str
+    source_version: str = Field(description="The release the archive's manifest names")
+    source_node: str
+    created_at: str = Field(description="When the backup was taken, as its manifest says")
+    schema_: str = Field(alias="schema", description="The archive's schema revision")
+    rows: dict[str, int] = Field(description="Rows restored, per table")
+    rows_in_archive: dict[str, int]
+    not_restored: list[str] = Field(description="Each difference between the two, and why")
+    signature: RestoreSignature
+    op_mode: str = Field(description="The restored data's op_mode")
+    seconds: float
+    pair: dict[str, Any] | None = Field(
+        description="What the active node's swap did: node, standby, epoch, seconds, "
+        "interrupted (as POST /esc/ha/restore answers)"
     )
 
     model_config = ConfigDict(populate_by_name=True)

@@ -21,6 +21,7 @@ from esc.engine.idempotency import Replayed
 from esc.errors import (
     Conflict,
     EscError,
+    InsufficientStorage,
     InvalidRequest,
     MalformedRequest,
     NotFound,
@@ -40,6 +41,7 @@ STATUS_OF: list[tuple[type[EscError], int]] = [
     (Conflict, 409),
     (Unavailable, 503),
     (TooLarge, 413),
+    (InsufficientStorage, 507),
 ]
 
 

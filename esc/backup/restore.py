@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
-from alembic import command
 from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -60,7 +59,7 @@ from esc.backup.spool import Spool
 from esc.config import NodeHome, Settings
 from esc.db.aside import ASIDE_SCHEMA, AsideError, mark_checked, new_token, swap_in
 from esc.db.aside import KEPT_SCHEMA as KEPT_SCHEMA  # where the previous data is kept
-from esc.db.migrate import alembic_config, is_known_revision
+from esc.db.migrate import is_known_revision, upgrade
 from esc.db.session import Database
 from esc.files import fsync_dir
 from esc.node.processes import ALL_SERVICE_NAMES, SUPERVISOR, live_record
@@ -76,6 +75,11 @@ KEPT_SUFFIX = ".before-restore"
 
 class RestoreError(Exception):
     """The restore is refused or failed; the node's database is unchanged."""
+
+
+class ArchiveRefused(RestoreError):
+    """The archive itself is refused: unreadable, damaged or altered, not signed as
+    required, of a release or schema this release does not take."""
 
 
 class SwapOutcomeUnknown(RestoreError):
@@ -109,6 +113,61 @@ class RestoreResult:
     pair: dict[str, Any] | None = None
 
 
+def not_restored(manifest: Manifest, rows: dict[str, int]) -> list[str]:
+    """Why the archive's row count and the restored one differ, table by table."""
+    from esc.backup.load import NOT_RESTORED
+
+    lines = []
+    for table, entry in manifest.tables.items():
+        missing = entry.rows - rows.get(table, 0)
+        if missing:
+            why = NOT_RESTORED.get(table, "refused by the load")
+            lines.append(
+                f"{table}: {missing} of the archive's {entry.rows} rows not restored ({why})"
+            )
+    return lines
+
+
+def result_document(result: RestoreResult, file: str, op_mode: str) -> dict[str, Any]:
+    """A restore's result as `escadm restore --json` and the node API answer it;
+    `op_mode`: the restored database's."""
+    manifest = result.manifest
+    return {
+        "file": file,
+        "source_version": manifest.product_version,
+        "source_node": manifest.source_node,
+        "created_at": manifest.created_at,
+        "schema": manifest.schema_revision,
+        "rows": result.rows,
+        "rows_in_archive": {table: entry.rows for table, entry in manifest.tables.items()},
+        "not_restored": not_restored(manifest, result.rows),
+        "signature": {
+            "verified": result.signature.verified,
+            "summary": result.signature.summary,
+            "unverified_because": result.unverified_because,
+        },
+        "op_mode": op_mode,
+        "seconds": round(result.seconds, 3),
+        "pair": result.pair,
+    }
+
+
+def the_active_node(db: Database, me: str, peer: str) -> str:
+    """The pair's active node as this node's database knows it (the lease's holder),
+    for a refusal on a node that is not it: `me` is this node's name, `peer` the other
+    node's address."""
+    from urllib.parse import urlsplit
+
+    from esc.engine.lease import holder
+
+    with db.read() as session:
+        known = holder(session)
+    if known and known[0] != me:
+        where = urlsplit(known[1]).hostname or known[1]
+        return f"the active node {known[0]} ({where})"
+    return f"the pair's active node (the peer is {peer})"
+
+
 def require_stopped(home: NodeHome) -> None:
     running = [n for n in (SUPERVISOR, *ALL_SERVICE_NAMES) if live_record(home.run, n)]
     if running:
@@ -120,17 +179,17 @@ def check_source(manifest: Manifest, vim: str) -> None:
     try:
         source = ReleaseNumber.parse(manifest.product_version)
     except ReleaseNumberError as exc:
-        raise RestoreError(f"the backup names no valid release: {exc}") from None
+        raise ArchiveRefused(f"the backup names no valid release: {exc}") from None
     if source == CURRENT:
         return
     plan = plan_upgrade(load_catalog(), source, CURRENT, vim, ha=False)
     if plan.change is Change.DOWNGRADE:
-        raise RestoreError(
+        raise ArchiveRefused(
             f"the backup was written by ESC {source}, newer than this ESC {CURRENT}: restore "
             f"it on ESC {source} or newer"
         )
     if not plan.allowed or Method.BACKUP_RESTORE not in plan.methods:
-        raise RestoreError(
+        raise ArchiveRefused(
             f"ESC {CURRENT} does not restore a backup of ESC {source}: {plan.reason}; "
             f"next: {plan.next_step}"
         )
@@ -138,7 +197,7 @@ def check_source(manifest: Manifest, vim: str) -> None:
 
 def check_revision(manifest: Manifest) -> None:
     if not is_known_revision(manifest.schema_revision):
-        raise RestoreError(
+        raise ArchiveRefused(
             f"the backup's schema revision {manifest.schema_revision!r} is not one this "
             f"release knows: it was written by a newer or unrelated release"
         )
@@ -159,7 +218,9 @@ def check_signature(
         return verdict, "--allow-unsigned was given"
     if written_by_the_upgrade_of_its_node(home, archive):
         return verdict, f"it was written by the upgrade of the node at {archive.parent.parent}"
-    raise RestoreError(f"{archive}: refused: {verdict.summary}; {IMPORT_HINT}; nothing was changed")
+    raise ArchiveRefused(
+        f"{archive}: refused: {verdict.summary}; {IMPORT_HINT}; nothing was changed"
+    )
 
 
 def restore(
@@ -193,7 +254,7 @@ def restore(
             reader = ArchiveReader(stream)
             manifest = reader.manifest
         except (ArchiveError, OSError, EOFError) as exc:
-            raise RestoreError(f"{archive}: {exc}; nothing was changed") from None
+            raise ArchiveRefused(f"{archive}: {exc}; nothing was changed") from None
         verdict, unverified_because = check_signature(home, archive, reader, allow_unsigned)
         check_source(manifest, settings.vim.driver)
         check_revision(manifest)
@@ -202,11 +263,11 @@ def restore(
             rows = aside.build(reader, manifest, Spool(home.data, settings.backup.max_spool_bytes))
         except (ArchiveError, OSError, EOFError) as exc:
             aside.discard()
-            raise RestoreError(f"{archive}: {exc}; the node's database is unchanged") from None
+            raise ArchiveRefused(f"{archive}: {exc}; the node's database is unchanged") from None
         except (SQLAlchemyError, psycopg.Error, sqlite3.Error, CommandError) as exc:
             aside.discard()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RestoreError(
+            raise ArchiveRefused(
                 f"{archive}: its data does not load ({first}): the archive is damaged or "
                 "altered; the node's database is unchanged"
             ) from None
@@ -267,15 +328,12 @@ class _Aside(abc.ABC):
         self.prepare()
         engine = self.engine()
         try:
-            config = alembic_config()
             with engine.begin() as connection:
-                config.attributes["connection"] = connection
-                command.upgrade(config, manifest.schema_revision)
+                upgrade(connection, manifest.schema_revision)
             with engine.begin() as connection:
                 rows = load_all(connection, reader, spool)
             with engine.begin() as connection:
-                config.attributes["connection"] = connection
-                command.upgrade(config, "head")
+                upgrade(connection, "head")
             current = Database(self.url, pool_size=1, max_overflow=0)
             try:
                 with current.engine.connect() as source, engine.begin() as target:

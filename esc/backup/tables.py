@@ -3,16 +3,29 @@
 Parents before children (the models' foreign-key order), so a restore can
 insert table by table; and the kinds of column whose values an archive
 writes in a backend-neutral form (copytext.py).
+
+A backup may be written as of an older revision of this release's migration
+history (`tables_at`): only the tables and columns that revision has, as
+its migrations make them. That is what a database behind this release's head
+holds (a new release's standby replicating an older primary), and what the
+restore of an older release, which knows no later revision, loads.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Table
+from alembic.config import Config
+from sqlalchemy import JSON, Boolean, DateTime, MetaData, Table, create_engine
 
+from esc.db import schema_compat
+from esc.db.migrate import head_revision, upgrade
 from esc.db.models import Base, UTCDateTime
+
+# The schema's own bookkeeping, never rows of an archive: a restore writes both afresh.
+BOOKKEEPING = frozenset({"alembic_version", schema_compat.TABLE})
 
 
 class Kind(enum.Enum):
@@ -25,6 +38,33 @@ class Kind(enum.Enum):
 def backed_up_tables() -> list[Table]:
     """Every table of the current models, parents first."""
     return list(Base.metadata.sorted_tables)
+
+
+def tables_at(revision: str) -> list[Table]:
+    """The tables of a backup as of `revision` of this release's migrations, parents
+    first: at the head, the models' own; else as the migrations up to it make them."""
+    if revision == head_revision():
+        return backed_up_tables()
+    return migrated_tables(revision)
+
+
+@functools.cache  # the migrations are files of this installed release: they do not change
+def migrated_tables(revision: str, location: str | None = None) -> list[Table]:
+    """The tables the migrations up to `revision` make (those of script_location
+    `location`, else this release's), reflected from a scratch in-memory SQLite."""
+    config = None
+    if location is not None:
+        config = Config()
+        config.set_main_option("script_location", location)
+    engine = create_engine("sqlite://")
+    metadata = MetaData()
+    try:
+        with engine.begin() as connection:
+            upgrade(connection, revision, config)
+            metadata.reflect(connection)
+    finally:
+        engine.dispose()
+    return [t for t in metadata.sorted_tables if t.name not in BOOKKEEPING]
 
 
 def column_kinds(table: Table) -> dict[str, Kind]:

@@ -146,7 +146,7 @@ def restore_command(file: Path, allow_unsigned: bool, home: NodeHome, as_json: b
     changed), 2 bad command line or no such file, 3 on an HA node: ESC does not
     answer on this node.
     """
-    from esc.backup.restore import RestoreError, restore
+    from esc.backup.restore import RestoreError, not_restored, restore, result_document
 
     settings = load_settings(home)
     if not file.is_file():
@@ -159,29 +159,9 @@ def restore_command(file: Path, allow_unsigned: bool, home: NodeHome, as_json: b
             EXIT_FAILED,
         )
     manifest = result.manifest
-    in_archive = {table: entry.rows for table, entry in manifest.tables.items()}
-    not_restored = _not_restored(in_archive, result.rows)
     mode = _op_mode(home, settings)
     if as_json:
-        print_json(
-            {
-                "file": str(file),
-                "source_version": manifest.product_version,
-                "source_node": manifest.source_node,
-                "created_at": manifest.created_at,
-                "rows": result.rows,
-                "rows_in_archive": in_archive,
-                "not_restored": not_restored,
-                "signature": {
-                    "verified": result.signature.verified,
-                    "summary": result.signature.summary,
-                    "unverified_because": result.unverified_because,
-                },
-                "op_mode": mode,
-                "seconds": round(result.seconds, 3),
-                "pair": result.pair,
-            }
-        )
+        print_json(result_document(result, str(file), mode))
         return
     if result.unverified_because:
         click.echo(
@@ -195,7 +175,7 @@ def restore_command(file: Path, allow_unsigned: bool, home: NodeHome, as_json: b
     )
     if result.signature.verified:
         click.echo(result.signature.summary)
-    for line in not_restored:
+    for line in not_restored(manifest, result.rows):
         click.echo(line)
     if mode == "MAINTENANCE":
         click.echo(
@@ -260,23 +240,15 @@ class _PairRestore:
 
     def _not_active(self, view: dict[str, Any]) -> str:
         """Why this node does not restore, and which node does."""
-        from urllib.parse import urlsplit
-
+        from esc.backup.restore import the_active_node
         from esc.db.session import Database
-        from esc.engine.lease import holder
 
         db = Database(self.home.database_url(self.settings), pool_size=1, max_overflow=0)
         try:
-            with db.read() as session:
-                known = holder(session)
+            active = the_active_node(db, view["node"], view["peer"])
         finally:
             db.dispose()
         me = f"this node ({view['node']}, {view['address']})"
-        if known and known[0] != view["node"]:
-            where = urlsplit(known[1]).hostname or known[1]
-            active = f"the active node {known[0]} ({where})"
-        else:
-            active = f"the pair's active node (the peer is {view['peer']})"
         what = "the standby" if view["role"] == "STANDBY" else f"{view['role']} ({view['reason']})"
         return (
             f"{me} is {what} of the pair, not its active: run escadm restore on {active}; "
@@ -303,19 +275,6 @@ class _PairRestore:
                 "in (it is one transaction: the data is the old or the restored, never a "
                 "mix); see escadm status and log/escmanager.log"
             ) from None
-
-
-def _not_restored(in_archive: dict[str, int], restored: dict[str, int]) -> list[str]:
-    """Why the archive's row count and the restored one differ, table by table."""
-    from esc.backup.load import NOT_RESTORED
-
-    lines = []
-    for table, count in in_archive.items():
-        missing = count - restored.get(table, 0)
-        if missing:
-            why = NOT_RESTORED.get(table, "refused by the load")
-            lines.append(f"{table}: {missing} of the archive's {count} rows not restored ({why})")
-    return lines
 
 
 def _op_mode(home: NodeHome, settings: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +14,16 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from esc.db.schema_compat import Fit, SchemaFit, SchemaTooNew, assess, is_known
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# alembic's `context` is one per process: two migration runs of one process (the active
+# role's, a restore's, a backup's scratch schema) must not interleave.
+_RUNNING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,15 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
+def upgrade(connection: Connection, target: str, config: Config | None = None) -> None:
+    """Migrate the database of `connection` to `target` in its transaction, with this
+    release's migrations or those of `config`."""
+    config = config or alembic_config()
+    with _RUNNING:
+        config.attributes["connection"] = connection
+        command.upgrade(config, target)
+
+
 def upgrade_to_head(engine: Engine) -> Migration | None:
     """Migrate to this release's head; the migration run, None when nothing changed.
     A schema from a newer release is left as it is when this release may run on it,
@@ -56,11 +69,9 @@ def upgrade_to_head(engine: Engine) -> Migration | None:
             state.head,
         )
         return None
-    config = alembic_config()
     started = time.monotonic()
     with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        upgrade(connection, "head")
     if state.fit is Fit.CURRENT:
         return None
     migration = Migration(state.revision, state.head, round(time.monotonic() - started, 3))

@@ -77,6 +77,29 @@ def compatible_from(scripts: ScriptDirectory, revision: str) -> str:
     return chain[-1].revision
 
 
+def is_at_or_below(scripts: ScriptDirectory, older: str, newer: str) -> bool:
+    """Whether revision `older` is `newer` or one it follows (both known)."""
+    return any(s.revision == older for s in scripts.iterate_revisions(newer, "base"))
+
+
+def not_expand_after(scripts: ScriptDirectory, older: str, newer: str) -> list[Script]:
+    """The migrations after `older` up to `newer` (at or below it) that are not expand,
+    newest first: the code of `older` may run on the schema of `newer` only without them.
+    One without a valid esc_kind counts among them: what older code makes of its
+    result is not known."""
+    blocking = []
+    for script in scripts.iterate_revisions(newer, older):
+        if script.revision == older:
+            continue
+        try:
+            kind = kind_of(script)
+        except MigrationKindError:
+            kind = None
+        if kind != EXPAND:
+            blocking.append(script)
+    return blocking
+
+
 def include_object(
     _object: Any, name: str | None, type_: str, _reflected: bool, _compare_to: Any
 ) -> bool:

@@ -365,6 +365,12 @@ class RoleManager:
 
     # a restore ----------------------------------------------------------------------
 
+    def check_restore(self) -> None:
+        """Conflict unless a restore may start on this node now: the active, its standby
+        UpToDate and synchronous (swap_in_restore asks it again at the swap)."""
+        with self._lock:
+            self._require_active_in_sync("restore", ", then restore again")
+
     def swap_in_restore(self, token: str) -> dict[str, Any]:
         """The last step of `escadm restore` on the active: the aside schema it built and
         checked (marked by `token`) replaces the data, and the engine resumes on it.

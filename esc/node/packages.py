@@ -1,27 +1,23 @@
 """The release wheels uploaded to a node (PUT /esc/node/packages/{file}), kept in its
 home's packages/ for the package installer.
 
-An upload is written beside the store under a temporary name, checked whole (its
-sha256 against the one the client sent, a readable zip holding esc/__init__.py and the
-metadata of the release its name says), and only then renamed into place: a package
-in the store is always a whole, checked one, and a refused upload leaves nothing.
+An upload is received as esc.node.uploads receives every file, checked whole and as a
+readable zip holding esc/__init__.py and the metadata of the release its name says.
 Its sha256 is kept beside it (NAME.sha256, as sha256sum writes it).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import re
-import tempfile
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from esc.errors import Conflict, InvalidRequest, NotFound, TooLarge
+from esc.errors import InvalidRequest, NotFound
 from esc.files import fsync_dir, write_atomic
+from esc.node.uploads import SHA256_PATTERN as SHA256_PATTERN  # the API publishes it
+from esc.node.uploads import Received
 from esc.release.numbers import ReleaseNumber
 from esc.release.wheel import (
     FILE_NAME_FORM,
@@ -32,7 +28,6 @@ from esc.release.wheel import (
 )
 
 MAX_PACKAGE_BYTES = 256 * 1024 * 1024  # a release wheel is under 1 MiB; a bound, not a size
-SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"  # JSON Schema's and Python's, matched whole
 PACKAGE_MODULE = "esc/__init__.py"
 
 
@@ -55,89 +50,41 @@ def release_of_name(file: str) -> ReleaseNumber:
     return ReleaseNumber.parse(version)
 
 
-class Upload:
-    """One package being received: a temporary file in the store, hashed and counted
-    as it is written. `finish` checks it and moves it into place; `discard` removes
-    whatever is left of it."""
+class Upload(Received):
+    """One package being received (esc.node.uploads): checked as the release wheel its
+    name says, and kept with its sha256 beside it."""
+
+    what = "package"
 
     def __init__(
         self, store: PackageStore, file: str, sha256: str, declared: int | None = None
     ) -> None:
         self.release = release_of_name(file)
-        self.file = file
-        if declared is not None and declared > MAX_PACKAGE_BYTES:
-            raise self._too_large()
-        if not re.fullmatch(SHA256_PATTERN, sha256):
-            raise InvalidRequest(
-                "X-Checksum-Sha256 must be the package's sha256 as 64 hexadecimal digits "
-                "(sha256sum prints it)"
-            )
         self.store = store
-        self.expected = sha256.lower()
-        self.hash = hashlib.sha256()
-        self.size = 0
-        self.path: Path | None = None
-        with self._disk():
-            store.directory.mkdir(mode=0o700, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{file}.", suffix=".upload", dir=store.directory)
-            self.path = Path(name)
-            self._out = os.fdopen(fd, "wb")
+        super().__init__(store.directory, file, sha256, declared)
 
-    @contextlib.contextmanager
-    def _disk(self) -> Iterator[None]:
-        """A file system that refuses (full, read-only) is said so, not a 500."""
-        try:
-            yield
-        except OSError as exc:
-            raise Conflict(
-                f"cannot store {self.file} in {self.store.directory}: "
-                f"{exc.strerror or exc}; nothing was stored"
-            ) from None
+    def max_bytes(self) -> int:
+        return MAX_PACKAGE_BYTES
 
-    def write(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size > MAX_PACKAGE_BYTES:
-            raise self._too_large()
-        self.hash.update(chunk)
-        with self._disk():
-            self._out.write(chunk)
+    def too_large_because(self) -> str:
+        return "it is not an ESC release wheel"
 
-    def _too_large(self) -> TooLarge:
-        return TooLarge(
-            f"{self.file} is larger than {MAX_PACKAGE_BYTES // (1024 * 1024)} MiB, the bound "
-            "of a package: it is not an ESC release wheel; nothing was stored"
-        )
+    def finish(self) -> Package:  # type: ignore[override]
+        super().finish()
+        return Package(self.file, str(self.release), self.expected, self.size)
 
-    def finish(self) -> Package:
-        assert self.path is not None
-        with self._disk():
-            self._out.flush()
-            os.fsync(self._out.fileno())
-            self._out.close()
-        refused = self._refusal(self.path)
-        if refused:
-            raise InvalidRequest(f"{self.file}: {refused}; nothing was stored")
+    def place(self, path: Path) -> None:
         checksum = self.store.checksum_file(self.file)
-        with self._disk():
-            checksum.unlink(missing_ok=True)  # never another upload's beside this one
-            os.replace(self.path, self.store.directory / self.file)
+        checksum.unlink(missing_ok=True)  # never another upload's beside this one
+        os.replace(path, self.store.directory / self.file)
         try:
             write_atomic(checksum, f"{self.expected}  {self.file}\n".encode())
             fsync_dir(self.store.directory)
         except OSError:
             pass  # stored; without its checksum file the store hashes it when asked
-        return Package(self.file, str(self.release), self.expected, self.size)
 
-    def _refusal(self, path: Path) -> str | None:
-        """Why the received file is not the package its name and checksum say, or None."""
-        if self.size == 0:
-            return "the body is empty: send the wheel's bytes as the request body"
-        actual = self.hash.hexdigest()
-        if actual != self.expected:
-            return (
-                f"the body's sha256 is {actual}, not {self.expected} (X-Checksum-Sha256): "
-                "it was damaged on the way, or the checksum is another file's; send it again"
-            )
+    def refusal(self, path: Path) -> str | None:
+        """Why the received file is not the package its name says, or None."""
         metadata = f"esc-{self.release}.dist-info/METADATA"
         try:
             with zipfile.ZipFile(path) as archive:
@@ -158,13 +105,6 @@ class Upload:
         if holds != self.release:
             return f"its {metadata} says Version {holds}, not the {self.release} of its name"
         return None
-
-    def discard(self) -> None:
-        if self.path is None:
-            return
-        if not self._out.closed:
-            self._out.close()
-        self.path.unlink(missing_ok=True)
 
 
 class PackageStore:

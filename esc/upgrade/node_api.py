@@ -9,7 +9,10 @@ is reported as not known, and a step that needs it says which release brings it.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,11 @@ import httpx
 CONNECT_TIMEOUT = 2.0
 READ_TIMEOUT = 30.0
 UPLOAD_TIMEOUT = 300.0
+# A backup or a restore of a large database takes minutes (docs/benchmarks.md); the node
+# answers once it is done, so the read waits for it.
+BACKUP_TIMEOUT = 1800.0
+CHECKSUM_HEADER = "X-Checksum-Sha256"
+CHUNK = 1 << 20
 
 
 class NodeApiError(Exception):
@@ -197,6 +205,89 @@ class NodeApi:
     def install_state(self) -> dict[str, Any]:
         return self.call("GET", "/esc/node/package/install")
 
+    # backups -----------------------------------------------------------------------
+
+    def take_backup(
+        self, schema: str | None = None, for_release: str | None = None
+    ) -> dict[str, Any]:
+        """A backup of the node's database kept on the node (on the active or a standby):
+        file, sha256, size, schema, taken_at, node, role, ...; `schema`: as of that older
+        revision, `for_release`: for that older release's restore."""
+        body = {k: v for k, v in (("schema", schema), ("for_release", for_release)) if v}
+        return self.call("POST", "/esc/node/backups", json=body, timeout=BACKUP_TIMEOUT)
+
+    def backups(self) -> list[dict[str, Any]]:
+        return self.call("GET", "/esc/node/backups")
+
+    def delete_backup(self, file: str) -> None:
+        self.call("DELETE", f"/esc/node/backups/{file}")
+
+    def download_backup(self, file: str, to: Path) -> Path:
+        """The node's backup `file` written to `to` (a directory: to/file), mode 0600,
+        its sha256 checked against the node's X-Checksum-Sha256 before it is renamed into
+        place; NodeApiError (and nothing written) when it does not match."""
+        target = to / file if to.is_dir() else to
+        partial = target.with_name(f".{target.name}.partial")
+        path = f"/esc/node/backups/{file}"
+        try:
+            with self._http.stream("GET", path, timeout=BACKUP_TIMEOUT) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise NodeApiError(
+                        f"GET {self.base_url}{path}: {response.status_code} {_problem(response)}",
+                        response.status_code,
+                    )
+                expected = response.headers.get(CHECKSUM_HEADER, "").lower()
+                digest = hashlib.sha256()
+                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    for chunk in response.iter_bytes(CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+        except httpx.TransportError as exc:
+            partial.unlink(missing_ok=True)
+            raise NodeUnreachable(
+                f"GET {self.base_url}{path}: no answer ({exc.__class__.__name__}: {exc})"
+            ) from None
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        if digest.hexdigest() != expected:
+            partial.unlink(missing_ok=True)
+            raise NodeApiError(
+                f"GET {self.base_url}{path}: the body's sha256 is {digest.hexdigest()}, the "
+                f"node says {expected or 'nothing'} ({CHECKSUM_HEADER}): damaged on the way "
+                "or on the node's disk; download it again",
+                response.status_code,
+            )
+        os.replace(partial, target)
+        return target
+
+    def upload_backup(self, path: Path, sha256: str, *, allow_unsigned: bool = False) -> dict:
+        """Upload the archive at `path` (its sha256 given, as the node checks it) to the
+        node's backups, under its own name, for a restore there."""
+        params = {"allow_unsigned": "true"} if allow_unsigned else {}
+        return self.call(
+            "PUT",
+            f"/esc/node/backups/{path.name}",
+            content=_chunks(path),
+            params=params,
+            headers={
+                CHECKSUM_HEADER: sha256,
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(path.stat().st_size),
+            },
+            timeout=BACKUP_TIMEOUT,
+        )
+
+    def restore(self, file: str, *, allow_unsigned: bool = False) -> dict[str, Any]:
+        """Restore the node's backup `file` (on the pair's active node): the result as
+        `escadm restore --json` gives it."""
+        body = {"file": file, "allow_unsigned": allow_unsigned}
+        return self.call("POST", "/esc/node/restore", json=body, timeout=BACKUP_TIMEOUT)
+
     # the pair's work ---------------------------------------------------------------
 
     def transactions_since(self, since: float, limit: int = 500) -> list[dict[str, Any]]:
@@ -224,6 +315,13 @@ class NodeApi:
                 return found
             params = dict(httpx.URL(following).params)
         return found
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    """The file's bytes, a piece at a time: an archive is not read whole into memory."""
+    with path.open("rb") as source:
+        while chunk := source.read(CHUNK):
+            yield chunk
 
 
 def _replication_detail(replication: dict[str, Any]) -> str:

@@ -45,8 +45,10 @@ ALL_CHECKS = CHECKS.get_all()
 # document; a subscription's callback host must be one deliveries may go to
 # (notifications.allowed_hosts); a VIM connection's settings are its driver's and its
 # VIM must answer them; a package's body must be the release wheel its name and checksum
-# header say. The pair's role changes and a restore's swap
-# are refused (409) on this standalone node whatever their body. Every other check runs on them.
+# header say, a backup's an ESC archive signed by the node's key; a backup's schema must
+# be a revision of the node's migrations, and the release it is for an older one. The
+# pair's role changes and a restore's swap are refused (409) on this standalone node
+# whatever their body. Every other check runs on them.
 SEMANTIC_RULES = {
     "POST /v0/deployments",
     "POST /v0/subscriptions",
@@ -57,6 +59,8 @@ SEMANTIC_RULES = {
     "POST /esc/ha/force-active",
     "POST /esc/ha/restore",
     "PUT /esc/node/packages/{file}",
+    "POST /esc/node/backups",
+    "PUT /esc/node/backups/{file}",
 }
 
 

@@ -25,9 +25,12 @@ OP_MODE_ROUTE = ("PUT", "/esc/op_mode")
 # Actions on the node asked, not writes of the controller's data: taken in MAINTENANCE
 # too, and with no Idempotency-Key (a retry could act a second time; esc/api/routes/
 # ha.py says why). The pair's role changes (an upgrade switches over in MAINTENANCE,
-# a restore's swap is typically part of it; tests/ha tries them on a pair), and the
+# a restore's swap is typically part of it; tests/ha tries them on a pair), the
 # node API's package agent, which writes no row of the controller's database
-# (tests/api/test_node_api.py tries it in MAINTENANCE).
+# (tests/api/test_node_api.py tries it in MAINTENANCE), and its backups: taking,
+# uploading and deleting an archive write none either, and a restore replaces the
+# data as a whole, key rows included (tests/api/test_node_backups.py tries them in
+# MAINTENANCE).
 NODE_ACTIONS = {
     ("POST", "/esc/ha/switchover"),
     ("POST", "/esc/ha/force-active"),
@@ -35,6 +38,10 @@ NODE_ACTIONS = {
     ("PUT", "/esc/node/packages/{file}"),
     ("DELETE", "/esc/node/packages/{file}"),
     ("POST", "/esc/node/package/install"),
+    ("POST", "/esc/node/backups"),
+    ("PUT", "/esc/node/backups/{file}"),
+    ("DELETE", "/esc/node/backups/{file}"),
+    ("POST", "/esc/node/restore"),
 }
 YAML = {"content-type": "application/yaml"}
 SCRIPT = {"content": "#!/bin/sh\necho hi\n", "timeout": 5}
