@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -66,6 +67,8 @@ SIDECAR = ".json"
 
 # One restore at a time on a node: they would build their data in the same place.
 _RESTORING = threading.Lock()
+
+log = logging.getLogger("esc.node.backups")
 
 
 @dataclass(frozen=True)
@@ -137,15 +140,22 @@ class BackupStore:
 
     def get(self, file: str) -> Backup:
         path = self.path(file)
-        try:
-            return Backup(**json.loads(self._sidecar(file).read_text()))
-        except (OSError, ValueError, TypeError):
-            pass  # a crash between the rename and its sidecar: read the archive itself
+        kept = self._kept_record(file)
+        if kept is not None:
+            return kept
         try:
             manifest, _, _ = read_manifest(path)
         except ArchiveError as exc:
             raise Conflict(f"backup {file} cannot be read: {exc}; delete it") from None
         return self._record(file, manifest, _file_sha256(path))
+
+    def _kept_record(self, file: str) -> Backup | None:
+        """The facts kept beside the archive; None when there are none to trust (a
+        crash between the archive's rename and its sidecar's): the archive is read."""
+        try:
+            return Backup(**json.loads(self._sidecar(file).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
 
     def _record(self, file: str, manifest: Manifest, sha256: str) -> Backup:
         """The archive's facts, kept beside it."""
@@ -161,8 +171,9 @@ class BackupStore:
         try:
             write_atomic(self._sidecar(file), json.dumps(asdict(backup)).encode())
             fsync_dir(self.directory)
-        except OSError:
-            pass  # kept; without its sidecar the archive is read when asked
+        except OSError as exc:
+            # The archive is kept all the same: without its sidecar it is read when asked.
+            log.warning("backup %s: its facts could not be kept beside it: %s", file, exc)
         return backup
 
     def backups(self) -> list[Backup]:

@@ -526,23 +526,26 @@ def _wait_replayed(servers: Servers, name: str) -> None:
     ) as conn:
         lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
     deadline = time.monotonic() + 30
-    while True:
-        try:
-            with psycopg.connect(
-                host=str(servers.standby.socket_dir),
-                port=servers.standby.port,
-                user=USER,
-                dbname=name,
-                autocommit=True,
-            ) as conn:
-                if conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[
-                    0
-                ]:
-                    return
-        except psycopg.OperationalError:
-            pass  # the database is not there yet
+    while not _replayed(servers, name, lsn):
         assert time.monotonic() < deadline, "the standby did not replay the primary's writes"
         time.sleep(0.05)
+
+
+def _replayed(servers: Servers, name: str, lsn: str) -> bool:
+    """Whether the standby replayed the primary's WAL up to `lsn` (not yet when the
+    database is not there yet)."""
+    try:
+        with psycopg.connect(
+            host=str(servers.standby.socket_dir),
+            port=servers.standby.port,
+            user=USER,
+            dbname=name,
+            autocommit=True,
+        ) as conn:
+            query = "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn"
+            return bool(conn.execute(query, (lsn,)).fetchone()[0])
+    except psycopg.OperationalError:
+        return False
 
 
 def _tenants(node: PairNode) -> set[str]:

@@ -94,6 +94,17 @@ def _store(controller: ControllerDep) -> PackageStore:
     return PackageStore(controller.home.packages)
 
 
+# The sha256 an upload (a release wheel, a backup archive) is checked against whole.
+UploadChecksum = Annotated[
+    str,
+    Header(
+        alias=CHECKSUM_HEADER,
+        description="The uploaded file's sha256, 64 hexadecimal digits",
+        json_schema_extra={"pattern": SHA256_PATTERN},
+    ),
+]
+
+
 @router.get("", response_model=NodeView)
 def node(controller: ControllerDep) -> NodeView:
     """Every fact an upgrade's checks need; a fact that cannot be read says why."""
@@ -107,14 +118,7 @@ async def put_package(
     file: PackageFile,
     request: Request,
     controller: ControllerDep,
-    checksum: Annotated[
-        str,
-        Header(
-            alias=CHECKSUM_HEADER,
-            description="The wheel's sha256, 64 hexadecimal digits",
-            json_schema_extra={"pattern": SHA256_PATTERN},
-        ),
-    ],
+    checksum: UploadChecksum,
 ) -> PackageView:
     """Store a release wheel, checked whole before it is kept (else nothing is kept)."""
     await run_in_threadpool(package_in_use, controller.home, release_of_name(file))
@@ -237,14 +241,7 @@ async def put_backup(
     file: BackupFile,
     request: Request,
     controller: ControllerDep,
-    checksum: Annotated[
-        str,
-        Header(
-            alias=CHECKSUM_HEADER,
-            description="The archive's sha256, 64 hexadecimal digits",
-            json_schema_extra={"pattern": SHA256_PATTERN},
-        ),
-    ],
+    checksum: UploadChecksum,
     allow_unsigned: Annotated[
         bool,
         Query(
